@@ -1,0 +1,95 @@
+"""The only importer of the compiled kernel ``edge_eco._edge_eco_native``.
+
+Turns the kernel's status codes into :class:`~edge_eco.errors.NativeError` and falls back,
+with one warning, to the numpy reference when the extension is missing.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import numpy as np
+
+from .errors import NativeError
+from .featurizer import FeaturizerSpec, featurize_reference
+
+try:  # pragma: no cover - which branch runs depends on the install
+    from ._edge_eco_native import ffi as _ffi
+    from ._edge_eco_native import lib as _lib
+except ImportError as exc:  # pragma: no cover
+    _ffi = _lib = None
+    _IMPORT_ERROR: ImportError | None = exc
+else:
+    _IMPORT_ERROR = None
+
+_STATUS = {-1: "a required pointer was NULL", -2: "featurizer config out of range",
+           -3: "output buffers too small"}
+_warned = False
+_warn_lock = threading.Lock()
+
+
+def available() -> bool:
+    """True when the compiled kernel is importable."""
+    return _lib is not None
+
+
+def _warn_once() -> None:
+    global _warned
+    with _warn_lock:
+        if not _warned:
+            _warned = True
+            warnings.warn(f"edge_eco: compiled kernel unavailable ({_IMPORT_ERROR}); "
+                          "using the numpy reference featurizer (slower, same output)",
+                          RuntimeWarning, stacklevel=3)
+
+
+def _check(status: int, what: str) -> None:
+    if status != 0:
+        raise NativeError(f"{what}: {_STATUS.get(status, 'unknown status')} (status {status})")
+
+
+class Featurizer:
+    """Featurizes texts with the C kernel, or the numpy reference when it is missing.
+
+    Thread-safe: buffers are per thread and grow on demand.
+    """
+
+    def __init__(self, spec: FeaturizerSpec, *, use_native: bool | None = None) -> None:
+        self.spec = spec
+        if use_native is None:
+            use_native = available()
+            if not use_native:
+                _warn_once()
+        elif use_native and not available():
+            raise NativeError(f"compiled kernel requested but unavailable: {_IMPORT_ERROR}")
+        self.native = use_native
+        self._local = threading.local()
+        if use_native:
+            self._cfg = _ffi.new("ee_featurizer_t *", {
+                "seed": spec.seed, "dim": spec.dim, "word_ngram_max": spec.word_ngram_max,
+                "char_ngram_min": spec.char_ngram_min, "char_ngram_max": spec.char_ngram_max,
+                "word_weight": spec.word_weight, "char_weight": spec.char_weight})
+
+    def _buffers(self, cap: int):
+        buf = getattr(self._local, "buf", None)
+        if buf is None or buf[0] < cap:
+            cap = max(cap, 1024)
+            scratch = np.empty(2 * cap, np.uint64)
+            idx = np.empty(cap, np.int32)
+            val = np.empty(cap, np.float32)
+            buf = (cap, scratch, idx, val, _ffi.from_buffer("unsigned long long *", scratch),
+                   _ffi.from_buffer("int *", idx), _ffi.from_buffer("float *", val),
+                   _ffi.new("unsigned long *"))
+            self._local.buf = buf
+        return buf
+
+    def __call__(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """Featurize UTF-8 bytes; returns fresh (indices int32 [nnz], values float32 [nnz])."""
+        if not self.native:
+            return featurize_reference(self.spec, data)
+        cap, _, idx, val, p_scratch, p_idx, p_val, p_nnz = self._buffers(self.spec.capacity(len(data)))
+        _check(_lib.ee_featurizer_run(self._cfg, data, len(data), p_scratch, p_idx, p_val, cap, p_nnz),
+               "ee_featurizer_run")
+        nnz = p_nnz[0]
+        return idx[:nnz].copy(), val[:nnz].copy()

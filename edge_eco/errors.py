@@ -1,0 +1,83 @@
+"""The one exception hierarchy of edge_eco.
+
+::
+
+    EdgeEcoError
+    ├── ManifestError (ValueError)          malformed ecology.toml, bad field, out-of-range value
+    │   └── IntegrityError                  missing file, sha256 mismatch, truncated model
+    ├── RequestError (ValueError)           a request the runtime refuses (empty, too long, bad UTF-8)
+    ├── NativeError                         the C kernel returned an error status
+    ├── ResidencyError                      loading/eviction under the memory budget
+    │   └── BudgetError                     a model cannot fit the budget at all
+    ├── BackendError                        a model runtime failed
+    │   ├── ModelLoadError                  the runtime refused a model file
+    │   └── InferenceError                  a run failed (wrong shape, runtime error)
+    ├── RoutingError                        no eligible model for a request
+    ├── FallbackError                       the remote generalist failed (the runtime answers locally)
+    │   ├── RemoteUnavailable               connection refused/reset, timeout, circuit open
+    │   └── RemoteProtocolError             HTTP error status, malformed or wrong-shaped reply
+    └── StoreError                          outcome memory (SQLite) failures
+
+Errors from onnxruntime, sqlite3 and the HTTP layer are translated where they are caught
+(``raise ... from exc``), so callers only ever see these types.
+"""
+
+
+class EdgeEcoError(Exception):
+    """Root of every error edge_eco raises."""
+
+
+class ManifestError(EdgeEcoError, ValueError):
+    """The ecology manifest or a config value is malformed or out of range."""
+
+
+class IntegrityError(ManifestError):
+    """A file listed in the manifest is missing, truncated or does not match its sha256."""
+
+
+class RequestError(EdgeEcoError, ValueError):
+    """A request the runtime refuses: empty text, text over the limit, invalid UTF-8."""
+
+
+class NativeError(EdgeEcoError):
+    """The compiled kernel returned a negative status."""
+
+
+class ResidencyError(EdgeEcoError):
+    """Loading or evicting a model under the memory budget failed."""
+
+
+class BudgetError(ResidencyError):
+    """A model cannot fit the memory budget even with everything else evicted."""
+
+
+class BackendError(EdgeEcoError):
+    """A model runtime failed."""
+
+
+class ModelLoadError(BackendError):
+    """The model runtime refused a model file (corrupt, truncated, unsupported)."""
+
+
+class InferenceError(BackendError):
+    """Running a model failed (wrong input shape or type, runtime error)."""
+
+
+class RoutingError(EdgeEcoError):
+    """No model is eligible for a request."""
+
+
+class FallbackError(EdgeEcoError):
+    """The remote generalist could not answer; the runtime answers locally instead."""
+
+
+class RemoteUnavailable(FallbackError):
+    """The remote server could not be reached in time (refused, reset, timeout, breaker open)."""
+
+
+class RemoteProtocolError(FallbackError):
+    """The remote server answered, but with an error status or a malformed reply."""
+
+
+class StoreError(EdgeEcoError):
+    """The outcome store failed."""

@@ -1,0 +1,43 @@
+/* edge_eco native kernel: the C side of edge_eco/_native.py.
+ *
+ * This header is read by cffi (native/build_native.py), so it holds no macros
+ * and no preprocessor conditionals. Every function returns an ee_status:
+ * 0 is success, a negative value names the error.
+ */
+
+typedef int ee_status;
+
+/* ee_status values (kept in sync with edge_eco/_native.py). */
+enum {
+    EE_OK = 0,
+    EE_ERR_NULL = -1,        /* a required pointer was NULL */
+    EE_ERR_CONFIG = -2,      /* featurizer config out of range */
+    EE_ERR_CAPACITY = -3     /* output buffers too small for this text */
+};
+
+/* Featurizer "hash-ngram-v1" settings; see edge_eco/featurizer.py for the spec. */
+typedef struct {
+    unsigned int seed;           /* hash seed, declared in the manifest */
+    unsigned int dim;            /* output dimension, a power of two in [2^8, 2^24] */
+    unsigned int word_ngram_max; /* word n-grams of length 1..word_ngram_max (0 = none, <= 3) */
+    unsigned int char_ngram_min; /* char n-grams inside " word " of length min..max */
+    unsigned int char_ngram_max; /* (0 = none, max <= 8) */
+    unsigned int word_weight;    /* integer count weight of one word n-gram occurrence */
+    unsigned int char_weight;    /* integer count weight of one char n-gram occurrence */
+} ee_featurizer_t;
+
+/* Upper bound of n-gram occurrences for a text of n_bytes bytes; size buffers with it. */
+ee_status ee_featurizer_capacity(const ee_featurizer_t *cfg, unsigned long n_bytes,
+                                 unsigned long *out_cap);
+
+/* Featurize one UTF-8 text into a sparse, L2-normalised vector.
+ *   text     [n_bytes]  raw bytes (not NUL-terminated)
+ *   scratch  [2 * cap]  uint64 work space
+ *   out_idx  [cap]      int32 feature indices, strictly ascending, in [0, dim)
+ *   out_val  [cap]      float32 values, sqrt(count / total_count)
+ *   out_nnz  [1]        number of entries written
+ */
+ee_status ee_featurizer_run(const ee_featurizer_t *cfg, const unsigned char *text,
+                            unsigned long n_bytes, unsigned long long *scratch,
+                            int *out_idx, float *out_val, unsigned long cap,
+                            unsigned long *out_nnz);
