@@ -1,0 +1,41 @@
+# edge_eco: `make demo` runs the main job on real data; `make test` runs the test suite.
+# Both create the virtual environment and install edge_eco with its compiled kernel first.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DATA   ?= $(if $(EDGE_ECO_DATA),$(EDGE_ECO_DATA),../shared/data)
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test install models minilm clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py native/edge_eco.h native/featurize.c native/build_native.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip "setuptools>=70.1" wheel
+	$(PY) -m pip install --quiet -e ".[remote,dev]"
+	$(PY) -c "import edge_eco._native as n; assert n.available(), 'compiled kernel missing'"
+	touch $(STAMP)
+
+# The remote generalist is committed (under 25 MB); rebuild it only when it is missing.
+models/minilm/minilm.onnx:
+	$(MAKE) minilm
+
+demo: $(STAMP) models/minilm/minilm.onnx
+	$(PY) tools/demo.py --data $(DATA) --out build/demo-report.json
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# Rebuild the shipped ecologies from ../shared/data (needs the build extra: torch, onnx, ...).
+models: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[build,remote,dev]"
+	$(PY) tools/build_clinc150.py --data $(DATA) --out models/clinc150
+
+minilm: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[build,remote,dev]"
+	$(PY) tools/build_minilm.py --data $(DATA) --out models/minilm
+
+clean:
+	rm -rf build $(VENV) edge_eco/*.so

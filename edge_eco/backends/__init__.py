@@ -1,0 +1,41 @@
+"""Model runtimes behind one small interface, found by file name (``ort.py``, ``fake.py``).
+
+A backend is a module with ``open(path, *, output, threads) -> Session``; a session has
+``run(feeds) -> np.ndarray`` (the named output) and ``close()``. Only ``ort.py`` imports
+onnxruntime, lazily; ``fake.py`` runs small numpy models so logic tests need no runtime.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import ModelLoadError
+
+
+class Session(Protocol):
+    """A loaded model."""
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Run once; returns the model's declared output."""
+
+    def close(self) -> None:
+        """Release the model's memory; the session is unusable afterwards."""
+
+
+NAMES = ("ort", "fake")
+
+
+def open_model(backend: str, path: Path, *, output: str = "logits", threads: int = 1) -> Session:
+    """Load ``path`` with the named backend.
+
+    Raises:
+        ModelLoadError: unknown backend, runtime not installed, or the runtime refused the file.
+    """
+    if backend not in NAMES:
+        raise ModelLoadError(f"unknown backend {backend!r} (known: {list(NAMES)})")
+    module = importlib.import_module(f"{__name__}.{backend}")
+    return module.open(Path(path), output=output, threads=threads)

@@ -1,0 +1,57 @@
+"""Read an ecology bundle from disk: the manifest plus a sha256 check of every listed file."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from .errors import IntegrityError, ManifestError
+from .manifest import Manifest, parse_manifest
+
+MANIFEST_NAME = "ecology.toml"
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_bundle(folder: str | Path, *, verify: bool = True) -> tuple[Path, Manifest]:
+    """Parse ``folder/ecology.toml`` and check that every file it lists is present and intact.
+
+    Raises:
+        ManifestError: no such folder or manifest, or the manifest is invalid.
+        IntegrityError: a listed file is missing, empty, or its sha256 does not match.
+    """
+    root = Path(folder)
+    path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise ManifestError(f"{root} is not an ecology folder (no such directory)")
+    if not path.is_file():
+        raise ManifestError(f"{root} has no {MANIFEST_NAME}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text") from exc
+    try:
+        manifest = parse_manifest(text)
+    except ManifestError as exc:
+        raise ManifestError(f"{path}: {exc}") from exc
+    if verify:
+        for entry in manifest.all_files():
+            f = root / entry.path
+            if not f.is_file():
+                raise IntegrityError(f"{root.name}: file {entry.path!r} listed in {MANIFEST_NAME} is missing")
+            if f.stat().st_size == 0:
+                raise IntegrityError(f"{root.name}: file {entry.path!r} is empty")
+            digest = sha256_file(f)
+            if digest != entry.sha256:
+                raise IntegrityError(f"{root.name}: file {entry.path!r} does not match its sha256 "
+                                     f"(expected {entry.sha256[:16]}..., found {digest[:16]}...): "
+                                     "truncated, corrupt or replaced")
+    return root, manifest

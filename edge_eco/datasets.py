@@ -1,0 +1,98 @@
+"""Labelled request files: CLINC150-style JSON splits and JSON lines.
+
+Shell module (file and network I/O). The default data folder is ``../shared/data`` beside the
+repository; where it is absent, :func:`fetch_clinc150` downloads the public source named in the
+data set's README into a user cache and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import RequestError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CLINC150_COMMIT = "828f8093932c8fe6ca7936c3d2e52903b1c523de"
+CLINC150_URL = "https://raw.githubusercontent.com/clinc/oos-eval/{commit}/data/{name}"
+_SPLITS = {"train": ("train", "oos_train"), "val": ("val", "oos_val"), "test": ("test", "oos_test")}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled (or unlabelled: ``label`` None) request."""
+
+    text: str
+    label: str | None = None
+
+
+def data_root(explicit: str | Path | None = None, env: str | None = None) -> Path:
+    """The data folder: an explicit path, else ``EDGE_ECO_DATA`` (passed in), else ../shared/data."""
+    if explicit:
+        return Path(explicit)
+    if env:
+        return Path(env)
+    return REPO_ROOT.parent / "shared" / "data"
+
+
+def fetch_clinc150(root: Path, cache: Path | None = None) -> Path:
+    """The clinc150 folder under ``root``, or a downloaded copy in the user cache when absent."""
+    folder = root / "clinc150"
+    if (folder / "data_full.json").exists():
+        return folder
+    cache = cache or Path.home() / ".cache" / "edge_eco" / "data" / "clinc150"
+    cache.mkdir(parents=True, exist_ok=True)
+    for name in ("data_full.json", "domains.json"):
+        target = cache / name
+        if not target.exists():
+            url = CLINC150_URL.format(commit=CLINC150_COMMIT, name=name)
+            print(f"edge_eco: {folder} not found; downloading {url} -> {target}", file=sys.stderr)
+            with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - fixed https URL
+                data = resp.read()
+            tmp = target.with_suffix(".part")
+            tmp.write_bytes(data)
+            tmp.replace(target)
+    return cache
+
+
+def load_clinc150(path: Path, split: str) -> list[Example]:
+    """The in-scope and out-of-scope queries of one split of a CLINC150 ``data_*.json``."""
+    if split not in _SPLITS:
+        raise RequestError(f"split {split!r} is not one of {sorted(_SPLITS)}")
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    out = []
+    for key in _SPLITS[split]:
+        if key not in data:
+            raise RequestError(f"{path}: no {key!r} key; is this a CLINC150 data_*.json file?")
+        out.extend(Example(str(t), str(lab)) for t, lab in data[key])
+    return out
+
+
+def load_requests(path: str | Path, split: str | None = None) -> list[Example]:
+    """Requests from JSON lines (``{"text": ..., "label"?: ...}`` per line) or a CLINC150 JSON file.
+
+    Raises:
+        RequestError: unreadable file, a line that is not a JSON object with a string ``text``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RequestError(f"requests file {path} does not exist")
+    if split is not None:
+        return load_clinc150(path, split)
+    out = []
+    with path.open(encoding="utf-8", errors="strict") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RequestError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise RequestError(f"{path}:{lineno}: expected an object with a string 'text'")
+            label = obj.get("label")
+            out.append(Example(obj["text"], None if label is None else str(label)))
+    return out

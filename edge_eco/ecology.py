@@ -1,0 +1,278 @@
+"""The embeddable runtime: ``edge_eco.open(path)`` -> :class:`Ecology`; ``eco.answer(text)``.
+
+Request path (DESIGN.md section 3): featurize once (C) -> eligible candidates (pure) -> route
+(pure) -> the top model directly when the route is confident, else the top-k in parallel and
+the judge -> the remote generalist when the best calibrated confidence is under the fallback
+threshold and policy allows -> Answer with provenance.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import backends
+from ._native import Featurizer
+from .bundle import read_bundle
+from .errors import EdgeEcoError, FallbackError, ManifestError
+from .inputs import Feeds, hashed_feeds, token_adapter
+from .judges import Vote, calibrated_vote, judge
+from .manifest import Manifest
+from .policy import RequestContract, eligible_mask, validate_text
+from .residency import SESSION_OVERHEAD_BYTES, Residency
+from .router import Route, RouterWeights, route
+from .routerfile import read_router
+
+PATHS = ("direct", "coalition", "remote", "unavailable")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The ecology's answer to one request.
+
+    ``path`` is one of ``direct`` (one local model), ``coalition`` (several, judged),
+    ``remote`` (the remote generalist) or ``unavailable`` (the remote was wanted but could not
+    answer; this is the best local answer). ``provenance`` says which models, scores and
+    latencies led to it.
+    """
+
+    label: str
+    confidence: float
+    path: str
+    provenance: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+class Ecology:
+    """A loaded population of models answering requests under its manifest's policy.
+
+    Thread-safe. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, root: Path, manifest: Manifest, *, remote_url: str | None = None,
+                 remote_token: str | None = None, budget_bytes: int | None = None,
+                 use_native: bool | None = None, remote_client: Any = None) -> None:
+        self.root, self.manifest = root, manifest
+        self.name, self.version = manifest.name, manifest.version
+        self.labels = manifest.labels
+        self.policy = manifest.policy
+        self._label_set = frozenset(self.labels)
+        self._entries = {m.id: m for m in manifest.models}
+        self._featurizer = Featurizer(manifest.featurizer, use_native=use_native) \
+            if manifest.featurizer else None
+        self._adapters: dict[str, Callable[[str], Feeds]] = {}
+        if manifest.router is not None:
+            header, arrays = read_router(root / manifest.router.file.path)
+            try:
+                self._router = RouterWeights(arrays["weight"], arrays["scale"], arrays["bias"],
+                                             manifest.router.temperature)
+            except KeyError as exc:
+                raise ManifestError(f"router file lacks array {exc}") from exc
+            if self._router.weight.shape != (manifest.featurizer.dim, len(manifest.router.candidates)):
+                raise ManifestError(f"router weight shape {self._router.weight.shape} does not match "
+                                    f"featurizer dim {manifest.featurizer.dim} x "
+                                    f"{len(manifest.router.candidates)} candidates")
+            self._candidates = manifest.router.candidates
+        else:
+            self._router, self._candidates = None, (manifest.models[0].id,)
+        budget = manifest.budget_bytes if budget_bytes is None else budget_bytes
+        self.residency = Residency(self._load, self._predict_bytes, budget)
+        self._pool = ThreadPoolExecutor(max_workers=max(2, 2 * manifest.policy.coalition_size),
+                                        thread_name_prefix="edge_eco-coalition")
+        self._ids = itertools.count(1)
+        self._remote = remote_client
+        if self._remote is None and manifest.policy.remote == "allowed":
+            url = remote_url or (manifest.remote.url if manifest.remote else "")
+            if url:
+                from .fallback import V2Client
+
+                model = manifest.remote.model if manifest.remote and manifest.remote.model else "generalist"
+                if "/v2/models/" in url:  # a model URL names its model: http://host:port/v2/models/NAME
+                    url, model = url.split("/v2/models/", 1)
+                    model = model.strip("/")
+                self._remote = V2Client(url, model, token=remote_token)
+        self._remote_timeout_ms = manifest.remote.timeout_ms if manifest.remote else 2000.0
+        self._closed = False
+        self._lock = threading.Lock()
+
+    # -- loading -------------------------------------------------------------------------------
+    def _predict_bytes(self, model_id: str) -> int:
+        entry = self._entries[model_id]
+        if entry.cost.resident_bytes:
+            return entry.cost.resident_bytes
+        return (self.root / entry.file.path).stat().st_size + SESSION_OVERHEAD_BYTES
+
+    def _load(self, model_id: str) -> backends.Session:
+        entry = self._entries[model_id]
+        if entry.input == "text-tokens" and model_id not in self._adapters:
+            self._adapters[model_id] = token_adapter(self.root, entry)
+        return backends.open_model(entry.backend, self.root / entry.file.path, output=entry.output)
+
+    # -- running models ------------------------------------------------------------------------
+    def _vote(self, model_id: str, text: str, hashed: Feeds | None) -> tuple[Vote, float]:
+        entry = self._entries[model_id]
+        t0 = time.perf_counter()
+        with self.residency.use(model_id) as session:
+            feeds = hashed if entry.input == "hashed-text" else self._adapters[model_id](text)
+            logits = session.run(feeds)
+        vote = calibrated_vote(entry, logits, self.manifest.reject_label)
+        return vote, (time.perf_counter() - t0) * 1e6
+
+    def predict_with(self, model_id: str, text: str | bytes) -> Vote:
+        """One model's calibrated answer to ``text`` (for baselines and diagnostics)."""
+        data = validate_text(text, self.policy.max_text_bytes)
+        entry = self.manifest.model(model_id)
+        hashed = hashed_feeds(*self._featurizer(data)) if entry.input == "hashed-text" else None
+        return self._vote(model_id, data.decode("utf-8"), hashed)[0]
+
+    def _coalition(self, ids: list[str], text: str, hashed: Feeds | None,
+                   prov: dict) -> list[Vote]:
+        """Run ``ids`` in parallel (the first in this thread) and collect votes within the timeout."""
+        futures = [self._pool.submit(self._vote, m, text, hashed) for m in ids[1:]]
+        first = self._vote(ids[0], text, hashed)
+        done, late = wait(futures, timeout=self.policy.coalition_timeout_ms / 1e3)
+        results = [first] + [f.result() for f in futures if f in done and f.exception() is None]
+        errors = [str(f.exception()) for f in done if f.exception() is not None]
+        if late or errors:
+            prov["coalition_dropped"] = {"late": len(late), "errors": errors}
+        prov["model_us"] = {v.model_id: round(us, 1) for v, us in results}
+        return [v for v, _ in results]
+
+    # -- the request path ----------------------------------------------------------------------
+    def answer(self, text: str | bytes, *, deadline_ms: float | None = None,
+               local_only: bool = False) -> Answer:
+        """Answer one request.
+
+        Args:
+            text: the request (str, or UTF-8 bytes).
+            deadline_ms: time budget for the whole answer; bounds the remote call's timeout.
+            local_only: never send this request off the device.
+
+        Returns:
+            An :class:`Answer`; with no network the best local answer (path ``unavailable``).
+
+        Raises:
+            RequestError: empty text, text over ``policy.max_text_bytes``, invalid UTF-8.
+        """
+        if self._closed:
+            raise EdgeEcoError("ecology is closed")
+        t0 = time.perf_counter()
+        data = validate_text(text, self.policy.max_text_bytes)
+        text = data.decode("utf-8")
+        prov: dict[str, Any] = {"request_id": f"{self.name}-{next(self._ids)}"}
+        hashed = hashed_feeds(*self._featurizer(data)) if self._featurizer else None
+        t_feat = time.perf_counter()
+        r = self._route(hashed, deadline_ms)
+        t_route = time.perf_counter()
+        ids = [self._candidates[i] for i in r.order]
+        prov["route"] = {"candidates": ids[:self.policy.coalition_size],
+                         "probs": [round(p, 4) for p in r.probs[:self.policy.coalition_size]]}
+        if r.confidence >= self.policy.direct_threshold or len(ids) == 1:
+            vote, us = self._vote(ids[0], text, hashed)
+            prov["model_us"] = {ids[0]: round(us, 1)}
+            votes, path = [vote], "direct"
+            if vote.declined and len(ids) > 1:  # the confident route was wrong: widen
+                votes += self._coalition(ids[1:self.policy.coalition_size], text, hashed, prov)
+                path = "coalition"
+        else:
+            votes, path = self._coalition(ids[:self.policy.coalition_size], text, hashed, prov), "coalition"
+        best = judge(votes, self.manifest.reject_label)
+        t_local = time.perf_counter()
+        prov["votes"] = [(v.model_id, v.label, round(v.confidence, 4), v.declined) for v in votes]
+        prov["models"] = {v.model_id: self._entries[v.model_id].version for v in votes
+                          if v.model_id in self._entries}
+        label, conf = best.label, best.confidence
+        if conf < self.policy.fallback_threshold:
+            label, conf, path = self._fallback(text, best, path, prov, local_only, deadline_ms, t0)
+        t_end = time.perf_counter()
+        prov["latency_us"] = {"featurize": round((t_feat - t0) * 1e6, 1),
+                              "route": round((t_route - t_feat) * 1e6, 1),
+                              "local": round((t_local - t_route) * 1e6, 1),
+                              "total": round((t_end - t0) * 1e6, 1)}
+        return Answer(label, conf, path, prov)
+
+    def _route(self, hashed: Feeds | None, deadline_ms: float | None) -> Route:
+        if self._router is None:
+            return Route((0,), (1.0,))
+        contract = RequestContract(deadline_ms=deadline_ms)
+        resident = frozenset(self.residency.resident()) if deadline_ms is not None else frozenset()
+        mask = eligible_mask(self.manifest, self._candidates, contract, resident)
+        return route(self._router, hashed["indices"], hashed["values"], mask)
+
+    def _fallback(self, text: str, best: Vote, path: str, prov: dict, local_only: bool,
+                  deadline_ms: float | None, t0: float) -> tuple[str, float, str]:
+        """Ask the remote generalist; on any failure keep the best local answer."""
+        if local_only:
+            prov["remote"] = {"skipped": "local_only"}
+            return best.label, best.confidence, path
+        if self.policy.remote != "allowed":
+            prov["remote"] = {"skipped": "policy forbids remote"}
+            return best.label, best.confidence, path
+        if self._remote is None:
+            prov["remote"] = {"error": "no remote generalist configured (offline)"}
+            return best.label, best.confidence, "unavailable"
+        timeout_ms = self._remote_timeout_ms
+        if deadline_ms is not None:
+            timeout_ms = min(timeout_ms, deadline_ms - (time.perf_counter() - t0) * 1e3)
+        if timeout_ms < 1.0:
+            prov["remote"] = {"error": "deadline leaves no time for the remote call"}
+            return best.label, best.confidence, "unavailable"
+        t = time.perf_counter()
+        try:
+            reply = self._remote.infer([text], timeout_s=timeout_ms / 1e3)[0]
+            if reply.label not in self._label_set:
+                raise FallbackError(f"remote answered {reply.label!r}, which is not in the label set")
+        except FallbackError as exc:
+            prov["remote"] = {"error": f"{type(exc).__name__}: {exc}",
+                              "ms": round((time.perf_counter() - t) * 1e3, 2)}
+            return best.label, best.confidence, "unavailable"
+        prov["remote"] = {"model": reply.model, "version": reply.model_version,
+                          "ms": round((time.perf_counter() - t) * 1e3, 2)}
+        return reply.label, reply.confidence, "remote"
+
+    @property
+    def remote(self) -> Any:
+        """The remote generalist client, or None when there is none (offline or forbidden)."""
+        return self._remote
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Loads, evictions and resident bytes so far."""
+        s = self.residency.stats
+        return {"loads": s.loads, "evictions": s.evictions, "resident_bytes": self.residency.resident_bytes,
+                "resident": self.residency.resident()}
+
+    def close(self) -> None:
+        """Release every model, thread and connection."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._pool.shutdown(wait=True)
+        self.residency.close()
+        if self._remote is not None and hasattr(self._remote, "close"):
+            self._remote.close()
+
+    def __enter__(self) -> "Ecology":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open(path: str | Path, **options: Any) -> Ecology:  # noqa: A001 - the public entry point
+    """Open the ecology bundle at ``path`` (verifying every file's sha256).
+
+    Keyword options: ``remote_url``, ``remote_token``, ``budget_bytes``, ``use_native``.
+
+    Raises:
+        ManifestError, IntegrityError: the bundle is malformed, incomplete or corrupt.
+    """
+    root, manifest = read_bundle(path)
+    return Ecology(root, manifest, **options)

@@ -1,0 +1,327 @@
+"""Ecology manifest (``ecology.toml``): parsing and validation. Pure: no file I/O here.
+
+The manifest lists every file of the bundle with its sha256, the featurizer, the policy
+(thresholds), the router and the population of models. Unknown fields are errors, so a
+typo never silently falls back to a default. ``edge_eco.bundle`` does the file checks.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from .errors import ManifestError
+from .featurizer import FeaturizerSpec
+
+SCHEMA = 1
+ROLES = ("specialist", "generalist")
+BACKENDS = ("ort", "fake")
+INPUTS = ("hashed-text", "text-tokens")
+RISKS = ("low", "medium", "high")
+REMOTE_POLICIES = ("allowed", "forbidden")
+_SHA_HEX = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file of the bundle, relative to the bundle folder, with its expected sha256."""
+
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Temperature scaling, plus an optional floor under which the answer is the reject label."""
+
+    temperature: float = 1.0
+    reject_below: float = 0.0
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Measured cost of a model (filled by the build or by ``edge-eco profile``)."""
+
+    resident_bytes: int = 0
+    load_ms: float = 0.0
+    p50_us: float = 0.0
+    p95_us: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One member of the population."""
+
+    id: str
+    version: str
+    role: str
+    backend: str
+    file: FileEntry
+    input: str
+    labels: tuple[str, ...]
+    output: str = "logits"
+    decline_label: str | None = None
+    tokenizer: str | None = None
+    max_tokens: int = 128
+    niches: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    calibration: Calibration = Calibration()
+    cost: Cost = Cost()
+    risk: str = "low"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Thresholds and remote policy of the request path."""
+
+    direct_threshold: float = 0.9
+    fallback_threshold: float = 0.5
+    coalition_size: int = 2
+    coalition_timeout_ms: float = 50.0
+    max_text_bytes: int = 16384
+    remote: str = "allowed"
+
+
+@dataclass(frozen=True)
+class RemoteSpec:
+    """Where the remote generalist lives (the URL can be overridden at open time)."""
+
+    protocol: str = "v2"
+    url: str = ""
+    model: str = ""
+    timeout_ms: float = 2000.0
+
+
+@dataclass(frozen=True)
+class RouterSpec:
+    """The router: a weights file and the model id of each of its outputs."""
+
+    file: FileEntry
+    kind: str
+    candidates: tuple[str, ...]
+    temperature: float = 1.0
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated ecology manifest."""
+
+    name: str
+    version: str
+    description: str
+    reject_label: str
+    featurizer: FeaturizerSpec | None
+    policy: Policy
+    remote: RemoteSpec | None
+    router: RouterSpec | None
+    models: tuple[ModelEntry, ...]
+    files: tuple[FileEntry, ...]
+    budget_bytes: int = 0
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The ecology's label space: every model label except decline labels, sorted."""
+        out = set()
+        for m in self.models:
+            out.update(label for label in m.labels if label != m.decline_label)
+        out.add(self.reject_label)
+        return tuple(sorted(out))
+
+    def all_files(self) -> tuple[FileEntry, ...]:
+        """Every file the bundle must contain, models and router included."""
+        extra = [m.file for m in self.models] + ([self.router.file] if self.router else [])
+        return tuple(extra) + self.files
+
+    def model(self, model_id: str) -> ModelEntry:
+        """The entry of ``model_id``; raises ManifestError when there is none."""
+        for m in self.models:
+            if m.id == model_id:
+                return m
+        raise ManifestError(f"no model with id {model_id!r} in ecology {self.name!r}")
+
+
+class _Table:
+    """A TOML table read field by field; whatever is left unread is an unknown field."""
+
+    def __init__(self, data: Any, where: str) -> None:
+        if not isinstance(data, dict):
+            raise ManifestError(f"{where}: expected a table, got {type(data).__name__}")
+        self.data, self.where, self.used = data, where, set()
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *,
+            lo: float | None = None, hi: float | None = None) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            if default is ...:
+                raise ManifestError(f"{self.where}: missing required field {key!r}")
+            return default
+        value = self.data[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            names = "/".join(k.__name__ for k in kinds)
+            raise ManifestError(f"{self.where}.{key}: expected {names}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ManifestError(f"{self.where}.{key}: {value!r} is not a finite number")
+        if lo is not None and value < lo or hi is not None and value > hi:
+            raise ManifestError(f"{self.where}.{key}: {value!r} is out of range [{lo}, {hi}]")
+        return value
+
+    def choice(self, key: str, options: tuple[str, ...], default: Any = ...) -> str:
+        value = self.get(key, str, default)
+        if value not in options:
+            raise ManifestError(f"{self.where}.{key}: {value!r} is not one of {list(options)}")
+        return value
+
+    def table(self, key: str) -> "_Table | None":
+        self.used.add(key)
+        return _Table(self.data[key], f"{self.where}.{key}") if key in self.data else None
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise ManifestError(f"{self.where}: unknown field(s) {unknown}")
+
+
+def _file(t: _Table) -> FileEntry:
+    path = t.get("path", str)
+    sha = t.get("sha256", str)
+    if path.startswith("/") or ".." in path.split("/") or not path:
+        raise ManifestError(f"{t.where}.path: {path!r} must be a relative path inside the bundle")
+    if len(sha) != 64 or not set(sha) <= _SHA_HEX:
+        raise ManifestError(f"{t.where}.sha256: {sha!r} is not 64 lowercase hex digits")
+    return FileEntry(path, sha)
+
+
+def _strings(t: _Table, key: str, default: Any = ...) -> tuple[str, ...]:
+    value = t.get(key, list, default)
+    if not all(isinstance(v, str) and v for v in value):
+        raise ManifestError(f"{t.where}.{key}: expected a list of non-empty strings")
+    if len(set(value)) != len(value):
+        raise ManifestError(f"{t.where}.{key}: duplicate entries")
+    return tuple(value)
+
+
+def _model(raw: Any, i: int) -> ModelEntry:
+    t = _Table(raw, f"models[{i}]")
+    model_id = t.get("id", str)
+    t.where = f"models[{i}] ({model_id})"
+    labels = _strings(t, "labels")
+    if len(labels) < 2:
+        raise ManifestError(f"{t.where}.labels: a classifier needs at least 2 labels")
+    cal = t.table("calibration")
+    calibration = Calibration(cal.get("temperature", float, 1.0, lo=1e-3, hi=1e3),
+                              cal.get("reject_below", float, 0.0, lo=0.0, hi=1.0)) if cal else Calibration()
+    if cal:
+        cal.done()
+    ct = t.table("cost")
+    cost = Cost(ct.get("resident_bytes", int, 0, lo=0), ct.get("load_ms", float, 0.0, lo=0),
+                ct.get("p50_us", float, 0.0, lo=0), ct.get("p95_us", float, 0.0, lo=0)) if ct else Cost()
+    if ct:
+        ct.done()
+    nt = t.table("niches")
+    niches = {}
+    if nt:
+        for key in list(nt.data):
+            niches[key] = nt.get(key, str)
+        nt.done()
+    entry = ModelEntry(
+        id=model_id, version=t.get("version", str), role=t.choice("role", ROLES),
+        backend=t.choice("backend", BACKENDS),
+        file=FileEntry(t.get("path", str), t.get("sha256", str)),
+        input=t.choice("input", INPUTS), labels=labels, output=t.get("output", str, "logits"),
+        decline_label=t.get("decline_label", str, None), tokenizer=t.get("tokenizer", str, None),
+        max_tokens=t.get("max_tokens", int, 128, lo=1, hi=4096), niches=MappingProxyType(niches),
+        calibration=calibration, cost=cost, risk=t.choice("risk", RISKS, "low"))
+    _file(_Table({"path": entry.file.path, "sha256": entry.file.sha256}, t.where))
+    if entry.decline_label is not None and entry.decline_label not in labels:
+        raise ManifestError(f"{t.where}.decline_label: {entry.decline_label!r} is not one of its labels")
+    if entry.input == "text-tokens" and not entry.tokenizer:
+        raise ManifestError(f"{t.where}: input 'text-tokens' needs a 'tokenizer' file")
+    t.done()
+    return entry
+
+
+def _policy(t: _Table | None) -> Policy:
+    if t is None:
+        return Policy()
+    p = Policy(direct_threshold=t.get("direct_threshold", float, 0.9, lo=0.0, hi=1.0),
+               fallback_threshold=t.get("fallback_threshold", float, 0.5, lo=0.0, hi=1.0),
+               coalition_size=t.get("coalition_size", int, 2, lo=1, hi=8),
+               coalition_timeout_ms=t.get("coalition_timeout_ms", float, 50.0, lo=0.1, hi=60000),
+               max_text_bytes=t.get("max_text_bytes", int, 16384, lo=16, hi=1 << 24),
+               remote=t.choice("remote", REMOTE_POLICIES, "allowed"))
+    t.done()
+    return p
+
+
+def parse_manifest(text: str) -> Manifest:
+    """Parse and validate the text of an ``ecology.toml``.
+
+    Raises:
+        ManifestError: malformed TOML, a missing or unknown field, a value out of range,
+            or references between entries that do not resolve.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"ecology.toml is not valid TOML: {exc}") from exc
+    top = _Table(data, "ecology.toml")
+    schema = top.get("schema", int)
+    if schema != SCHEMA:
+        raise ManifestError(f"ecology.toml: schema {schema} is not supported (this runtime reads {SCHEMA})")
+    ft = top.table("featurizer")
+    featurizer = None
+    if ft:
+        kwargs = {k: ft.get(k, str if k == "version" else int) for k in list(ft.data)}
+        known = set(FeaturizerSpec.__dataclass_fields__)
+        if set(kwargs) - known:
+            raise ManifestError(f"ecology.toml.featurizer: unknown field(s) {sorted(set(kwargs) - known)}")
+        featurizer = FeaturizerSpec(**kwargs)
+    remote = None
+    if (rt := top.table("remote")) is not None:
+        remote = RemoteSpec(rt.choice("protocol", ("v2",), "v2"), rt.get("url", str, ""),
+                            rt.get("model", str, ""), rt.get("timeout_ms", float, 2000.0, lo=1, hi=600000))
+        rt.done()
+    router = None
+    if (rr := top.table("router")) is not None:
+        router = RouterSpec(_file(rr), rr.choice("kind", ("linear-softmax",)), _strings(rr, "candidates"),
+                            rr.get("temperature", float, 1.0, lo=1e-3, hi=1e3))
+        rr.done()
+    raw_models = top.get("models", list)
+    models = tuple(_model(m, i) for i, m in enumerate(raw_models))
+    files = tuple(_file(_Table(f, f"files[{i}]")) for i, f in enumerate(top.get("files", list, [])))
+    m = Manifest(name=top.get("name", str), version=top.get("version", str),
+                 description=top.get("description", str, ""), reject_label=top.get("reject_label", str),
+                 featurizer=featurizer, policy=_policy(top.table("policy")), remote=remote, router=router,
+                 models=models, files=files, budget_bytes=top.get("budget_bytes", int, 0, lo=0))
+    top.done()
+    _check_references(m)
+    return m
+
+
+def _check_references(m: Manifest) -> None:
+    if not m.models:
+        raise ManifestError("ecology.toml: the population has no models")
+    ids = [x.id for x in m.models]
+    if len(set(ids)) != len(ids):
+        raise ManifestError(f"ecology.toml: duplicate model ids {sorted({i for i in ids if ids.count(i) > 1})}")
+    paths = [f.path for f in m.all_files()]
+    if len(set(paths)) != len(paths):
+        raise ManifestError("ecology.toml: a file is listed twice")
+    for x in m.models:
+        if x.input == "hashed-text" and m.featurizer is None:
+            raise ManifestError(f"model {x.id!r} takes 'hashed-text' but the manifest has no [featurizer]")
+        if x.tokenizer and x.tokenizer not in paths:
+            raise ManifestError(f"model {x.id!r}: tokenizer {x.tokenizer!r} is not listed in [[files]]")
+    if m.router:
+        unknown = [c for c in m.router.candidates if c not in ids]
+        if unknown:
+            raise ManifestError(f"router.candidates: unknown model id(s) {unknown}")
+        if m.featurizer is None:
+            raise ManifestError("router: needs a [featurizer] to read requests")
+    elif len(m.models) > 1:
+        raise ManifestError("ecology.toml: a population of several models needs a [router]")

@@ -1,0 +1,182 @@
+"""The request path on a tiny fake-backend ecology: direct, coalition, decline, remote, offline."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import edge_eco
+from edge_eco.errors import RequestError
+from edge_eco.fallback import RemoteAnswer
+from edge_eco.manifest import Policy
+from edge_eco.router import Route
+from edge_eco.serve import InferenceServer
+
+from conftest import make_fake_ecology
+
+
+class RecordingRemote:
+    """A remote client double that records what would have been sent."""
+
+    def __init__(self, label: str = "transfer", confidence: float = 0.97, error: Exception | None = None):
+        self.sent: list[str] = []
+        self.label, self.confidence, self.error = label, confidence, error
+
+    def infer(self, texts, *, timeout_s=None):
+        self.sent.extend(texts)
+        if self.error:
+            raise self.error
+        return [RemoteAnswer(self.label, self.confidence, "stub", "1", 0.1) for _ in texts]
+
+    def close(self):
+        pass
+
+
+def test_confident_route_answers_directly(fake_ecology):
+    with edge_eco.open(fake_ecology) as eco:
+        a = eco.answer("what is my account balance")
+    assert (a.label, a.path) == ("balance", "direct")
+    assert a.confidence > 0.9
+    assert a.provenance["route"]["candidates"][0] == "money"
+    assert set(a.provenance["latency_us"]) == {"featurize", "route", "local", "total"}
+
+
+def test_unsure_route_runs_a_coalition_and_the_judge_picks(fake_ecology):
+    with edge_eco.open(fake_ecology) as eco:
+        eco.policy = Policy(direct_threshold=1.0, fallback_threshold=0.0)
+        a = eco.answer("book a flight to paris")
+    assert a.path == "coalition"
+    assert a.label == "book_flight"
+    assert len(a.provenance["votes"]) == 2
+
+
+def test_declining_direct_specialist_widens_to_coalition(fake_ecology):
+    with edge_eco.open(fake_ecology) as eco:
+        eco.policy = Policy(direct_threshold=0.5, fallback_threshold=0.0)
+        # A confident but wrong route: travel first. Travel declines a money query.
+        eco._route = lambda hashed, deadline_ms: Route((1, 0, 2), (0.95, 0.04, 0.01))
+        a = eco.answer("transfer money to savings")
+    assert a.path == "coalition"
+    assert a.label == "transfer"
+    assert a.provenance["votes"][0][0] == "travel" and a.provenance["votes"][0][3] is True
+
+
+def test_low_confidence_goes_remote_and_remote_label_is_used(fake_ecology):
+    remote = RecordingRemote()
+    with edge_eco.open(fake_ecology, remote_client=remote) as eco:
+        eco.policy = Policy(direct_threshold=0.6, fallback_threshold=0.999999)
+        a = eco.answer("zzz qqq")
+    assert remote.sent == ["zzz qqq"]
+    assert (a.label, a.path) == ("transfer", "remote")
+
+
+def test_local_only_never_reaches_the_remote(fake_ecology):
+    remote = RecordingRemote()
+    with edge_eco.open(fake_ecology, remote_client=remote) as eco:
+        eco.policy = Policy(fallback_threshold=0.999999)
+        a = eco.answer("zzz qqq", local_only=True)
+    assert remote.sent == []
+    assert a.path in ("direct", "coalition")
+    assert a.provenance["remote"] == {"skipped": "local_only"}
+
+
+def test_forbidden_remote_policy_is_obeyed(tmp_path):
+    folder = make_fake_ecology(tmp_path / "eco", remote="forbidden",
+                               policy=Policy(direct_threshold=0.6, fallback_threshold=0.999999))
+    remote = RecordingRemote()
+    with edge_eco.open(folder, remote_client=remote) as eco:
+        a = eco.answer("zzz qqq")
+    assert remote.sent == []
+    assert a.provenance["remote"] == {"skipped": "policy forbids remote"}
+
+
+def test_remote_label_outside_label_set_is_a_failed_call(fake_ecology):
+    remote = RecordingRemote(label="launch_rocket")
+    with edge_eco.open(fake_ecology, remote_client=remote) as eco:
+        eco.policy = Policy(fallback_threshold=0.999999)
+        a = eco.answer("zzz qqq")
+    assert a.path == "unavailable"
+    assert "not in the label set" in a.provenance["remote"]["error"]
+    assert a.label in eco.labels
+
+
+def test_offline_answers_locally_with_unavailable_path(fake_ecology):
+    with edge_eco.open(fake_ecology, remote_url="http://127.0.0.1:9") as eco:  # discard port: refused
+        eco.policy = Policy(fallback_threshold=0.999999)
+        a = eco.answer("zzz qqq", deadline_ms=500)
+    assert a.path == "unavailable"
+    assert a.provenance["remote"]["error"].startswith("RemoteUnavailable")
+
+
+def test_no_remote_configured_is_unavailable_not_an_exception(fake_ecology):
+    with edge_eco.open(fake_ecology) as eco:
+        eco.policy = Policy(fallback_threshold=0.999999)
+        a = eco.answer("zzz qqq")
+    assert a.path == "unavailable"
+    assert "no remote" in a.provenance["remote"]["error"]
+
+
+def test_remote_over_real_v2_server_on_loopback(tmp_path):
+    """One edge_eco serves another: the fallback crosses a real socket."""
+    served = make_fake_ecology(tmp_path / "served")
+    client_eco = make_fake_ecology(tmp_path / "client")
+    with edge_eco.open(served) as hub, InferenceServer(hub).start() as server:
+        with edge_eco.open(client_eco, remote_url=server.url + "/v2/models/fake") as eco:
+            eco.policy = Policy(fallback_threshold=0.999999)
+            a = eco.answer("transfer money to savings please")
+    assert a.path == "remote"
+    assert a.label == "transfer"
+    assert a.provenance["remote"]["model"] == "fake"
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("", "empty"), ("   \n", "empty"), ("x" * (1 << 20), "limit is 16384"),
+    (b"\xff\xfe broken", "not valid UTF-8"), (None, "must be str or bytes")])
+def test_bad_texts_get_clear_errors(fake_ecology, bad, message):
+    with edge_eco.open(fake_ecology) as eco:
+        with pytest.raises(RequestError, match=message):
+            eco.answer(bad)
+
+
+def test_concurrent_answers_equal_sequential(fake_ecology):
+    texts = ["what is my account balance", "book a flight to paris", "set an alarm for six",
+             "transfer money to savings", "tell me a joke about the weather"] * 20
+    with edge_eco.open(fake_ecology) as eco:
+        expected = [(a.label, a.path) for a in map(eco.answer, texts)]
+        with ThreadPoolExecutor(8) as pool:
+            got = [(a.label, a.path) for a in pool.map(eco.answer, texts)]
+    assert got == expected
+
+
+def test_budget_forces_evictions_but_answers_stay_right(fake_ecology):
+    with edge_eco.open(fake_ecology, budget_bytes=1) as eco:
+        with pytest.raises(edge_eco.ResidencyError):
+            eco.answer("what is my account balance")
+    with edge_eco.open(fake_ecology) as eco:
+        size = max(eco._predict_bytes(m) for m in ("money", "travel", "generalist"))
+    with edge_eco.open(fake_ecology, budget_bytes=size + 1) as eco:
+        eco.residency._measure = lambda: 0  # keep the predicted footprints: RSS noise is not under test
+        labels = [eco.answer(t, local_only=True).label for t in
+                  ["what is my account balance", "book a flight to paris"] * 3]
+        assert labels == ["balance", "book_flight"] * 3
+        assert eco.stats()["evictions"] >= 5
+        assert eco.residency.resident_bytes <= size + 1
+
+
+def test_closed_ecology_refuses(fake_ecology):
+    eco = edge_eco.open(fake_ecology)
+    eco.close()
+    eco.close()  # idempotent
+    with pytest.raises(edge_eco.EdgeEcoError, match="closed"):
+        eco.answer("hello")
+
+
+def test_threads_do_not_leak(fake_ecology):
+    before = threading.active_count()
+    for _ in range(3):
+        with edge_eco.open(fake_ecology) as eco:
+            eco.policy = Policy(direct_threshold=1.0, fallback_threshold=0.0)
+            eco.answer("book a flight")
+    assert threading.active_count() <= before + 1

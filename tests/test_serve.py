@@ -1,0 +1,263 @@
+"""Tests of the v2 REST server: a real InferenceServer on loopback (port 0) with a fake ecology."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import pytest
+
+import edge_eco
+from edge_eco.errors import InferenceError, RequestError
+from edge_eco.serve import InferenceServer, serve_forever
+
+
+@dataclass(frozen=True)
+class FakeAnswer:
+    label: str
+    confidence: float
+    path: str
+
+
+class FakeEco:
+    """A two-label ecology: 'balance' when the text mentions money, else 'greeting'."""
+
+    name = "intents"
+    version = "3"
+    labels = ("balance", "greeting")
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float | None, bool]] = []
+
+    def answer(self, text: str, *, deadline_ms: float | None = None, local_only: bool = False) -> FakeAnswer:
+        self.calls.append((text, deadline_ms, local_only))
+        if not text:
+            raise RequestError("text is empty")
+        if text == "boom":
+            raise InferenceError("model exploded")
+        if "money" in text:
+            return FakeAnswer("balance", 0.875, "direct")
+        return FakeAnswer("greeting", 0.25, "direct")
+
+
+@pytest.fixture
+def eco() -> FakeEco:
+    return FakeEco()
+
+
+@pytest.fixture
+def server(eco):
+    with InferenceServer(eco, max_body_bytes=4096, max_batch=4) as srv:
+        yield srv
+
+
+@pytest.fixture
+def conn(server):
+    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=2)
+    yield c
+    c.close()
+
+
+def call(conn, method, path, body=None, headers=None):
+    """One request; returns (status, decoded JSON, response headers)."""
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body).encode()
+    conn.request(method, path, body=body, headers=headers or {})
+    resp = conn.getresponse()
+    raw = resp.read()
+    return resp.status, json.loads(raw), resp
+
+
+def infer_body(data, shape=None, **extra):
+    flat = data if not (data and isinstance(data[0], list)) else [x for row in data for x in row]
+    return {"inputs": [{"name": "text", "datatype": "BYTES", "shape": shape or [len(flat)], "data": data}], **extra}
+
+
+INFER = "/v2/models/intents/infer"
+
+
+def test_health_and_server_metadata(server, conn):
+    assert server.url == f"http://127.0.0.1:{server.port}"
+    assert call(conn, "GET", "/v2/health/live")[:2] == (200, {"live": True})
+    assert call(conn, "GET", "/v2/health/ready")[:2] == (200, {"ready": True})
+    assert call(conn, "GET", "/v2")[:2] == (200, {"name": "edge_eco", "version": edge_eco.__version__,
+                                                  "extensions": []})
+
+
+@pytest.mark.parametrize("path", ["/v2/models/intents", "/v2/models/intents/versions/3"])
+def test_model_metadata(conn, path):
+    status, doc, resp = call(conn, "GET", path)
+    assert status == 200
+    assert resp.getheader("Content-Type") == "application/json"
+    assert doc["name"] == "intents" and doc["versions"] == ["3"] and doc["platform"] == "edge_eco"
+    assert doc["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    assert doc["outputs"] == [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                              {"name": "confidence", "datatype": "FP32", "shape": [-1]}]
+
+
+def test_model_ready_and_unknown_model(conn):
+    assert call(conn, "GET", "/v2/models/intents/ready")[:2] == (200, {"name": "intents", "ready": True})
+    assert call(conn, "GET", "/v2/models/intents/versions/3/ready")[:2] == (200, {"name": "intents", "ready": True})
+    for path in ("/v2/models/other/ready", "/v2/models/intents/versions/9/ready", "/v2/models/other"):
+        status, doc, _ = call(conn, "GET", path)
+        assert status == 404 and "unknown model" in doc["error"]
+
+
+def test_infer_single(conn, eco):
+    status, doc, _ = call(conn, "POST", INFER, infer_body(["show me the money"]))
+    assert status == 200
+    assert doc == {"model_name": "intents", "model_version": "3", "outputs": [
+        {"name": "label", "datatype": "BYTES", "shape": [1], "data": ["balance"]},
+        {"name": "confidence", "datatype": "FP32", "shape": [1], "data": [0.875]}]}
+    assert eco.calls == [("show me the money", None, True)]  # served ecologies never forward
+
+
+def test_infer_batch_nested_id_and_deadline(conn, eco):
+    body = infer_body([["hi", "money please", "hello"]], shape=[3], id="req-7", parameters={"deadline_ms": 50})
+    status, doc, _ = call(conn, "POST", "/v2/models/intents/versions/3/infer", body)
+    assert status == 200 and doc["id"] == "req-7"
+    assert doc["outputs"][0] == {"name": "label", "datatype": "BYTES", "shape": [3],
+                                 "data": ["greeting", "balance", "greeting"]}
+    assert doc["outputs"][1]["data"] == [0.25, 0.875, 0.25]
+    assert eco.calls == [("hi", 50.0, True), ("money please", 50.0, True), ("hello", 50.0, True)]
+
+
+def test_infer_outputs_selection(conn):
+    status, doc, _ = call(conn, "POST", INFER, infer_body(["money"], outputs=[{"name": "confidence"}]))
+    assert status == 200
+    assert doc["outputs"] == [{"name": "confidence", "datatype": "FP32", "shape": [1], "data": [0.875]}]
+    status, doc, _ = call(conn, "POST", INFER, infer_body(["money"], outputs=[{"name": "probs"}]))
+    assert status == 400 and "probs" in doc["error"]
+
+
+@pytest.mark.parametrize("body, needle", [
+    (b"{not json", "malformed JSON"),
+    (b"[1, 2]", "JSON object"),
+    ({"inputs": []}, "'inputs'"),
+    ({"inputs": [{"name": "txt", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}, "named 'text'"),
+    ({"inputs": [{"name": "text", "datatype": "FP32", "shape": [1], "data": ["a"]}]}, "datatype must be 'BYTES'"),
+    (infer_body(["a", "b"], shape=[3]), "holds 3 elements, data has 2"),
+    (infer_body(["a"], shape=["1"]), "shape must be"),
+    (infer_body(["a"] * 5), "batch of 5 is over the limit of 4"),
+    (infer_body(["a", 3]), "must be a string"),
+    (infer_body(["a"], id=5), "'id' must be a string"),
+    (infer_body(["a"], parameters={"deadline_ms": -1}), "deadline_ms"),
+    (infer_body([""]), "element 0: text is empty"),
+])
+def test_infer_bad_requests_are_400(conn, eco, body, needle):
+    status, doc, resp = call(conn, "POST", INFER, body)
+    assert status == 400
+    assert needle in doc["error"]
+    assert resp.getheader("Connection") != "close"  # body was consumed; keep-alive survives a 400
+    assert call(conn, "GET", "/v2/health/live")[0] == 200
+
+
+def test_ecology_failure_is_500(conn):
+    status, doc, _ = call(conn, "POST", INFER, infer_body(["boom"]))
+    assert status == 500 and doc["error"] == "InferenceError: model exploded"
+
+
+def test_body_over_limit_is_413_and_closes(conn):
+    status, doc, resp = call(conn, "POST", INFER, b"x" * 5000)
+    assert status == 413 and "5000 bytes is over the limit of 4096" in doc["error"]
+    assert resp.getheader("Connection") == "close"
+
+
+def test_missing_content_length_is_411(conn):
+    conn.putrequest("POST", INFER)
+    conn.endheaders()
+    resp = conn.getresponse()
+    assert resp.status == 411 and "Content-Length" in json.loads(resp.read())["error"]
+
+
+def test_unknown_path_and_wrong_method(conn):
+    status, doc, _ = call(conn, "GET", "/v1/models")
+    assert status == 404 and "/v1/models" in doc["error"]
+    assert call(conn, "GET", "/v2/models/intents/explain")[0] == 404
+    status, doc, resp = call(conn, "GET", INFER)
+    assert status == 405 and resp.getheader("Allow") == "POST"
+    status, doc, resp = call(conn, "POST", "/v2/health/live", {"x": 1})
+    assert status == 405 and resp.getheader("Allow") == "GET"
+    assert resp.getheader("Connection") == "close"  # the unread body must not be parsed as a request
+
+
+def test_bearer_token(eco):
+    with InferenceServer(eco, token="s3cret") as srv:
+        c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=2)
+        try:
+            status, doc, resp = call(c, "GET", "/v2/health/ready")
+            assert status == 401 and "bearer token" in doc["error"]
+            assert resp.getheader("WWW-Authenticate") == "Bearer"
+            assert call(c, "POST", INFER, infer_body(["a"]), {"Authorization": "Bearer nope"})[0] == 401
+            status, doc, _ = call(c, "POST", INFER, infer_body(["money"]), {"Authorization": "Bearer s3cret"})
+            assert status == 200 and doc["outputs"][0]["data"] == ["balance"]
+        finally:
+            c.close()
+    assert [text for text, _, _ in eco.calls] == ["money"]  # unauthorised requests never reached it
+
+
+def test_keep_alive_reuses_one_connection(conn):
+    assert call(conn, "GET", "/v2/health/live")[0] == 200
+    sock = conn.sock
+    assert sock is not None
+    status, doc, resp = call(conn, "POST", INFER, infer_body(["hi"]))
+    assert status == 200 and doc["outputs"][0]["data"] == ["greeting"]
+    assert conn.sock is sock and resp.version == 11
+
+
+def test_client_vanishing_mid_request_is_quiet_and_harmless(server, conn, capsys):
+    for request in (b"POST /v2/models/intents/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"in",
+                    b"GET /v2/health/li"):
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=2)
+        s.sendall(request)
+        s.close()
+    time.sleep(0.05)
+    assert call(conn, "POST", INFER, infer_body(["money"]))[1]["outputs"][0]["data"] == ["balance"]
+    assert capsys.readouterr().err == ""
+
+
+def test_shutdown_closes_idle_keep_alive_and_listener(eco):
+    srv = InferenceServer(eco).start()
+    c = socket.create_connection(("127.0.0.1", srv.port), timeout=2)
+    try:
+        c.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = b""
+        while not reply.endswith(b'{"live":true}'):
+            reply += c.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 200 OK")
+        t0 = time.monotonic()
+        srv.shutdown()
+        assert c.recv(4096) == b""  # the idle connection was ended, not left to time out
+        assert time.monotonic() - t0 < 0.5
+    finally:
+        c.close()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", srv.port), timeout=1).close()
+
+
+def test_serve_forever_returns_on_sigint(eco):
+    seen: dict = {}
+
+    def on_ready(srv: InferenceServer) -> None:
+        def probe() -> None:
+            c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=2)
+            seen["status"] = call(c, "GET", "/v2/health/live")[0]
+            c.close()
+            os.kill(os.getpid(), signal.SIGINT)
+        seen["port"] = srv.port
+        threading.Thread(target=probe, daemon=True).start()
+
+    before = signal.getsignal(signal.SIGINT)
+    t0 = time.monotonic()
+    serve_forever(eco, "127.0.0.1", 0, on_ready=on_ready)
+    assert time.monotonic() - t0 < 1.0
+    assert seen["status"] == 200
+    assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", seen["port"]), timeout=1).close()
