@@ -64,9 +64,13 @@ class Ecology:
         self.policy = manifest.policy
         self._label_set = frozenset(self.labels)
         self._entries = {m.id: m for m in manifest.models}
+        # Provenance names each model by version and content hash: "1:sha256-prefix".
+        self._model_ids = {m.id: f"{m.version}:{m.file.sha256[:12]}" for m in manifest.models}
         self._featurizer = Featurizer(manifest.featurizer, use_native=use_native) \
             if manifest.featurizer else None
         self._adapters: dict[str, Callable[[str], Feeds]] = {}
+        generalists = [m.id for m in manifest.models if m.role == "generalist" and m.input == "hashed-text"]
+        self._generalist = generalists[0] if generalists else None
         if manifest.router is not None:
             header, arrays = read_router(root / manifest.router.file.path)
             try:
@@ -81,6 +85,8 @@ class Ecology:
             self._candidates = manifest.router.candidates
         else:
             self._router, self._candidates = None, (manifest.models[0].id,)
+        self._candidate_entries = tuple(self._entries[c] for c in self._candidates)
+        self._default_mask = eligible_mask(self._candidate_entries, RequestContract(), frozenset())
         budget = manifest.budget_bytes if budget_bytes is None else budget_bytes
         self.residency = Residency(self._load, self._predict_bytes, budget)
         self._pool = ThreadPoolExecutor(max_workers=max(2, 2 * manifest.policy.coalition_size),
@@ -112,7 +118,8 @@ class Ecology:
         entry = self._entries[model_id]
         if entry.input == "text-tokens" and model_id not in self._adapters:
             self._adapters[model_id] = token_adapter(self.root, entry)
-        return backends.open_model(entry.backend, self.root / entry.file.path, output=entry.output)
+        return backends.open_model(entry.backend, self.root / entry.file.path, output=entry.output,
+                                   optimize=entry.input != "hashed-text")
 
     # -- running models ------------------------------------------------------------------------
     def _vote(self, model_id: str, text: str, hashed: Feeds | None) -> tuple[Vote, float]:
@@ -183,10 +190,15 @@ class Ecology:
         else:
             votes, path = self._coalition(ids[:self.policy.coalition_size], text, hashed, prov), "coalition"
         best = judge(votes, self.manifest.reject_label)
+        if best.declined and self._generalist and all(v.model_id != self._generalist for v in votes):
+            # Every specialist asked said "not mine": the local generalist settles it.
+            vote, us = self._vote(self._generalist, text, hashed)
+            votes.append(vote)
+            prov.setdefault("model_us", {})[self._generalist] = round(us, 1)
+            best, path = judge(votes, self.manifest.reject_label), "coalition"
         t_local = time.perf_counter()
         prov["votes"] = [(v.model_id, v.label, round(v.confidence, 4), v.declined) for v in votes]
-        prov["models"] = {v.model_id: self._entries[v.model_id].version for v in votes
-                          if v.model_id in self._entries}
+        prov["models"] = {v.model_id: self._model_ids[v.model_id] for v in votes}
         label, conf = best.label, best.confidence
         if conf < self.policy.fallback_threshold:
             label, conf, path = self._fallback(text, best, path, prov, local_only, deadline_ms, t0)
@@ -200,9 +212,11 @@ class Ecology:
     def _route(self, hashed: Feeds | None, deadline_ms: float | None) -> Route:
         if self._router is None:
             return Route((0,), (1.0,))
-        contract = RequestContract(deadline_ms=deadline_ms)
-        resident = frozenset(self.residency.resident()) if deadline_ms is not None else frozenset()
-        mask = eligible_mask(self.manifest, self._candidates, contract, resident)
+        if deadline_ms is None:
+            mask = self._default_mask
+        else:
+            mask = eligible_mask(self._candidate_entries, RequestContract(deadline_ms=deadline_ms),
+                                 frozenset(self.residency.resident()))
         return route(self._router, hashed["indices"], hashed["values"], mask)
 
     def _fallback(self, text: str, best: Vote, path: str, prov: dict, local_only: bool,

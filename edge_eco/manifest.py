@@ -196,6 +196,13 @@ def _file(t: _Table) -> FileEntry:
     return FileEntry(path, sha)
 
 
+def _file_entry(raw: Any, i: int) -> FileEntry:
+    t = _Table(raw, f"files[{i}]")
+    entry = _file(t)
+    t.done()
+    return entry
+
+
 def _strings(t: _Table, key: str, default: Any = ...) -> tuple[str, ...]:
     value = t.get(key, list, default)
     if not all(isinstance(v, str) and v for v in value):
@@ -293,7 +300,7 @@ def parse_manifest(text: str) -> Manifest:
         rr.done()
     raw_models = top.get("models", list)
     models = tuple(_model(m, i) for i, m in enumerate(raw_models))
-    files = tuple(_file(_Table(f, f"files[{i}]")) for i, f in enumerate(top.get("files", list, [])))
+    files = tuple(_file_entry(f, i) for i, f in enumerate(top.get("files", list, [])))
     m = Manifest(name=top.get("name", str), version=top.get("version", str),
                  description=top.get("description", str, ""), reject_label=top.get("reject_label", str),
                  featurizer=featurizer, policy=_policy(top.table("policy")), remote=remote, router=router,

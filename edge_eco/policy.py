@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
 from .errors import RequestError
-from .manifest import Manifest, ModelEntry
+from .manifest import ModelEntry
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def validate_text(text: str | bytes, max_text_bytes: int) -> bytes:
         raise RequestError(f"text must be str or bytes, got {type(text).__name__}")
     if len(data) > max_text_bytes:
         raise RequestError(f"text is {len(data)} bytes; the limit is {max_text_bytes} (policy.max_text_bytes)")
-    if not data.strip():
+    if not data.decode("utf-8").strip():  # str.strip: Unicode whitespace (NBSP, U+3000) too
         raise RequestError("text is empty")
     return data
 
@@ -49,15 +50,14 @@ def expected_latency_ms(entry: ModelEntry, resident: bool) -> float:
     return (0.0 if resident else entry.cost.load_ms) + entry.cost.p95_us / 1e3
 
 
-def eligible_mask(manifest: Manifest, candidates: tuple[str, ...], contract: RequestContract,
+def eligible_mask(entries: Sequence[ModelEntry], contract: RequestContract,
                   resident: frozenset[str]) -> np.ndarray:
-    """bool [len(candidates)]: which candidates may answer this request.
+    """bool [len(entries)]: which candidate models may answer this request.
 
     A candidate is eligible when its risk level is allowed and its expected latency fits the
     deadline. When the deadline excludes everything, the deadline is relaxed (a late local
     answer beats none) and only the risk rule applies.
     """
-    entries = [manifest.model(c) for c in candidates]
     risk_ok = np.array([_RISK_ORDER[e.risk] <= _RISK_ORDER[contract.max_risk] for e in entries])
     if contract.deadline_ms is None:
         return risk_ok

@@ -51,6 +51,9 @@ def format_report(r: dict) -> str:
                      f"{pct(m['oos_recall']):>12}{lat['p50']:>10.3f}{lat.get('p95', 0):>10.3f}")
     lines += ["", f"remote rate {pct(r['remote_rate'])}   paths: " +
               ", ".join(f"{k}={v}" for k, v in r["paths"].items())]
+    loc = r["local_latency_ms"]
+    lines.append(f"  {'local':12} p50 {loc['p50']:.3f} ms  p95 {loc['p95']:.3f} ms  p99 {loc['p99']:.3f} ms"
+                 "  (direct + coalition)")
     for p, lat in r["latency_ms"]["by_path"].items():
         lines.append(f"  {p:12} p50 {lat['p50']:.3f} ms  p95 {lat['p95']:.3f} ms  p99 {lat['p99']:.3f} ms")
     lines.append(f"loads {r['loads']}  evictions {r['evictions']}  peak RSS {r['peak_rss_bytes'] / 2**20:.1f} MiB"

@@ -95,7 +95,9 @@ class Residency:
             yield session
         finally:
             with self._lock:
-                self._slots[model_id].users -= 1
+                slot = self._slots.get(model_id)
+                if slot is not None:  # None when close() ran while the model was in use
+                    slot.users -= 1
 
     def _acquire(self, model_id: str) -> Session:
         while True:
@@ -128,19 +130,17 @@ class Residency:
         if need > self.budget_bytes:
             raise BudgetError(f"model {model_id!r} needs {need} bytes; the budget is {self.budget_bytes}")
         used = sum(s.bytes for s in self._slots.values())
-        victims = []
-        for key, slot in list(self._slots.items()):
+        chosen = []
+        for key, slot in self._slots.items():  # least recently used first
             if used + need <= self.budget_bytes:
                 break
             if key != model_id and slot.session is not None and slot.users == 0:
-                victims.append((key, self._slots.pop(key)))
+                chosen.append(key)
                 used -= slot.bytes
-        if used + need > self.budget_bytes:
-            for key, slot in victims:  # put them back: nothing was closed yet
-                self._slots[key] = slot
+        if used + need > self.budget_bytes:  # nothing was popped: the LRU order is unchanged
             raise BudgetError(f"model {model_id!r} needs {need} bytes but only {self.budget_bytes - used} "
                               "can be freed now (other models are in use)")
-        return victims
+        return [(key, self._slots.pop(key)) for key in chosen]
 
     def _close(self, victims: list[tuple[str, _Slot]]) -> None:
         for _, slot in victims:
@@ -173,7 +173,24 @@ class Residency:
             self.stats.load_ms.append(load_ms)
             slot.loading.set()
             slot.loading = None
+            over = self._over_budget_victims(model_id)
+        self._close(over)
         return session
+
+    def _over_budget_victims(self, model_id: str) -> list[tuple[str, _Slot]]:
+        """When a measured footprint beat its prediction, evict idle LRU models to get back
+        under the budget; caller holds the lock."""
+        if not self.budget_bytes:
+            return []
+        used = sum(s.bytes for s in self._slots.values())
+        chosen = []
+        for key, slot in self._slots.items():
+            if used <= self.budget_bytes:
+                break
+            if key != model_id and slot.session is not None and slot.users == 0:
+                chosen.append(key)
+                used -= slot.bytes
+        return [(key, self._slots.pop(key)) for key in chosen]
 
     def close(self) -> None:
         """Close every loaded model."""

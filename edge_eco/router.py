@@ -56,9 +56,9 @@ def route(w: RouterWeights, indices: np.ndarray, values: np.ndarray, eligible: n
     if not eligible.any():
         raise RoutingError("no model is eligible for this request")
     logits = (values @ w.weight[indices].astype(np.float32)) * w.scale + w.bias
-    z = np.where(eligible, logits / w.temperature, -np.inf)
-    z = z - z.max()
-    p = np.exp(z)
+    allowed = np.flatnonzero(eligible)
+    z = logits[allowed] / w.temperature
+    p = np.exp(z - z.max())
     p /= p.sum()
-    order = np.argsort(-p, kind="stable")[: int(eligible.sum())]
-    return Route(tuple(int(i) for i in order), tuple(float(p[i]) for i in order))
+    rank = np.argsort(-z, kind="stable")  # by logit: ties broken by index, never by underflow
+    return Route(tuple(int(allowed[i]) for i in rank), tuple(float(p[i]) for i in rank))

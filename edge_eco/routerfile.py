@@ -69,12 +69,19 @@ def read_router(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
         header = msgpack.unpackb(mm[len(MAGIC) + 4:len(MAGIC) + 4 + n], raw=False)
     except (ValueError, msgpack.UnpackException) as exc:
         raise IntegrityError(f"{path}: router header is not valid msgpack") from exc
+    if not isinstance(header, dict) or not isinstance(header.get("arrays"), dict):
+        raise IntegrityError(f"{path}: router header is not a map with an 'arrays' table")
     arrays = {}
-    for name, s in header.get("arrays", {}).items():
-        dtype = _DTYPES.get(s.get("dtype"))
-        count = int(np.prod(s["shape"])) if s.get("shape") else 1
-        if dtype is None or s["offset"] + s["nbytes"] > len(mm) or count * np.dtype(dtype).itemsize != s["nbytes"]:
+    for name, s in header["arrays"].items():
+        try:
+            dtype = _DTYPES[s["dtype"]]
+            shape = [int(x) for x in s["shape"]]
+            offset, nbytes = int(s["offset"]), int(s["nbytes"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"{path}: array {name!r} has a malformed description") from exc
+        count = int(np.prod(shape)) if shape else 1
+        if offset < 0 or offset + nbytes > len(mm) or count * np.dtype(dtype).itemsize != nbytes:
             raise IntegrityError(f"{path}: array {name!r} is truncated or malformed")
         arrays[name] = np.frombuffer(mm, dtype=np.dtype(dtype).newbyteorder("<"), count=count,
-                                     offset=s["offset"]).reshape(s["shape"])
+                                     offset=offset).reshape(shape)
     return header, arrays

@@ -58,7 +58,9 @@ def run_job(eco: Ecology, examples: Sequence[Example], opts: RunOptions = RunOpt
     report = {"ecology": eco.name, "version": eco.version, "source": source, "requests": len(examples),
               **accuracy_block(predicted, gold, reject),
               "remote_rate": round(paths.count("remote") / max(1, len(paths)), 5),
-              **path_summary(paths, lat, PATHS), "errors": errors}
+              **path_summary(paths, lat, PATHS), "errors": errors,
+              # answered on the device (direct or coalition): featurize + route + models + judge
+              "local_latency_ms": percentiles_ms([x for x, p in zip(lat, paths) if p in ("direct", "coalition")])}
     stats = eco.stats()
     report.update(loads=stats["loads"], evictions=stats["evictions"], resident_bytes=stats["resident_bytes"])
     baselines = {}

@@ -6,9 +6,12 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, fields
 
 from .manifest import Calibration, Cost, Manifest, ModelEntry, Policy, RemoteSpec
+
+_BARE = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _value(v) -> str:
@@ -18,11 +21,16 @@ def _value(v) -> str:
         return str(v)
     if isinstance(v, float):
         return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, str):  # JSON escapes are TOML escapes, except DEL which TOML forbids raw
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def _key(k: str) -> str:
+    """A bare TOML key when it can be one, else a quoted one."""
+    return k if _BARE.fullmatch(k) else _value(k)
 
 
 def _pairs(obj, defaults) -> list[str]:
@@ -38,13 +46,15 @@ def _model(m: ModelEntry) -> list[str]:
     if m.decline_label is not None:
         lines.append(f"decline_label = {_value(m.decline_label)}")
     if m.tokenizer is not None:
-        lines += [f"tokenizer = {_value(m.tokenizer)}", f"max_tokens = {m.max_tokens}"]
+        lines.append(f"tokenizer = {_value(m.tokenizer)}")
+    if m.max_tokens != ModelEntry.__dataclass_fields__["max_tokens"].default:
+        lines.append(f"max_tokens = {m.max_tokens}")
     lines.append(f"labels = {_value(list(m.labels))}")
     lines += ["", "[models.calibration]"] + _pairs(m.calibration, Calibration())
     if m.cost != Cost():
         lines += ["", "[models.cost]"] + [f"{k} = {_value(v)}" for k, v in asdict(m.cost).items()]
     if m.niches:
-        lines += ["", "[models.niches]"] + [f"{k} = {_value(v)}" for k, v in m.niches.items()]
+        lines += ["", "[models.niches]"] + [f"{_key(k)} = {_value(v)}" for k, v in m.niches.items()]
     return lines
 
 

@@ -56,6 +56,7 @@ def write_onnx(weight: np.ndarray, bias: np.ndarray, out: Path, name: str) -> li
     """Write ``name.onnx`` with its int8 weights in ``name.onnx.data`` (mmapped by ORT)."""
     model = sparse_linear_model(weight, bias, name)
     data_name = f"{name}.onnx.data"
+    (out / data_name).unlink(missing_ok=True)  # onnx appends external data to an existing file
     onnx.save_model(model, str(out / f"{name}.onnx"), save_as_external_data=True,
                     all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
     return [f"{name}.onnx", data_name]
@@ -67,9 +68,9 @@ def onnx_logits(path: Path, feats: list[tuple[np.ndarray, np.ndarray]]) -> np.nd
     return np.stack([sess.run({"indices": i, "values": v}) for i, v in feats])
 
 
-def train_model(name, x_tr, y_tr, x_va, y_va, feats_va, labels, out, role) -> dict:
+def train_model(name, x_tr, y_tr, x_va, y_va, feats_va, labels, out, role, sample_weight=None) -> dict:
     t0 = time.time()
-    w, b = fit_softmax(x_tr, y_tr, len(labels), l2=L2[role], max_iter=MAX_ITER)
+    w, b = fit_softmax(x_tr, y_tr, len(labels), l2=L2[role], max_iter=MAX_ITER, sample_weight=sample_weight)
     files = write_onnx(w, b, out, name)
     logits = onnx_logits(out / files[0], feats_va)
     temp = fit_temperature(logits, y_va)
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=None, help="data folder (default: $EDGE_ECO_DATA or ../shared/data)")
     ap.add_argument("--out", default="models/clinc150")
-    ap.add_argument("--remote-rate", type=float, default=0.2,
+    ap.add_argument("--remote-rate", type=float, default=0.15,
                     help="target share of validation requests sent to the remote generalist")
     args = ap.parse_args(argv)
     import os
@@ -108,7 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         labels = sorted(domains[domain]) + [NOT_MINE]
         index = {lab: i for i, lab in enumerate(labels)}
         y = lambda labs: np.array([index.get(lab, index[NOT_MINE]) for lab in labs])  # noqa: E731
-        r = train_model(domain, x_tr, y(lab_tr), x_va, y(lab_va), f_va, labels, out, "specialist")
+        y_tr = y(lab_tr)
+        # Balance "not mine" against the domain's own intents: unweighted, its 90 % prior made a
+        # specialist decline 12-13 % of its own val queries; balanced, 5-8 % (false claims 0.3-0.7 %).
+        mine = y_tr != index[NOT_MINE]
+        weight = np.where(mine, 1.0, mine.sum() / (~mine).sum())
+        r = train_model(domain, x_tr, y_tr, x_va, y(lab_va), f_va, labels, out, "specialist", weight)
         metrics[domain] = {"val_accuracy": r["val_accuracy"], "temperature": r["temperature"]}
         models.append(ModelEntry(
             id=domain, version="1", role="specialist", backend="ort",
@@ -159,9 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     manifest = replace(manifest, policy=policy)
     (out / "ecology.toml").write_text(manifest_to_toml(manifest))
     metrics["policy_tuning"] = tuning
+    metrics["test"] = evaluate_test(out, data["test"] + data["oos_test"])
     metrics["build_seconds"] = round(time.time() - started, 1)
     metrics["featurizer"] = {"version": SPEC.version, "seed": SPEC.seed, "dim": SPEC.dim}
     (out / "build.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    (out / "MODEL_CARD.md").write_text(model_card(manifest, metrics, out))
     log(f"done in {metrics['build_seconds']}s -> {out}")
     return 0
 
@@ -216,6 +224,78 @@ def tune_policy(out: Path, val: list, remote_rate: float) -> tuple[Policy, dict]
         f"fallback_threshold={fallback} (target remote rate {remote_rate})")
     return policy, {"val_local_accuracy": best_acc, "direct_share": float((route_conf >= best_t).mean()),
                     "target_remote_rate": remote_rate}
+
+
+def evaluate_test(out: Path, test: list) -> dict:
+    """Local-only figures on the test split: the local generalist alone and the local ecology."""
+    import edge_eco
+    from edge_eco.report import accuracy_block
+
+    gold = [lab for _, lab in test]
+    with edge_eco.open(out) as eco:
+        gen = [eco.predict_with(GENERALIST, t).label for t, _ in test]
+        local = [eco.answer(t, local_only=True).label for t, _ in test]
+    result = {"local_generalist": accuracy_block(gen, gold, OOS), "ecology_local_only": accuracy_block(local, gold, OOS)}
+    log(f"test: local generalist {result['local_generalist']}, local ecology {result['ecology_local_only']}")
+    return result
+
+
+def model_card(m: Manifest, metrics: dict, out: Path) -> str:
+    """MODEL_CARD.md: data source and licence, how it was built, measured metrics."""
+    rows = "\n".join(
+        f"| {e.id} | {e.role} | {len(e.labels)} | {metrics[e.id]['val_accuracy']:.4f} | "
+        f"{e.calibration.temperature} | {sum((out / f).stat().st_size for f in metrics[e.id]['files'])} |"
+        for e in m.models)
+    t = metrics["test"]
+    fmt = lambda b: f"{100 * b['accuracy']:.2f} % overall, {100 * b['in_scope_accuracy']:.2f} % in scope, " \
+                    f"{100 * b['oos_recall']:.2f} % oos recall"  # noqa: E731
+    return f"""# Model card: clinc150 ecology
+
+## Data
+CLINC150 (`data_full.json`, 15,000 train / 3,000 val / 4,500 test in-scope queries over 150 intents in
+10 domains, plus 100 / 100 / 1,000 out-of-scope queries), from https://github.com/clinc/oos-eval at commit
+828f8093932c8fe6ca7936c3d2e52903b1c523de, with its `domains.json` mapping.
+Licence: Creative Commons Attribution 3.0 Unported (CC BY 3.0). Attribution: Larson et al.,
+"An Evaluation Dataset for Intent Classification and Out-of-Scope Prediction", EMNLP-IJCNLP 2019.
+The models here are derived from that data and are shared under the same attribution.
+The queries were written by crowd workers; they are not real user logs.
+
+## Population
+- 10 domain specialists: each its domain's 15 intents plus `not_mine` (trained on every other domain and
+  the out-of-scope training queries); a specialist answering `not_mine` declines.
+- `generalist`: all 150 intents plus `oos`; answers `oos` when its calibrated top probability is under
+  {metrics['generalist']['reject_below']} (chosen on val).
+- Router: linear softmax over the 10 specialists and the generalist (out-of-scope queries route to the
+  generalist); weights int8 in `router.bin` (msgpack header + raw arrays, memory-mapped).
+- Remote generalist (not in this folder): `models/minilm` (all-MiniLM-L6-v2 + linear head), served over
+  the Open Inference Protocol v2.
+
+| model | role | labels | val accuracy | temperature | bytes |
+|---|---|---|---|---|---|
+{rows}
+
+Router val accuracy (right model family): {metrics['router']['val_accuracy']:.4f}, temperature {metrics['router']['temperature']}.
+
+## How it was built
+`python tools/build_clinc150.py --data ../shared/data --out models/clinc150` (deterministic; {metrics['build_seconds']} s on 2 cores).
+Features: `{SPEC.version}` (hashed word 1-2-grams and char 2-4-grams, seed {SPEC.seed}, dim {SPEC.dim}) from
+the C kernel. Each model is multinomial logistic regression (L-BFGS, L2) on the train split, quantized to
+int8 per class (symmetric) and written as ONNX (Gather + DequantizeLinear + weighted sum) with the weights
+in an external `.onnx.data` file that ONNX Runtime memory-maps. Temperatures are fitted on the validation
+split by NLL; the policy thresholds are chosen by replaying the validation split through the runtime:
+`direct_threshold` {m.policy.direct_threshold}, `fallback_threshold` {m.policy.fallback_threshold}
+(target remote share on val {metrics['policy_tuning']['target_remote_rate']}).
+
+## Measured on the test split (5,500 queries, local only, no remote)
+- local generalist alone: {fmt(t['local_generalist'])}
+- local ecology (router + specialists + generalist, no remote): {fmt(t['ecology_local_only'])}
+
+End-to-end figures with the remote generalist are in the README (`make demo`).
+
+## Limits
+English only. Out-of-scope detection is the weak point of the local tier (few oos training queries); the
+runtime sends low-confidence requests to the remote generalist for that reason.
+"""
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Model runtimes behind one small interface, found by file name (``ort.py``, ``fake.py``).
 
-A backend is a module with ``open(path, *, output, threads) -> Session``; a session has
+A backend is a module with ``open(path, *, output, threads, optimize) -> Session``; a session has
 ``run(feeds) -> np.ndarray`` (the named output) and ``close()``. Only ``ort.py`` imports
 onnxruntime, lazily; ``fake.py`` runs small numpy models so logic tests need no runtime.
 """
@@ -29,7 +29,8 @@ class Session(Protocol):
 NAMES = ("ort", "fake")
 
 
-def open_model(backend: str, path: Path, *, output: str = "logits", threads: int = 1) -> Session:
+def open_model(backend: str, path: Path, *, output: str = "logits", threads: int = 1,
+               optimize: bool = True) -> Session:
     """Load ``path`` with the named backend.
 
     Raises:
@@ -38,4 +39,4 @@ def open_model(backend: str, path: Path, *, output: str = "logits", threads: int
     if backend not in NAMES:
         raise ModelLoadError(f"unknown backend {backend!r} (known: {list(NAMES)})")
     module = importlib.import_module(f"{__name__}.{backend}")
-    return module.open(Path(path), output=output, threads=threads)
+    return module.open(Path(path), output=output, threads=threads, optimize=optimize)

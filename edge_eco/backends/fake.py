@@ -36,6 +36,6 @@ class FakeSession:
         self.weight = self.bias = None
 
 
-def open(path: Path, *, output: str = "logits", threads: int = 1) -> FakeSession:  # noqa: A001
+def open(path: Path, *, output: str = "logits", threads: int = 1, optimize: bool = True) -> FakeSession:  # noqa: A001
     """Load a ``.npz`` sparse-linear model."""
     return FakeSession(path)
