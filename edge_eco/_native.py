@@ -93,3 +93,43 @@ class Featurizer:
                "ee_featurizer_run")
         nnz = p_nnz[0]
         return idx[:nnz].copy(), val[:nnz].copy()
+
+
+class RouterKernel:
+    """The C deferral router over weights prepared once (pointers into the mapped arrays).
+
+    Thread-safe: output buffers are per thread.
+    """
+
+    def __init__(self, weights) -> None:
+        if not available():
+            raise NativeError(f"compiled kernel unavailable: {_IMPORT_ERROR}")
+        self.weights = weights  # keeps the mapped arrays alive as long as the pointers
+        self._cfg = _ffi.new("ee_router_t *")
+        self._keep = [np.ascontiguousarray(a) for a in (weights.weight, weights.scale, weights.bias, weights.cost)]
+        self._cfg.weight = _ffi.from_buffer("signed char *", self._keep[0])
+        self._cfg.scale = _ffi.from_buffer("float *", self._keep[1])
+        self._cfg.bias = _ffi.from_buffer("float *", self._keep[2])
+        self._cfg.cost = _ffi.from_buffer("float *", self._keep[3])
+        self._cfg.dim, self._cfg.k = weights.weight.shape
+        self._local = threading.local()
+
+    def _buffers(self):
+        buf = getattr(self._local, "buf", None)
+        if buf is None:
+            k = self._cfg.k
+            logit, order, prob = np.empty(k, np.float32), np.empty(k, np.int32), np.empty(k, np.float64)
+            buf = (logit, order, prob, _ffi.from_buffer("float *", logit), _ffi.from_buffer("int *", order),
+                   _ffi.from_buffer("double *", prob), _ffi.new("unsigned int *"))
+            self._local.buf = buf
+        return buf
+
+    def route(self, indices: np.ndarray, values: np.ndarray, mask: np.ndarray, lam: float):
+        """(order, probs, logits) of one request; arrays are int32/float32/uint8 views."""
+        logit, order, prob, p_logit, p_order, p_prob, p_n = self._buffers()
+        _check(_lib.ee_router_route(self._cfg, _ffi.from_buffer("int *", indices),
+                                    _ffi.from_buffer("float *", values), len(indices),
+                                    _ffi.from_buffer("unsigned char *", mask), lam,
+                                    p_logit, p_order, p_prob, p_n), "ee_router_route")
+        n = p_n[0]
+        return order[:n].copy(), prob[:n].copy(), logit.copy()

@@ -63,11 +63,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     p = m.policy
     print(f"policy: direct >= {p.direct_threshold}, remote when confidence < {p.fallback_threshold}, "
           f"coalition {p.coalition_size}, remote {p.remote}")
-    print(f"\n{'model':18}{'role':12}{'backend':9}{'labels':>7}{'bytes':>12}{'T':>8}  file")
+    print(f"\n{'model':20}{'role':12}{'backend':9}{'labels':>7}{'bytes':>12}{'T':>8}  file")
     for e in m.models:
         size = sum((root / f).stat().st_size for f in [e.file.path] + [x.path for x in m.files
                                                                        if x.path.startswith(e.file.path)])
-        print(f"{e.id:18}{e.role:12}{e.backend:9}{len(e.labels):>7}{size:>12}"
+        print(f"{e.id:20}{e.role:12}{e.backend:9}{len(e.labels):>7}{size:>12}"
               f"{e.calibration.temperature:>8.3f}  {e.file.path}")
     print("\nall files present, sha256 verified")
     return 0

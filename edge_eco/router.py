@@ -62,3 +62,57 @@ def route(w: RouterWeights, indices: np.ndarray, values: np.ndarray, eligible: n
     p /= p.sum()
     rank = np.argsort(-z, kind="stable")  # by logit: ties broken by index, never by underflow
     return Route(tuple(int(allowed[i]) for i in rank), tuple(float(p[i]) for i in rank))
+
+
+# -- "deferral-linear": one logistic correctness predictor per candidate ------------------------
+
+FIXED_ONE = np.float32(32768.0)
+
+
+@dataclass(frozen=True)
+class DeferralWeights:
+    """Weights of the deferral router (views of a memory-mapped file, usually).
+
+    Each candidate c has a logistic predictor of "c answers this request correctly":
+    p = sigmoid(scale[c] * sum_i q_i W[idx_i, c] / 32768 + bias[c]) with q_i = rint(value_i * 32768);
+    candidates are ranked by utility = p - lambda * cost[c].
+    """
+
+    weight: np.ndarray  # int8 [dim, K]
+    scale: np.ndarray   # float32 [K]
+    bias: np.ndarray    # float32 [K]
+    cost: np.ndarray    # float32 [K]
+
+    def __post_init__(self) -> None:
+        k = self.weight.shape[1] if self.weight.ndim == 2 else -1
+        if (self.weight.dtype != np.int8 or not 1 <= k <= 64
+                or any(a.shape != (k,) or a.dtype != np.float32 for a in (self.scale, self.bias, self.cost))):
+            raise IntegrityError("deferral router: expected int8 weight [dim, K<=64] and float32 "
+                                 "scale, bias, cost [K]")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Eligible candidates by utility (best first), their predicted correctness, and all logits."""
+
+    order: tuple[int, ...]
+    probs: tuple[float, ...]
+    logits: np.ndarray
+
+
+def deferral_logits(w: DeferralWeights, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """float32 [K] logits, exactly as the C kernel computes them (integer accumulation)."""
+    q = np.rint(values.astype(np.float32) * FIXED_ONE).astype(np.int64)
+    acc = (w.weight[indices].astype(np.int64) * q[:, None]).sum(axis=0)
+    return acc.astype(np.float32) * (w.scale * (np.float32(1.0) / FIXED_ONE)) + w.bias
+
+
+def route_reference(w: DeferralWeights, indices: np.ndarray, values: np.ndarray, eligible: np.ndarray,
+                    lam: float) -> Decision:
+    """The numpy reference of ``ee_router_route``: same logits, order and probabilities."""
+    logits = deferral_logits(w, indices, values)
+    allowed = np.flatnonzero(eligible)
+    p = 1.0 / (1.0 + np.exp(-logits[allowed].astype(np.float64)))
+    u = p - lam * w.cost[allowed].astype(np.float64)
+    rank = np.argsort(-u, kind="stable")
+    return Decision(tuple(int(allowed[i]) for i in rank), tuple(float(p[i]) for i in rank), logits)

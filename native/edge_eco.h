@@ -41,3 +41,28 @@ ee_status ee_featurizer_run(const ee_featurizer_t *cfg, const unsigned char *tex
                             unsigned long n_bytes, unsigned long long *scratch,
                             int *out_idx, float *out_val, unsigned long cap,
                             unsigned long *out_nnz);
+
+/* Router "deferral-linear": one logistic predictor per candidate model.
+ * Fixed-point scoring (exact, order-independent): q = rint(value * 32768),
+ * acc[c] = sum_i q[i] * weight[idx[i], c] (int64), logit[c] = (float)acc[c] * (scale[c] / 32768) + bias[c],
+ * p[c] = 1 / (1 + exp(-logit[c])) (double), utility[c] = p[c] - lambda * cost[c].
+ * Candidates with mask[c] == 0 are skipped; the rest are ranked by utility, ties by index. */
+typedef struct {
+    const signed char *weight;  /* [dim, k] int8, row-major */
+    const float *scale;         /* [k] dequantisation scale per candidate */
+    const float *bias;          /* [k] */
+    const float *cost;          /* [k] cost per candidate, in utility units per lambda */
+    unsigned int dim;           /* rows of weight; every index must be < dim */
+    unsigned int k;             /* candidates, 1..64 */
+} ee_router_t;
+
+/* Score and rank one request.
+ *   idx, val    [nnz]   featurizer output (indices < dim, values in [0, 1])
+ *   mask        [k]     1 = eligible
+ *   out_logit   [k]     logits of every candidate (masked ones included)
+ *   out_order   [k]     eligible candidates, best utility first; *out_n of them
+ *   out_prob    [k]     predicted correctness p of out_order[j]
+ */
+ee_status ee_router_route(const ee_router_t *r, const int *idx, const float *val, unsigned long nnz,
+                          const unsigned char *mask, double lambda, float *out_logit,
+                          int *out_order, double *out_prob, unsigned int *out_n);

@@ -1,0 +1,76 @@
+"""The C deferral router equals its numpy reference: same logits (bit for bit), order and probabilities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_eco._native import Featurizer, RouterKernel
+from edge_eco.errors import IntegrityError, NativeError
+from edge_eco.featurizer import FeaturizerSpec
+from edge_eco.router import DeferralWeights, route_reference
+
+SPEC = FeaturizerSpec(seed=20261203, dim=1 << 16)
+
+
+def weights(k: int, dim: int, seed: int) -> DeferralWeights:
+    rng = np.random.default_rng(seed)
+    return DeferralWeights(rng.integers(-127, 128, (dim, k)).astype(np.int8),
+                           (rng.random(k) * 0.02).astype(np.float32), rng.normal(size=k).astype(np.float32),
+                           rng.random(k).astype(np.float32))
+
+
+def same(kernel: RouterKernel, w, idx, val, mask, lam) -> bool:
+    order, probs, logits = kernel.route(idx, val, mask.astype(np.uint8), lam)
+    ref = route_reference(w, idx, val, mask.astype(bool), lam)
+    return (tuple(order.tolist()) == ref.order and np.array_equal(logits.view(np.uint32), ref.logits.view(np.uint32))
+            and np.allclose(probs, ref.probs, rtol=0, atol=1e-12))
+
+
+def test_kernel_equals_reference_on_every_clinc150_test_query(clinc_test):
+    w = weights(12, SPEC.dim, 0)
+    kernel, feat = RouterKernel(w), Featurizer(SPEC, use_native=True)
+    rng = np.random.default_rng(1)
+    bad = 0
+    for text, _ in clinc_test:
+        idx, val = feat(text.encode())
+        mask = rng.random(12) > 0.2
+        mask[rng.integers(12)] = True
+        bad += not same(kernel, w, idx, val, mask, float(rng.random()))
+    assert bad == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(k=st.integers(1, 64), nnz=st.integers(0, 50), seed=st.integers(0, 2**16), lam=st.floats(0, 5))
+def test_kernel_equals_reference_on_random_inputs(k, nnz, seed, lam):
+    w = weights(k, 256, seed)
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(256, size=nnz, replace=False)).astype(np.int32)
+    val = rng.random(nnz).astype(np.float32)
+    mask = rng.random(k) > 0.3
+    assert same(RouterKernel(w), w, idx, val, mask, lam)
+
+
+def test_ties_rank_by_index_and_masked_candidates_never_appear():
+    w = DeferralWeights(np.zeros((256, 4), np.int8), np.ones(4, np.float32), np.zeros(4, np.float32),
+                        np.zeros(4, np.float32))
+    order, probs, _ = RouterKernel(w).route(np.zeros(0, np.int32), np.zeros(0, np.float32),
+                                            np.array([1, 0, 1, 1], np.uint8), 1.0)
+    assert order.tolist() == [0, 2, 3]
+    assert probs.tolist() == [0.5, 0.5, 0.5]
+
+
+def test_out_of_range_index_is_refused_by_the_kernel():
+    w = weights(3, 256, 0)
+    with pytest.raises(NativeError, match="ee_router_route"):
+        RouterKernel(w).route(np.array([300], np.int32), np.ones(1, np.float32), np.ones(3, np.uint8), 0.0)
+
+
+def test_malformed_weights_are_integrity_errors():
+    with pytest.raises(IntegrityError):
+        DeferralWeights(np.zeros((8, 3), np.float32), np.ones(3, np.float32), np.zeros(3, np.float32),
+                        np.zeros(3, np.float32))
+    with pytest.raises(IntegrityError):
+        DeferralWeights(np.zeros((8, 65), np.int8), *(np.ones(65, np.float32),) * 3)
