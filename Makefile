@@ -13,7 +13,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml setup.py native/edge_eco.h native/featurize.c native/build_native.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip "setuptools>=70.1" wheel
+	$(PY) -m pip install --quiet --upgrade pip "setuptools>=77" wheel
 	$(PY) -m pip install --quiet -e ".[remote,dev]"
 	$(PY) -c "import edge_eco._native as n; assert n.available(), 'compiled kernel missing'"
 	touch $(STAMP)
@@ -26,12 +26,13 @@ demo: $(STAMP) models/minilm/minilm.onnx
 	$(PY) tools/demo.py --data $(DATA) --out build/demo-report.json
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	EDGE_ECO_DATA=$(DATA) $(PY) -m pytest -q
 
 # Rebuild the shipped ecologies from ../shared/data (needs the build extra: torch, onnx, ...).
 models: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[build,remote,dev]"
 	$(PY) tools/build_clinc150.py --data $(DATA) --out models/clinc150
+	$(PY) tools/fit_deferral.py --data $(DATA) --ecology models/clinc150 --remote-bundle models/minilm
 
 minilm: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[build,remote,dev]"

@@ -106,13 +106,16 @@ class RouterKernel:
             raise NativeError(f"compiled kernel unavailable: {_IMPORT_ERROR}")
         self.weights = weights  # keeps the mapped arrays alive as long as the pointers
         self._cfg = _ffi.new("ee_router_t *")
-        self._keep = [np.ascontiguousarray(a) for a in (weights.weight, weights.scale, weights.bias, weights.cost)]
+        cost = getattr(weights, "cost", None)
+        cost = np.zeros(weights.weight.shape[1], np.float32) if cost is None else cost
+        self._keep = [np.ascontiguousarray(a) for a in (weights.weight, weights.scale, weights.bias, cost)]
         self._cfg.weight = _ffi.from_buffer("signed char *", self._keep[0])
         self._cfg.scale = _ffi.from_buffer("float *", self._keep[1])
         self._cfg.bias = _ffi.from_buffer("float *", self._keep[2])
         self._cfg.cost = _ffi.from_buffer("float *", self._keep[3])
         self._cfg.dim, self._cfg.k = weights.weight.shape
         self._local = threading.local()
+        self._all = None
 
     def _buffers(self):
         buf = getattr(self._local, "buf", None)
@@ -123,6 +126,12 @@ class RouterKernel:
                    _ffi.from_buffer("double *", prob), _ffi.new("unsigned int *"))
             self._local.buf = buf
         return buf
+
+    def logits(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """float32 [K] logits of every candidate (bit-identical to ``router.linear_logits``)."""
+        if self._all is None:
+            self._all = np.ones(self._cfg.k, np.uint8)
+        return self.route(indices, values, self._all, 0.0)[2]
 
     def route(self, indices: np.ndarray, values: np.ndarray, mask: np.ndarray, lam: float):
         """(order, probs, logits) of one request; arrays are int32/float32/uint8 views."""

@@ -16,11 +16,46 @@ from .report import format_report
 from .runjob import RunOptions, run_job
 
 
+def _token(var: str | None) -> str | None:
+    """The bearer token held in environment variable ``var``; an unset or empty one is an error,
+    never a silent fall back to no authentication."""
+    if not var:
+        return None
+    value = os.environ.get(var, "")
+    if not value.strip():
+        raise CliError(f"--token-env {var}: the environment variable is unset or empty")
+    return value.strip()
+
+
+class CliError(EdgeEcoError):
+    """A command-line argument that cannot be used."""
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    return parse
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 0-65535, got {text}")
+    return value
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.out and Path(args.out).is_dir():
+        raise CliError(f"--out {args.out} is a directory; give a file name")
     examples = load_requests(args.requests, args.split)
     if args.limit:
         examples = examples[: args.limit]
-    token = os.environ.get(args.token_env) if args.token_env else None
+    if not examples:
+        raise CliError(f"{args.requests} holds no requests")
+    token = _token(args.token_env)
     options = {"remote_url": args.remote, "remote_token": token}
     if args.budget_bytes is not None:
         options["budget_bytes"] = args.budget_bytes
@@ -47,12 +82,61 @@ def _has(eco, model_id: str) -> bool:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve_forever
 
-    token = os.environ.get(args.token_env) if args.token_env else None
+    token = _token(args.token_env)
     with _ecology.open(args.ecology, remote_url=None) as eco:
         def ready(server) -> None:
             print(f"edge-eco serve: {eco.name} v{eco.version} on {server.url}/v2/models/{eco.name}", flush=True)
         serve_forever(eco, args.host, args.port, token=token, on_ready=ready)
     print("edge-eco serve: stopped", flush=True)
+    return 0
+
+
+def _cmd_bench_routing(args: argparse.Namespace) -> int:
+    from .bench_routing import bench_routing
+
+    if args.remote_bundle is None and args.remote is None:
+        raise CliError("give the remote generalist: --remote-bundle DIR (run in-process) or --remote URL")
+    examples = [e for e in load_requests(args.requests, args.split) if e.label is not None]
+    if args.limit:
+        examples = examples[: args.limit]
+    if not examples:
+        raise CliError(f"{args.requests} holds no labelled requests")
+    with _ecology.open(args.ecology) as eco:
+        if args.remote_bundle:
+            remote_eco = _ecology.open(args.remote_bundle)
+            remote_label = lambda text: remote_eco.answer(text).label  # noqa: E731
+        else:
+            from .fallback import V2Client
+            url, model = (args.remote.split("/v2/models/", 1) + ["generalist"])[:2]
+            client = V2Client(url, model.strip("/"), token=_token(args.token_env))
+            remote_label = lambda text: client.infer([text])[0].label  # noqa: E731
+        report = bench_routing(eco, remote_label, examples, seed=args.seed,
+                               progress=lambda i, n: print(f"  {i}/{n} requests", file=sys.stderr, flush=True))
+    r = report
+    print(f"routing on {r['requests']} requests: local-only (weak) {100 * r['weak_accuracy']:.2f} %, "
+          f"remote-only (strong) {100 * r['strong_accuracy']:.2f} %")
+    print(f"\n{'curve':26}{'apgr':>8}{'cpt50':>8}{'cpt80':>8}" + "".join(f"{'@' + k:>9}" for k in
+                                                                       r["accuracy_at_remote_rate"]))
+    for name, c in r["curves"].items():
+        cpt = lambda x: "   none" if x is None else f"{x:7.3f}"  # noqa: E731
+        print(f"{name:26}{c['apgr']:8.3f} {cpt(c['cpt50'])} {cpt(c['cpt80'])}"
+              + "".join(f"{100 * v:8.2f}%" for v in c["accuracy_at_remote_rate"].values()))
+    print(f"\nlocal tier AURC {r['aurc_local']}  (E-AURC {r['eaurc_local']})")
+    print("ECE before -> after calibration: " + ", ".join(
+        f"{m} {v['before']:.3f}->{v['after']:.3f}" for m, v in r["ece"].items()))
+    u = r["router_us"]
+    print(f"router decision (featurize + route): C p50 {u['c']['p50']} us p99 {u['c']['p99']} us; "
+          f"numpy p50 {u['numpy']['p50']} us p99 {u['numpy']['p99']} us; speedup {u['router_speedup']}x")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+        print(f"report written to {args.out}")
+    if args.plot:
+        from .plot import plot_curves
+        curves = {k: (c["rates"], c["accuracy"]) for k, c in r["curves"].items()}
+        plot_curves(curves, r["weak_accuracy"], r["strong_accuracy"], Path(args.plot),
+                    f"{r['ecology']}: accuracy vs remote-call rate ({r['requests']} requests)")
+        print(f"plot written to {args.plot}")
     return 0
 
 
@@ -83,18 +167,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--remote", help="URL of the remote generalist (Open Inference Protocol v2)")
     run.add_argument("--token-env", help="environment variable holding the remote's bearer token")
     run.add_argument("--out", help="write the report as JSON here")
-    run.add_argument("--limit", type=int, help="answer only the first N requests")
-    run.add_argument("--deadline-ms", type=float, help="deadline of every request")
-    run.add_argument("--budget-bytes", type=int, help="memory budget for resident models (overrides the manifest)")
+    run.add_argument("--limit", type=_positive(int), help="answer only the first N requests")
+    run.add_argument("--deadline-ms", type=_positive(float), help="deadline of every request")
+    run.add_argument("--budget-bytes", type=_positive(int),
+                     help="memory budget for resident models (overrides the manifest)")
     run.add_argument("--local-only", action="store_true", help="never send a request off the device")
     run.add_argument("--no-baselines", action="store_true", help="skip the local and remote baselines")
     run.set_defaults(fn=_cmd_run)
     serve = sub.add_parser("serve", help="serve an ecology over the Open Inference Protocol v2 (REST)")
     serve.add_argument("ecology")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_port, default=8000, help="TCP port (0 picks a free one)")
     serve.add_argument("--token-env", help="environment variable holding the bearer token clients must send")
     serve.set_defaults(fn=_cmd_serve)
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    br = bench_sub.add_parser("routing", help="routing quality vs remote-call rate against baselines")
+    br.add_argument("ecology")
+    br.add_argument("--requests", required=True)
+    br.add_argument("--split", choices=["train", "val", "test"])
+    br.add_argument("--remote-bundle", help="remote generalist bundle, run in-process (e.g. models/minilm)")
+    br.add_argument("--remote", help="remote generalist URL (Open Inference Protocol v2)")
+    br.add_argument("--token-env")
+    br.add_argument("--limit", type=_positive(int))
+    br.add_argument("--seed", type=int, default=0, help="seed of the random-router baseline")
+    br.add_argument("--out", help="write the report as JSON here")
+    br.add_argument("--plot", help="write the curves as PNG here")
+    br.set_defaults(fn=_cmd_bench_routing)
     info = sub.add_parser("info", help="verify an ecology bundle and list its population")
     info.add_argument("ecology")
     info.set_defaults(fn=_cmd_info)
@@ -106,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except EdgeEcoError as exc:
+    except (EdgeEcoError, OSError) as exc:  # OSError: a port in use, an unwritable --out, ...
         print(f"edge-eco {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

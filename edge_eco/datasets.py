@@ -62,10 +62,13 @@ def load_clinc150(path: Path, split: str) -> list[Example]:
     """The in-scope and out-of-scope queries of one split of a CLINC150 ``data_*.json``."""
     if split not in _SPLITS:
         raise RequestError(f"split {split!r} is not one of {sorted(_SPLITS)}")
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(f"{path}: not a CLINC150 data_*.json file ({exc}); --split reads only those") from exc
     out = []
     for key in _SPLITS[split]:
-        if key not in data:
+        if not isinstance(data, dict) or key not in data:
             raise RequestError(f"{path}: no {key!r} key; is this a CLINC150 data_*.json file?")
         out.extend(Example(str(t), str(lab)) for t, lab in data[key])
     return out
@@ -78,13 +81,17 @@ def load_requests(path: str | Path, split: str | None = None) -> list[Example]:
         RequestError: unreadable file, a line that is not a JSON object with a string ``text``.
     """
     path = Path(path)
-    if not path.exists():
-        raise RequestError(f"requests file {path} does not exist")
+    if not path.is_file():
+        raise RequestError(f"requests file {path} does not exist or is not a file")
     if split is not None:
         return load_clinc150(path, split)
     out = []
-    with path.open(encoding="utf-8", errors="strict") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise RequestError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
             if not line.strip():
                 continue
             try:

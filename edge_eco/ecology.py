@@ -9,6 +9,7 @@ threshold and policy allows -> Answer with provenance.
 from __future__ import annotations
 
 import itertools
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -19,15 +20,16 @@ from typing import Any, Callable
 import numpy as np
 
 from . import backends
-from ._native import Featurizer
+from ._native import Featurizer, RouterKernel
 from .bundle import read_bundle
-from .errors import EdgeEcoError, FallbackError, ManifestError
+from .errors import BudgetError, EdgeEcoError, FallbackError, IntegrityError, ManifestError, RequestError
 from .inputs import Feeds, hashed_feeds, token_adapter
-from .judges import Vote, calibrated_vote, judge
+from .judges import Vote, calibrated_vote, judge, settle
 from .manifest import Manifest
 from .policy import RequestContract, eligible_mask, validate_text
 from .residency import SESSION_OVERHEAD_BYTES, Residency
-from .router import Route, RouterWeights, route
+from .deferral import Deferral, RemoteRateController
+from .router import DeferralWeights, Route, RouterWeights, route, softmax_route
 from .routerfile import read_router
 
 PATHS = ("direct", "coalition", "remote", "unavailable")
@@ -73,6 +75,11 @@ class Ecology:
         self._generalist = generalists[0] if generalists else None
         if manifest.router is not None:
             header, arrays = read_router(root / manifest.router.file.path)
+            built_for = header.get("featurizer_spec")
+            if built_for is not None and built_for != _spec_dict(manifest.featurizer):
+                raise IntegrityError(f"{manifest.router.file.path} was built for featurizer {built_for}, but "
+                                     f"ecology.toml declares {_spec_dict(manifest.featurizer)}: the manifest "
+                                     "was edited or belongs to other models")
             try:
                 self._router = RouterWeights(arrays["weight"], arrays["scale"], arrays["bias"],
                                              manifest.router.temperature)
@@ -83,11 +90,20 @@ class Ecology:
                                     f"featurizer dim {manifest.featurizer.dim} x "
                                     f"{len(manifest.router.candidates)} candidates")
             self._candidates = manifest.router.candidates
+            self._kernel = RouterKernel(self._router) if self._featurizer.native else None
         else:
-            self._router, self._candidates = None, (manifest.models[0].id,)
+            self._router, self._candidates, self._kernel = None, (manifest.models[0].id,), None
+        self._deferral, self.controller = self._load_deferral(root, manifest)
         self._candidate_entries = tuple(self._entries[c] for c in self._candidates)
         self._default_mask = eligible_mask(self._candidate_entries, RequestContract(), frozenset())
         budget = manifest.budget_bytes if budget_bytes is None else budget_bytes
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+            raise ManifestError(f"budget_bytes must be a non-negative integer (0 = unlimited), got {budget!r}")
+        if budget:
+            need = max((self._predict_bytes(m), m) for m in self._entries)
+            if need[0] > budget:
+                raise BudgetError(f"model {need[1]!r} needs {need[0]} bytes; the memory budget of "
+                                  f"{budget} bytes cannot hold it")
         self.residency = Residency(self._load, self._predict_bytes, budget)
         self._pool = ThreadPoolExecutor(max_workers=max(2, 2 * manifest.policy.coalition_size),
                                         thread_name_prefix="edge_eco-coalition")
@@ -105,14 +121,34 @@ class Ecology:
                 self._remote = V2Client(url, model, token=remote_token)
         self._remote_timeout_ms = manifest.remote.timeout_ms if manifest.remote else 2000.0
         self._closed = False
-        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._cond = threading.Condition()
+
+    def _load_deferral(self, root: Path, manifest: Manifest):
+        spec = manifest.deferral
+        if spec is None:
+            return None, None
+        _, arrays = read_router(root / spec.file.path)
+        try:
+            weights = DeferralWeights(arrays["weight"], arrays["scale"], arrays["bias"],
+                                      np.zeros(arrays["weight"].shape[1], np.float32))
+        except KeyError as exc:
+            raise ManifestError(f"{spec.file.path} lacks array {exc}") from exc
+        kernel = RouterKernel(weights) if self._featurizer.native else None
+        deferral = Deferral(weights, manifest.featurizer.dim, kernel)
+        controller = RemoteRateController(spec.margin, spec.target_remote_rate, spec.controller_gain,
+                                          spec.max_adjust)
+        return deferral, controller
 
     # -- loading -------------------------------------------------------------------------------
     def _predict_bytes(self, model_id: str) -> int:
+        """Measured resident bytes from the manifest, else the model's files plus a session."""
         entry = self._entries[model_id]
         if entry.cost.resident_bytes:
             return entry.cost.resident_bytes
-        return (self.root / entry.file.path).stat().st_size + SESSION_OVERHEAD_BYTES
+        paths = [entry.file.path] + [f.path for f in self.manifest.files
+                                     if f.path.startswith(entry.file.path + ".")]  # x.onnx.data
+        return sum((self.root / p).stat().st_size for p in paths) + SESSION_OVERHEAD_BYTES
 
     def _load(self, model_id: str) -> backends.Session:
         entry = self._entries[model_id]
@@ -137,6 +173,21 @@ class Ecology:
         entry = self.manifest.model(model_id)
         hashed = hashed_feeds(*self._featurizer(data)) if entry.input == "hashed-text" else None
         return self._vote(model_id, data.decode("utf-8"), hashed)[0]
+
+    def model_logits(self, model_id: str, text: str | bytes) -> np.ndarray:
+        """One model's raw (uncalibrated) logits for ``text``, in its label order."""
+        data = validate_text(text, self.policy.max_text_bytes)
+        entry = self.manifest.model(model_id)
+        hashed = hashed_feeds(*self._featurizer(data)) if entry.input == "hashed-text" else None
+        with self.residency.use(model_id) as session:
+            feeds = hashed if hashed is not None else self._adapters[model_id](data.decode("utf-8"))
+            return np.asarray(session.run(feeds)).reshape(-1)
+
+    def route_candidates(self, text: str | bytes) -> tuple[tuple[str, ...], tuple[float, ...]]:
+        """The router's ranking of candidate models for ``text`` (ids best first, probabilities)."""
+        data = validate_text(text, self.policy.max_text_bytes)
+        r = self._route(hashed_feeds(*self._featurizer(data)) if self._featurizer else None, None)
+        return tuple(self._candidates[i] for i in r.order), r.probs
 
     def _coalition(self, ids: list[str], text: str, hashed: Feeds | None,
                    prov: dict) -> list[Vote]:
@@ -167,8 +218,20 @@ class Ecology:
         Raises:
             RequestError: empty text, text over ``policy.max_text_bytes``, invalid UTF-8.
         """
-        if self._closed:
-            raise EdgeEcoError("ecology is closed")
+        _check_options(deadline_ms, local_only)
+        with self._cond:
+            if self._closed:
+                raise EdgeEcoError("ecology is closed")
+            self._in_flight += 1
+        try:
+            return self._answer(text, deadline_ms, local_only)
+        finally:
+            with self._cond:
+                self._in_flight -= 1
+                if not self._in_flight:
+                    self._cond.notify_all()
+
+    def _answer(self, text: str | bytes, deadline_ms: float | None, local_only: bool) -> Answer:
         t0 = time.perf_counter()
         data = validate_text(text, self.policy.max_text_bytes)
         text = data.decode("utf-8")
@@ -190,17 +253,33 @@ class Ecology:
         else:
             votes, path = self._coalition(ids[:self.policy.coalition_size], text, hashed, prov), "coalition"
         best = judge(votes, self.manifest.reject_label)
-        if best.declined and self._generalist and all(v.model_id != self._generalist for v in votes):
-            # Every specialist asked said "not mine": the local generalist settles it.
+        if hashed is not None and not len(hashed["indices"]):
+            # No word byte at all (punctuation, symbols): no local model has evidence. Answer the
+            # reject label with no confidence, so the remote generalist is asked when allowed.
+            best = Vote(best.model_id, self.manifest.reject_label, 0.0, declined=True)
+            prov["no_features"] = True
+        elif best.declined and self._generalist and all(v.model_id != self._generalist for v in votes):
+            # Every specialist asked said "not mine": the local generalist is asked too, and the
+            # judge compares calibrated confidences: the generalist's answer against the reject
+            # label backed by the least confident decline.
             vote, us = self._vote(self._generalist, text, hashed)
             votes.append(vote)
             prov.setdefault("model_us", {})[self._generalist] = round(us, 1)
-            best, path = judge(votes, self.manifest.reject_label), "coalition"
+            best, path = settle(best, vote), "coalition"
         t_local = time.perf_counter()
         prov["votes"] = [(v.model_id, v.label, round(v.confidence, 4), v.declined) for v in votes]
         prov["models"] = {v.model_id: self._model_ids[v.model_id] for v in votes}
         label, conf = best.label, best.confidence
-        if conf < self.policy.fallback_threshold:
+        if self._deferral is not None:
+            gain = self._deferral.score(hashed["indices"], hashed["values"], conf,
+                                        label == self.manifest.reject_label)
+            prov["remote_gain"] = round(gain, 5)
+            want_remote = gain > self.controller.margin
+            if not local_only and self.policy.remote == "allowed":
+                self.controller.update(want_remote)
+        else:
+            want_remote = conf < self.policy.fallback_threshold
+        if want_remote:
             label, conf, path = self._fallback(text, best, path, prov, local_only, deadline_ms, t0)
         t_end = time.perf_counter()
         prov["latency_us"] = {"featurize": round((t_feat - t0) * 1e6, 1),
@@ -217,7 +296,10 @@ class Ecology:
         else:
             mask = eligible_mask(self._candidate_entries, RequestContract(deadline_ms=deadline_ms),
                                  frozenset(self.residency.resident()))
-        return route(self._router, hashed["indices"], hashed["values"], mask)
+        if self._kernel is None:
+            return route(self._router, hashed["indices"], hashed["values"], mask)
+        logits = self._kernel.logits(hashed["indices"], hashed["values"])
+        return softmax_route(logits, mask, self._router.temperature)
 
     def _fallback(self, text: str, best: Vote, path: str, prov: dict, local_only: bool,
                   deadline_ms: float | None, t0: float) -> tuple[str, float, str]:
@@ -259,15 +341,22 @@ class Ecology:
     def stats(self) -> dict[str, Any]:
         """Loads, evictions and resident bytes so far."""
         s = self.residency.stats
-        return {"loads": s.loads, "evictions": s.evictions, "resident_bytes": self.residency.resident_bytes,
-                "resident": self.residency.resident()}
+        out = {"loads": s.loads, "evictions": s.evictions, "resident_bytes": self.residency.resident_bytes,
+               "resident": self.residency.resident()}
+        if self.controller is not None:
+            c = self.controller
+            out["deferral"] = {"margin": round(c.margin, 5), "initial_margin": c.initial, "target": c.target,
+                               "decisions": c.decisions, "remote_wanted": c.remote}
+        return out
 
-    def close(self) -> None:
-        """Release every model, thread and connection."""
-        with self._lock:
+    def close(self, drain_timeout_s: float = 30.0) -> None:
+        """Refuse new requests, let in-flight ones finish (up to ``drain_timeout_s``), then
+        release every model, thread and connection. Idempotent."""
+        with self._cond:
             if self._closed:
                 return
             self._closed = True
+            self._cond.wait_for(lambda: self._in_flight == 0, timeout=drain_timeout_s)
         self._pool.shutdown(wait=True)
         self.residency.close()
         if self._remote is not None and hasattr(self._remote, "close"):
@@ -278,6 +367,20 @@ class Ecology:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _spec_dict(spec: Any) -> dict:
+    return {f: getattr(spec, f) for f in spec.__dataclass_fields__}
+
+
+def _check_options(deadline_ms: Any, local_only: Any) -> None:
+    """RequestError unless deadline_ms is None or a positive finite number and local_only a bool."""
+    if deadline_ms is not None:
+        if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, (int, float)) \
+                or not math.isfinite(deadline_ms) or deadline_ms <= 0:
+            raise RequestError(f"deadline_ms must be a positive number of milliseconds or None, got {deadline_ms!r}")
+    if not isinstance(local_only, bool):
+        raise RequestError(f"local_only must be True or False, got {local_only!r}")
 
 
 def open(path: str | Path, **options: Any) -> Ecology:  # noqa: A001 - the public entry point

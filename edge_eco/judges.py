@@ -52,3 +52,11 @@ def judge(votes: list[Vote], reject_label: str) -> Vote:
         return max(answering, key=lambda v: v.confidence)
     weakest = min(votes, key=lambda v: v.confidence)
     return Vote("+".join(v.model_id for v in votes), reject_label, weakest.confidence, declined=True)
+
+
+def settle(all_declined: Vote, generalist: Vote) -> Vote:
+    """When every specialist declined, the generalist's answer stands only if it is at least as
+    confident as the declines that argue for the reject label."""
+    if not generalist.declined and generalist.confidence >= all_declined.confidence:
+        return generalist
+    return all_declined

@@ -105,6 +105,24 @@ class RouterSpec:
 
 
 @dataclass(frozen=True)
+class DeferralSpec:
+    """The learned remote deferral: predicts, after the local answer, whether asking the remote
+    generalist gains (remote right, local wrong) or loses (local right, remote wrong) accuracy.
+
+    Go remote when P(gain) - P(loss) > ``margin``: the expected accuracy change must pay for the
+    remote call. An online controller moves the margin (within +/- ``max_adjust``) so that the
+    realised remote rate stays at ``target_remote_rate``.
+    """
+
+    file: FileEntry
+    kind: str
+    margin: float
+    target_remote_rate: float
+    controller_gain: float = 0.01
+    max_adjust: float = 0.5
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A validated ecology manifest."""
 
@@ -119,6 +137,7 @@ class Manifest:
     models: tuple[ModelEntry, ...]
     files: tuple[FileEntry, ...]
     budget_bytes: int = 0
+    deferral: DeferralSpec | None = None
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -131,7 +150,8 @@ class Manifest:
 
     def all_files(self) -> tuple[FileEntry, ...]:
         """Every file the bundle must contain, models and router included."""
-        extra = [m.file for m in self.models] + ([self.router.file] if self.router else [])
+        extra = [m.file for m in self.models] + ([self.router.file] if self.router else []) \
+            + ([self.deferral.file] if self.deferral else [])
         return tuple(extra) + self.files
 
     def model(self, model_id: str) -> ModelEntry:
@@ -298,13 +318,22 @@ def parse_manifest(text: str) -> Manifest:
         router = RouterSpec(_file(rr), rr.choice("kind", ("linear-softmax",)), _strings(rr, "candidates"),
                             rr.get("temperature", float, 1.0, lo=1e-3, hi=1e3))
         rr.done()
+    deferral = None
+    if (dt := top.table("deferral")) is not None:
+        deferral = DeferralSpec(_file(dt), dt.choice("kind", ("gain-loss",)),
+                                dt.get("margin", float, lo=-1.0, hi=1.0),
+                                dt.get("target_remote_rate", float, lo=0.0, hi=1.0),
+                                dt.get("controller_gain", float, 0.01, lo=0.0, hi=1.0),
+                                dt.get("max_adjust", float, 0.5, lo=0.0, hi=2.0))
+        dt.done()
     raw_models = top.get("models", list)
     models = tuple(_model(m, i) for i, m in enumerate(raw_models))
     files = tuple(_file_entry(f, i) for i, f in enumerate(top.get("files", list, [])))
     m = Manifest(name=top.get("name", str), version=top.get("version", str),
                  description=top.get("description", str, ""), reject_label=top.get("reject_label", str),
                  featurizer=featurizer, policy=_policy(top.table("policy")), remote=remote, router=router,
-                 models=models, files=files, budget_bytes=top.get("budget_bytes", int, 0, lo=0))
+                 models=models, files=files, budget_bytes=top.get("budget_bytes", int, 0, lo=0),
+                 deferral=deferral)
     top.done()
     _check_references(m)
     return m
@@ -324,6 +353,8 @@ def _check_references(m: Manifest) -> None:
             raise ManifestError(f"model {x.id!r} takes 'hashed-text' but the manifest has no [featurizer]")
         if x.tokenizer and x.tokenizer not in paths:
             raise ManifestError(f"model {x.id!r}: tokenizer {x.tokenizer!r} is not listed in [[files]]")
+    if m.deferral and m.featurizer is None:
+        raise ManifestError("deferral: needs a [featurizer] to read requests")
     if m.router:
         unknown = [c for c in m.router.candidates if c not in ids]
         if unknown:

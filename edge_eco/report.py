@@ -43,12 +43,12 @@ def format_report(r: dict) -> str:
         return "   n/a" if x is None else f"{100 * x:6.2f}%"
     lines = [f"edge_eco run: {r['ecology']} on {r['requests']} requests ({r['source']})",
              "",
-             f"{'':24}{'accuracy':>10}{'in-scope':>10}{'oos recall':>12}{'p50 ms':>10}{'p95 ms':>10}"]
+             f"{'':28}{'accuracy':>10}{'in-scope':>10}{'oos recall':>12}{'p50 ms':>10}{'p95 ms':>10}{'errors':>8}"]
     rows = [("ecology", r, r["latency_ms"])] + [(f"baseline: {k}", v, v["latency_ms"])
                                                 for k, v in r.get("baselines", {}).items()]
     for name, m, lat in rows:
-        lines.append(f"{name:24}{pct(m['accuracy']):>10}{pct(m['in_scope_accuracy']):>10}"
-                     f"{pct(m['oos_recall']):>12}{lat['p50']:>10.3f}{lat.get('p95', 0):>10.3f}")
+        lines.append(f"{name:28}{pct(m['accuracy']):>10}{pct(m['in_scope_accuracy']):>10}"
+                     f"{pct(m['oos_recall']):>12}{lat['p50']:>10.3f}{lat.get('p95', 0):>10.3f}{m.get('errors', 0):>8}")
     lines += ["", f"remote rate {pct(r['remote_rate'])}   paths: " +
               ", ".join(f"{k}={v}" for k, v in r["paths"].items())]
     loc = r["local_latency_ms"]

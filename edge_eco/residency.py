@@ -1,8 +1,10 @@
 """Residency: which models are loaded, within a byte budget. Shell (owns sessions and threads).
 
 Policy here is LRU by bytes: reserve the predicted footprint before a load, evict the least
-recently used idle models until it fits, and replace the prediction by the measured footprint
-(RSS growth across the load) afterwards. A model in use is never evicted; concurrent misses
+recently used idle models until it fits, and (when a ``measure`` is given) replace the
+prediction by the measured footprint growth across the load afterwards. Whole-process RSS is
+too noisy to attribute on its own (the first load also pays the runtime's start-up), so the
+runtime uses predictions from file sizes until per-mapping accounting replaces them. A model in use is never evicted; concurrent misses
 on one model trigger one load (single-flight).
 """
 
@@ -58,11 +60,11 @@ class Residency:
         loader: model id -> a loaded Session (does the actual I/O).
         predict_bytes: model id -> footprint to reserve before its first load.
         budget_bytes: limit on the sum of resident footprints (0 = unlimited).
-        measure: current process footprint in bytes (RSS by default; injectable for tests).
+        measure: current footprint in bytes, read around each load (None: keep predictions).
     """
 
     def __init__(self, loader: Callable[[str], Session], predict_bytes: Callable[[str], int],
-                 budget_bytes: int = 0, measure: Callable[[], int] = rss_bytes) -> None:
+                 budget_bytes: int = 0, measure: Callable[[], int] | None = None) -> None:
         self._loader, self._predict, self._measure = loader, predict_bytes, measure
         self.budget_bytes = budget_bytes
         self._slots: OrderedDict[str, _Slot] = OrderedDict()
@@ -153,11 +155,11 @@ class Residency:
     def _load(self, model_id: str, slot: _Slot) -> Session:
         try:
             with self._load_lock:
-                before = self._measure()
+                before = self._measure() if self._measure else 0
                 t0 = time.perf_counter()
                 session = self._loader(model_id)
                 load_ms = (time.perf_counter() - t0) * 1e3
-                grown = self._measure() - before
+                grown = self._measure() - before if self._measure else 0
         except BaseException as exc:
             with self._lock:
                 slot.error = exc

@@ -2,11 +2,13 @@
 
 A linear-softmax router scores every candidate model (int8 weights [dim, K], per-candidate
 scale and bias), masks the ineligible ones, and returns candidates best first with calibrated
-probabilities. A later issue moves this into the C kernel; this numpy form is its reference.
+probabilities. Scoring is fixed-point (values rounded to 1/32768, integer accumulation), so the
+C kernel (``ee_router_route``) and :func:`linear_logits` give bit-identical logits in any order.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +45,7 @@ class Route:
 
 
 def route(w: RouterWeights, indices: np.ndarray, values: np.ndarray, eligible: np.ndarray) -> Route:
-    """Score candidates for one request and rank the eligible ones.
+    """Score candidates for one request and rank the eligible ones (numpy reference path).
 
     Args:
         indices: int32 [nnz] feature indices in [0, dim).
@@ -53,15 +55,26 @@ def route(w: RouterWeights, indices: np.ndarray, values: np.ndarray, eligible: n
     Raises:
         RoutingError: no candidate is eligible.
     """
-    if not eligible.any():
+    return softmax_route(linear_logits(w, indices, values), eligible, w.temperature)
+
+
+def softmax_route(logits: np.ndarray, eligible: np.ndarray, temperature: float) -> Route:
+    """Rank eligible candidates by logit (ties by index) with tempered softmax probabilities.
+
+    Plain Python over K <= 64 floats: for arrays this small numpy's per-call overhead is most of
+    the cost (measured 19 us with numpy, ~3 us like this).
+    """
+    flags = eligible.tolist()
+    allowed = [i for i, ok in enumerate(flags) if ok]
+    if not allowed:
         raise RoutingError("no model is eligible for this request")
-    logits = (values @ w.weight[indices].astype(np.float32)) * w.scale + w.bias
-    allowed = np.flatnonzero(eligible)
-    z = logits[allowed] / w.temperature
-    p = np.exp(z - z.max())
-    p /= p.sum()
-    rank = np.argsort(-z, kind="stable")  # by logit: ties broken by index, never by underflow
-    return Route(tuple(int(allowed[i]) for i in rank), tuple(float(p[i]) for i in rank))
+    values = logits.tolist()
+    z = [values[i] / temperature for i in allowed]
+    top = max(z)
+    ex = [math.exp(v - top) for v in z]
+    total = sum(ex)
+    rank = sorted(range(len(allowed)), key=lambda j: -z[j])  # stable: equal logits keep index order
+    return Route(tuple(allowed[j] for j in rank), tuple(ex[j] / total for j in rank))
 
 
 # -- "deferral-linear": one logistic correctness predictor per candidate ------------------------
@@ -100,7 +113,7 @@ class Decision:
     logits: np.ndarray
 
 
-def deferral_logits(w: DeferralWeights, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+def linear_logits(w: RouterWeights | DeferralWeights, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
     """float32 [K] logits, exactly as the C kernel computes them (integer accumulation)."""
     q = np.rint(values.astype(np.float32) * FIXED_ONE).astype(np.int64)
     acc = (w.weight[indices].astype(np.int64) * q[:, None]).sum(axis=0)
@@ -110,7 +123,7 @@ def deferral_logits(w: DeferralWeights, indices: np.ndarray, values: np.ndarray)
 def route_reference(w: DeferralWeights, indices: np.ndarray, values: np.ndarray, eligible: np.ndarray,
                     lam: float) -> Decision:
     """The numpy reference of ``ee_router_route``: same logits, order and probabilities."""
-    logits = deferral_logits(w, indices, values)
+    logits = linear_logits(w, indices, values)
     allowed = np.flatnonzero(eligible)
     p = 1.0 / (1.0 + np.exp(-logits[allowed].astype(np.float64)))
     u = p - lam * w.cost[allowed].astype(np.float64)

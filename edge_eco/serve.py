@@ -60,6 +60,8 @@ def parse_infer_request(body: bytes, max_batch: int) -> tuple[list[str], str | N
     """
     try:
         req = json.loads(body)
+    except RecursionError as exc:
+        raise RequestError("malformed JSON body: nested too deeply") from exc
     except (UnicodeDecodeError, ValueError) as exc:
         raise RequestError(f"malformed JSON body: {exc}") from exc
     if not isinstance(req, dict):
@@ -132,6 +134,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         method = self.command
+        with self.server.in_flight:
+            self._dispatch_counted(method)
+
+    def _dispatch_counted(self, method: str) -> None:
         try:
             status, payload = self.server.app._handle(method, self.path, self.headers, self.rfile)
             self._reply(status, payload)
@@ -158,11 +164,32 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+class _InFlight:
+    """Counts requests being handled, so shutdown can wait for them to finish."""
+
+    def __init__(self) -> None:
+        self._n, self._cond = 0, threading.Condition()
+
+    def __enter__(self) -> None:
+        with self._cond:
+            self._n += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._n -= 1
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self._n == 0, timeout=timeout_s)
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, addr: tuple[str, int], app: "InferenceServer"):
         self.app = app
+        self.in_flight = _InFlight()
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
         super().__init__(addr, _Handler)
@@ -224,13 +251,15 @@ class InferenceServer:
             self._thread.start()
         return self
 
-    def shutdown(self) -> None:
-        """Stop accepting, end idle keep-alive connections and close the socket. Idempotent."""
+    def shutdown(self, drain_timeout_s: float = 30.0) -> None:
+        """Stop accepting, let in-flight requests finish (up to ``drain_timeout_s``), end idle
+        keep-alive connections and close the socket. Idempotent."""
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join()
             self._thread = None
-        self._httpd.drop_connections()
+        self._httpd.drop_connections()  # SHUT_RD: idle readers wake; in-flight replies still go out
+        self._httpd.in_flight.wait_idle(drain_timeout_s)
         self._httpd.server_close()
 
     def __enter__(self) -> "InferenceServer":
@@ -243,12 +272,13 @@ class InferenceServer:
 
     def _handle(self, method: str, raw_path: str, headers: Any, rfile: Any) -> tuple[int, dict]:
         """Route one request; returns (status, JSON payload) or raises _HttpError."""
-        if self._token is not None:
+        path = urlsplit(raw_path).path
+        if self._token is not None and path not in ("/v2/health/live", "/v2/health/ready"):
             auth = headers.get("Authorization", "")
             given = auth[7:].strip().encode() if auth[:7].lower() == "bearer " else b""
             if not hmac.compare_digest(given, self._token):
                 raise _HttpError(401, "missing or wrong bearer token")
-        route, model_ok = self._route(urlsplit(raw_path).path)
+        route, model_ok = self._route(path)
         want = "POST" if route == "infer" else "GET"
         if method != want:
             raise _HttpError(405, f"method {method} not allowed on {raw_path}; use {want}", allow=want)

@@ -77,6 +77,12 @@ def manifest_to_toml(m: Manifest) -> str:
         out += ["", "[router]", f"path = {_value(r.file.path)}", f"sha256 = {_value(r.file.sha256)}",
                 f"kind = {_value(r.kind)}", f"temperature = {_value(r.temperature)}",
                 f"candidates = {_value(list(r.candidates))}"]
+    if m.deferral is not None:
+        d = m.deferral
+        out += ["", "[deferral]", f"path = {_value(d.file.path)}", f"sha256 = {_value(d.file.sha256)}",
+                f"kind = {_value(d.kind)}", f"margin = {_value(d.margin)}",
+                f"target_remote_rate = {_value(d.target_remote_rate)}",
+                f"controller_gain = {_value(d.controller_gain)}", f"max_adjust = {_value(d.max_adjust)}"]
     for f in m.files:
         out += ["", "[[files]]", f"path = {_value(f.path)}", f"sha256 = {_value(f.sha256)}"]
     for model in m.models:

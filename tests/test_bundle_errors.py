@@ -136,3 +136,10 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
     done = subprocess.run([str(exe), "run", str(BUNDLE), "--requests", str(tmp_path / "r.jsonl")],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "r.jsonl:2: not valid JSON" in done.stderr
+
+
+def test_edited_featurizer_in_manifest_is_caught_by_the_router_header(bundle):
+    """ecology.toml cannot hash itself; the router records the featurizer it was trained with."""
+    _edit_manifest(bundle, "seed = 20261203", "seed = 1")
+    with pytest.raises(IntegrityError, match="router.bin was built for featurizer"):
+        edge_eco.open(bundle)

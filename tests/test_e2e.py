@@ -65,10 +65,55 @@ def test_cli_run_writes_the_report(remote_url, tmp_path):
 def test_server_down_mid_run_answers_locally(tmp_path, clinc_test):
     proc, url = start_server(MODELS / "minilm")
     with edge_eco.open(MODELS / "clinc150", remote_url=url) as eco:
-        eco.policy = eco.policy.__class__(**{**eco.policy.__dict__, "fallback_threshold": 1.0})
+        eco.controller.gain, eco.controller._margin = 0.0, -2.0  # every request wants the remote
         assert eco.answer(clinc_test[0][0]).path == "remote"
         proc.kill()
         proc.wait()
         a = eco.answer(clinc_test[1][0], deadline_ms=1000)
     assert a.path == "unavailable"
     assert a.label in eco.labels
+
+
+def _cli(*args, env=None):
+    return subprocess.run([str(Path(sys.executable).parent / "edge-eco"), *args], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def test_cli_refuses_a_missing_or_empty_token_variable(tmp_path):
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "EE_NO_SUCH_TOKEN"}
+    env["EE_EMPTY_TOKEN"] = ""
+    for var in ("EE_NO_SUCH_TOKEN", "EE_EMPTY_TOKEN"):
+        done = _cli("serve", str(MODELS / "clinc150"), "--port", "0", "--token-env", var, env=env)
+        assert done.returncode == 2 and f"--token-env {var}: the environment variable is unset or empty" in done.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--limit", "0"], "must be positive"),
+    (["--budget-bytes", "-1"], "must be positive"),
+    (["--split", "test", "--requests-override"], "not a CLINC150 data_*.json file"),
+    (["--out-dir"], "is a directory"),
+])
+def test_cli_run_argument_errors(tmp_path, args, needle):
+    jsonl = tmp_path / "r.jsonl"
+    jsonl.write_text('{"text": "what is my balance", "label": "balance"}\n{"text": "hi"}\n')
+    base = ["run", str(MODELS / "clinc150"), "--requests", str(jsonl), "--no-baselines"]
+    if args == ["--split", "test", "--requests-override"]:
+        args = ["--split", "test"]
+    if args == ["--out-dir"]:
+        args = ["--out", str(tmp_path)]
+    done = _cli(*base, *args)
+    assert done.returncode == 2, done.stdout
+    assert needle in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cli_serve_on_a_port_in_use_is_a_clean_error():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    try:
+        done = _cli("serve", str(MODELS / "clinc150"), "--port", str(s.getsockname()[1]))
+    finally:
+        s.close()
+    assert done.returncode == 2 and "Address already in use" in done.stderr and "Traceback" not in done.stderr

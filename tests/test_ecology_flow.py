@@ -151,13 +151,14 @@ def test_concurrent_answers_equal_sequential(fake_ecology):
 
 
 def test_budget_forces_evictions_but_answers_stay_right(fake_ecology):
-    with edge_eco.open(fake_ecology, budget_bytes=1) as eco:
-        with pytest.raises(edge_eco.ResidencyError):
-            eco.answer("what is my account balance")
+    with pytest.raises(edge_eco.ResidencyError, match="budget of 1 bytes cannot hold it"):
+        edge_eco.open(fake_ecology, budget_bytes=1)
+    for bad in (-1, 1.5, "abc", True):
+        with pytest.raises(edge_eco.ManifestError, match="budget_bytes must be a non-negative integer"):
+            edge_eco.open(fake_ecology, budget_bytes=bad)
     with edge_eco.open(fake_ecology) as eco:
         size = max(eco._predict_bytes(m) for m in ("money", "travel", "generalist"))
     with edge_eco.open(fake_ecology, budget_bytes=size + 1) as eco:
-        eco.residency._measure = lambda: 0  # keep the predicted footprints: RSS noise is not under test
         labels = [eco.answer(t, local_only=True).label for t in
                   ["what is my account balance", "book a flight to paris"] * 3]
         assert labels == ["balance", "book_flight"] * 3
@@ -180,3 +181,52 @@ def test_threads_do_not_leak(fake_ecology):
             eco.policy = Policy(direct_threshold=1.0, fallback_threshold=0.0)
             eco.answer("book a flight")
     assert threading.active_count() <= before + 1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"deadline_ms": 0}, "deadline_ms must be a positive number"),
+    ({"deadline_ms": -5}, "deadline_ms must be a positive number"),
+    ({"deadline_ms": float("nan")}, "deadline_ms must be a positive number"),
+    ({"deadline_ms": "200"}, "deadline_ms must be a positive number"),
+    ({"deadline_ms": True}, "deadline_ms must be a positive number"),
+    ({"local_only": "no"}, "local_only must be True or False"),
+])
+def test_bad_options_are_request_errors(fake_ecology, kwargs, message):
+    with edge_eco.open(fake_ecology) as eco:
+        with pytest.raises(RequestError, match=message):
+            eco.answer("what is my account balance", **kwargs)
+
+
+@pytest.mark.parametrize("text", ["?!...,;:--", "\x00\x00", "~ ~ ~"])
+def test_text_without_any_word_is_the_reject_label_or_goes_remote(fake_ecology, text):
+    with edge_eco.open(fake_ecology) as eco:
+        a = eco.answer(text, local_only=True)
+        assert (a.label, a.confidence) == ("oos", 0.0)
+        assert a.provenance["no_features"] is True
+        remote = RecordingRemote(label="balance")
+        eco._remote = remote
+        assert eco.answer(text).path == "remote" and remote.sent == [text]
+
+
+def test_close_waits_for_answers_in_flight(fake_ecology):
+    """A request running when close() is called finishes with its answer, not an error."""
+    import time as _time
+    eco = edge_eco.open(fake_ecology)
+    slow = RecordingRemote()
+    real_infer = slow.infer
+
+    def infer(texts, *, timeout_s=None):
+        _time.sleep(0.3)
+        return real_infer(texts, timeout_s=timeout_s)
+    slow.infer = infer
+    eco._remote = slow
+    eco.policy = Policy(fallback_threshold=0.999999)
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("a", eco.answer("zzz qqq")))
+    t.start()
+    _time.sleep(0.1)
+    eco.close()
+    t.join()
+    assert result["a"].path == "remote"
+    with pytest.raises(edge_eco.EdgeEcoError, match="closed"):
+        eco.answer("hello")

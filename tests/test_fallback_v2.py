@@ -307,3 +307,36 @@ def test_stale_keep_alive_reconnects_once(raw, make):
     assert c.infer(["b", "c"])[1].label == "x"
     assert srv.connections == 2
     c.close()
+
+
+def test_a_server_that_drips_bytes_cannot_hold_the_call_past_its_timeout():
+    """Per-recv socket timeouts do not bound a server that sends one byte every 50 ms."""
+    import socket as _socket
+    import threading as _threading
+
+    srv = _socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    stop = _threading.Event()
+
+    def drip():
+        conn, _ = srv.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+        try:
+            while not stop.wait(0.05):
+                conn.sendall(b" ")
+        except OSError:
+            pass
+        conn.close()
+
+    t = _threading.Thread(target=drip, daemon=True)
+    t.start()
+    client = V2Client(f"http://127.0.0.1:{srv.getsockname()[1]}", "m")
+    t0 = time.monotonic()
+    with pytest.raises(RemoteUnavailable, match="no complete reply .* within 0.3 s"):
+        client.infer(["hello"], timeout_s=0.3)
+    assert time.monotonic() - t0 < 1.0
+    stop.set()
+    client.close()
+    srv.close()

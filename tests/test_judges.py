@@ -178,3 +178,12 @@ def test_judge_confidence_does_not_depend_on_vote_order(votes, rnd):
     shuffled = list(votes)
     rnd.shuffle(shuffled)
     assert judge(shuffled, REJECT).confidence == judge(votes, REJECT).confidence
+
+
+def test_settle_compares_the_generalist_with_the_declines():
+    from edge_eco.judges import settle
+    declined = Vote("a+b", "oos", 0.8, declined=True)
+    assert settle(declined, Vote("generalist", "balance", 0.9)).label == "balance"
+    assert settle(declined, Vote("generalist", "balance", 0.8)).label == "balance"   # ties go to the answer
+    assert settle(declined, Vote("generalist", "balance", 0.5)) is declined
+    assert settle(declined, Vote("generalist", "oos", 0.3, declined=True)) is declined

@@ -58,9 +58,10 @@ def test_ranks_by_probability_with_hand_computed_values():
 
 
 def test_feature_values_weight_the_rows():
-    idx, val = features((0, 0.6), (1, 0.8))
-    # logits = 0.6 * [0, 10, 40] * 0.1 + 0.8 * [30, 0, 0] * 0.1 + bias = [2.4, 1.1, 2.4]
-    expected = softmax([2.4, 1.1, 2.4])
+    # Values are scored in fixed point (1/32768): 0.75 and 1.0 are exact, so the tie is exact too.
+    idx, val = features((0, 0.75), (1, 1.0))
+    # logits = 0.75 * [0, 10, 40] * 0.1 + 1.0 * [30, 0, 0] * 0.1 + bias = [3.0, 1.25, 3.0]
+    expected = softmax([3.0, 1.25, 3.0])
     r = route(weights(), idx, val, ALL)
     assert r.order == (0, 2, 1)  # tie between 0 and 2 keeps candidate order
     assert r.probs == pytest.approx([expected[0], expected[2], expected[1]], rel=1e-5)

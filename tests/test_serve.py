@@ -191,7 +191,10 @@ def test_bearer_token(eco):
     with InferenceServer(eco, token="s3cret") as srv:
         c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=2)
         try:
-            status, doc, resp = call(c, "GET", "/v2/health/ready")
+            # Health probes stay open (orchestrators probe without credentials); the rest needs the token.
+            assert call(c, "GET", "/v2/health/ready")[0] == 200
+            assert call(c, "GET", "/v2/health/live")[0] == 200
+            status, doc, resp = call(c, "GET", "/v2/models/intents")
             assert status == 401 and "bearer token" in doc["error"]
             assert resp.getheader("WWW-Authenticate") == "Bearer"
             assert call(c, "POST", INFER, infer_body(["a"]), {"Authorization": "Bearer nope"})[0] == 401
@@ -261,3 +264,36 @@ def test_serve_forever_returns_on_sigint(eco):
     assert signal.getsignal(signal.SIGINT) is before
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", seen["port"]), timeout=1).close()
+
+
+def test_shutdown_finishes_requests_in_flight():
+    class SlowEco(FakeEco):
+        def answer(self, text, *, deadline_ms=None, local_only=False):
+            time.sleep(0.4)
+            return super().answer(text, deadline_ms=deadline_ms, local_only=local_only)
+
+    srv = InferenceServer(SlowEco()).start()
+    results = []
+
+    def client():
+        c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+        try:
+            results.append(call(c, "POST", INFER, infer_body(["money"]))[:2])
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.15)  # all four are inside answer() now
+    srv.shutdown()
+    for t in threads:
+        t.join()
+    assert len(results) == 4
+    assert all(status == 200 and doc["outputs"][0]["data"] == ["balance"] for status, doc in results)
+
+
+def test_deeply_nested_json_is_a_400_not_a_500(conn):
+    body = b"[" * 2000 + b"]" * 2000  # under the 4096-byte body limit, past Python's recursion limit
+    status, doc, _ = call(conn, "POST", INFER, body)
+    assert status == 400 and "nested too deeply" in doc["error"]

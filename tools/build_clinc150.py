@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                        l2=L2["router"], max_iter=MAX_ITER)
     q, scale = quantize_columns(w)
     write_router(out / "router.bin", "linear-softmax", {"weight": q, "scale": scale, "bias": b},
-                 {"dim": SPEC.dim, "n_out": len(candidates), "featurizer": SPEC.version})
+                 {"dim": SPEC.dim, "n_out": len(candidates), "featurizer": SPEC.version,
+                  "featurizer_spec": {f: getattr(SPEC, f) for f in SPEC.__dataclass_fields__}})
     z_va = (x_va @ (q.astype(np.float32) * scale)) + b
     y_route = np.array([route_of(lab) for lab in lab_va])
     r_temp = fit_temperature(np.asarray(z_va), y_route)

@@ -12,6 +12,7 @@ import http.client
 import itertools
 import json
 import math
+import socket
 import ssl
 import threading
 import time
@@ -156,8 +157,40 @@ class V2Client:
         if not (timeout_s > 0 and math.isfinite(timeout_s)):
             raise RequestError(f"timeout_s must be a positive number, got {timeout_s!r}")
         where = f"{self.url} ({method} {path})"
+        expired = threading.Event()
+        holder: list[http.client.HTTPConnection] = []
+
+        def abort() -> None:
+            # Per-recv socket timeouts do not bound a server that drips bytes; this does.
+            expired.set()
+            sock = holder[-1].sock if holder else None
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        watchdog = threading.Timer(timeout_s, abort)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            status, raw = self._exchange(method, path, body, timeout_s, where, holder)
+        except (RemoteUnavailable, RemoteProtocolError) as exc:
+            if expired.is_set():
+                raise RemoteUnavailable(f"no complete reply from {where} within {timeout_s:g} s") from exc
+            raise
+        finally:
+            watchdog.cancel()
+        if expired.is_set():
+            holder[-1].close()
+            raise RemoteUnavailable(f"no complete reply from {where} within {timeout_s:g} s")
+        return status, raw
+
+    def _exchange(self, method: str, path: str, body: bytes | None, timeout_s: float, where: str,
+                  holder: list) -> tuple[int, bytes]:
         for attempt in (0, 1):
             conn = self._connection(timeout_s)
+            holder.append(conn)
             reused = conn.sock is not None
             try:
                 conn.request(method, path, body=body, headers=self._headers)
