@@ -82,11 +82,13 @@ def bench_routing(eco: Ecology, remote_label: Callable[[str], str], examples: Se
                   *, seed: int = 0, progress: Callable[[int, int], None] | None = None) -> dict:
     """Score the ecology's routing and the baselines on labelled ``examples``; returns the report."""
     gold = [ex.label for ex in examples]
-    local, gen, dom, remote, gains = [], [], [], [], []
+    local, gen, dom, remote, gains, learned = [], [], [], [], [], []
+    eco.trace_deferral = True
     for i, ex in enumerate(examples):
         a = eco.answer(ex.text, local_only=True)
         local.append((a.label, a.confidence))
-        gains.append(a.provenance.get("remote_gain", 1.0 - a.confidence))
+        gains.append(a.provenance["remote_score"])
+        learned.append(a.provenance.get("remote_gain"))
         v = eco.predict_with("generalist", ex.text)
         gen.append((v.label, float(_softmax(eco.model_logits("generalist", ex.text), 1.0).max())))
         top = eco.route_candidates(ex.text)[0][0]
@@ -101,8 +103,7 @@ def bench_routing(eco: Ecology, remote_label: Callable[[str], str], examples: Se
     conf = np.array([c for _, c in local])
     weak, strong = float(lc.mean()), float(rc.mean())
     curves = {
-        # The ecology's own rule: the learned deferral's expected gain when the bundle has one,
-        # else the calibrated-confidence cascade.
+        # The ecology's own remote rule (policy.remote_rule), then the alternatives.
         "ecology": rm.summarise("ecology", lc, rc, np.array(gains), weak, strong),
         "max_softmax_ecology": rm.summarise("max_softmax_ecology", lc, rc, rm.max_softmax_scores(conf), weak, strong),
         "random": rm.summarise("random", lc, rc, rm.random_scores(len(lc), seed), weak, strong),
@@ -112,11 +113,20 @@ def bench_routing(eco: Ecology, remote_label: Callable[[str], str], examples: Se
                                       weak, strong),
         "oracle": rm.summarise("oracle", lc, rc, rm.oracle_scores(lc, rc), weak, strong),
     }
+    if learned[0] is not None:
+        curves["learned_deferral"] = rm.summarise("learned_deferral", lc, rc, np.array(learned), weak, strong)
     ours = curves["ecology"]
+    # RouteLLM assumes the strong model beats the weak one. When the ecology's local tier alone
+    # already beats the remote, PGR's denominator is negative; the same curve scored against the
+    # local generalist as the weak model stays meaningful, so it is reported too.
+    weak_gen = float(gc.mean())
+    vs_generalist = {k: v for k, v in rm.summarise("ecology", lc, rc, np.array(gains), weak_gen, strong).items()
+                     if k in ("apgr", "cpt50", "cpt80")}
     return {
         "ecology": eco.name, "requests": len(examples), "weak_accuracy": round(weak, 5),
         "strong_accuracy": round(strong, 5), "apgr": ours["apgr"], "cpt50": ours["cpt50"], "cpt80": ours["cpt80"],
         "accuracy_at_remote_rate": ours["accuracy_at_remote_rate"], "curves": curves,
+        "local_generalist_accuracy": round(weak_gen, 5), "vs_local_generalist": vs_generalist,
         "ece": _model_ece(eco, examples), "aurc_local": round(rm.aurc(conf, lc), 5),
         "eaurc_local": round(rm.eaurc(conf, lc), 5), "router_us": _router_us(eco, [ex.text for ex in examples]),
     }

@@ -121,7 +121,10 @@ def _cmd_bench_routing(args: argparse.Namespace) -> int:
         cpt = lambda x: "   none" if x is None else f"{x:7.3f}"  # noqa: E731
         print(f"{name:26}{c['apgr']:8.3f} {cpt(c['cpt50'])} {cpt(c['cpt80'])}"
               + "".join(f"{100 * v:8.2f}%" for v in c["accuracy_at_remote_rate"].values()))
-    print(f"\nlocal tier AURC {r['aurc_local']}  (E-AURC {r['eaurc_local']})")
+    v = r["vs_local_generalist"]
+    print(f"\necology scored with the local generalist ({100 * r['local_generalist_accuracy']:.2f} %) as the weak "
+          f"model: apgr {v['apgr']:.3f}, cpt50 {v['cpt50']}, cpt80 {v['cpt80']}")
+    print(f"local tier AURC {r['aurc_local']}  (E-AURC {r['eaurc_local']})")
     print("ECE before -> after calibration: " + ", ".join(
         f"{m} {v['before']:.3f}->{v['after']:.3f}" for m, v in r["ece"].items()))
     u = r["router_us"]

@@ -93,7 +93,16 @@ class Ecology:
             self._kernel = RouterKernel(self._router) if self._featurizer.native else None
         else:
             self._router, self._candidates, self._kernel = None, (manifest.models[0].id,), None
-        self._deferral, self.controller = self._load_deferral(root, manifest)
+        self._deferral = self._load_deferral(root, manifest)
+        p = manifest.policy
+        # The remote rule scores each local answer; above the margin it goes remote.
+        self._use_deferral = p.remote_rule == "deferral"
+        # Score the learned deferral even when another rule decides (bench/diagnostics only:
+        # it costs ~6 us a request).
+        self.trace_deferral = False
+        margin = manifest.deferral.margin if self._use_deferral else 1.0 - p.fallback_threshold
+        self.controller = RemoteRateController(margin, p.target_remote_rate, p.controller_gain, p.max_adjust) \
+            if p.target_remote_rate > 0 else None
         self._candidate_entries = tuple(self._entries[c] for c in self._candidates)
         self._default_mask = eligible_mask(self._candidate_entries, RequestContract(), frozenset())
         budget = manifest.budget_bytes if budget_bytes is None else budget_bytes
@@ -124,10 +133,10 @@ class Ecology:
         self._in_flight = 0
         self._cond = threading.Condition()
 
-    def _load_deferral(self, root: Path, manifest: Manifest):
+    def _load_deferral(self, root: Path, manifest: Manifest) -> Deferral | None:
         spec = manifest.deferral
         if spec is None:
-            return None, None
+            return None
         _, arrays = read_router(root / spec.file.path)
         try:
             weights = DeferralWeights(arrays["weight"], arrays["scale"], arrays["bias"],
@@ -135,10 +144,7 @@ class Ecology:
         except KeyError as exc:
             raise ManifestError(f"{spec.file.path} lacks array {exc}") from exc
         kernel = RouterKernel(weights) if self._featurizer.native else None
-        deferral = Deferral(weights, manifest.featurizer.dim, kernel)
-        controller = RemoteRateController(spec.margin, spec.target_remote_rate, spec.controller_gain,
-                                          spec.max_adjust)
-        return deferral, controller
+        return Deferral(weights, manifest.featurizer.dim, kernel)
 
     # -- loading -------------------------------------------------------------------------------
     def _predict_bytes(self, model_id: str) -> int:
@@ -270,13 +276,20 @@ class Ecology:
         prov["votes"] = [(v.model_id, v.label, round(v.confidence, 4), v.declined) for v in votes]
         prov["models"] = {v.model_id: self._model_ids[v.model_id] for v in votes}
         label, conf = best.label, best.confidence
-        if self._deferral is not None:
+        score = 1.0 - conf
+        if self._deferral is not None and (self._use_deferral or self.trace_deferral):
             gain = self._deferral.score(hashed["indices"], hashed["values"], conf,
                                         label == self.manifest.reject_label)
             prov["remote_gain"] = round(gain, 5)
-            want_remote = gain > self.controller.margin
+            if self._use_deferral:
+                score = gain
+        prov["remote_score"] = round(score, 5)
+        if self.controller is not None:
+            want_remote = score > self.controller.margin
             if not local_only and self.policy.remote == "allowed":
                 self.controller.update(want_remote)
+        elif self._use_deferral:
+            want_remote = score > self.manifest.deferral.margin
         else:
             want_remote = conf < self.policy.fallback_threshold
         if want_remote:

@@ -82,6 +82,14 @@ class Policy:
     coalition_timeout_ms: float = 50.0
     max_text_bytes: int = 16384
     remote: str = "allowed"
+    # "cascade": remote when the calibrated local confidence < fallback_threshold;
+    # "deferral": remote when the learned deferral's expected gain > its margin.
+    remote_rule: str = "cascade"
+    # When > 0, an online controller moves the rule's threshold (within +/- max_adjust) so that
+    # the realised share of requests sent remote stays at this target under drift.
+    target_remote_rate: float = 0.0
+    controller_gain: float = 0.01
+    max_adjust: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -109,17 +117,13 @@ class DeferralSpec:
     """The learned remote deferral: predicts, after the local answer, whether asking the remote
     generalist gains (remote right, local wrong) or loses (local right, remote wrong) accuracy.
 
-    Go remote when P(gain) - P(loss) > ``margin``: the expected accuracy change must pay for the
-    remote call. An online controller moves the margin (within +/- ``max_adjust``) so that the
-    realised remote rate stays at ``target_remote_rate``.
+    With ``policy.remote_rule = "deferral"`` a request goes remote when P(gain) - P(loss) >
+    ``margin``: the expected accuracy change must pay for the remote call.
     """
 
     file: FileEntry
     kind: str
     margin: float
-    target_remote_rate: float
-    controller_gain: float = 0.01
-    max_adjust: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -280,7 +284,11 @@ def _policy(t: _Table | None) -> Policy:
                coalition_size=t.get("coalition_size", int, 2, lo=1, hi=8),
                coalition_timeout_ms=t.get("coalition_timeout_ms", float, 50.0, lo=0.1, hi=60000),
                max_text_bytes=t.get("max_text_bytes", int, 16384, lo=16, hi=1 << 24),
-               remote=t.choice("remote", REMOTE_POLICIES, "allowed"))
+               remote=t.choice("remote", REMOTE_POLICIES, "allowed"),
+               remote_rule=t.choice("remote_rule", ("cascade", "deferral"), "cascade"),
+               target_remote_rate=t.get("target_remote_rate", float, 0.0, lo=0.0, hi=1.0),
+               controller_gain=t.get("controller_gain", float, 0.01, lo=0.0, hi=1.0),
+               max_adjust=t.get("max_adjust", float, 0.5, lo=0.0, hi=2.0))
     t.done()
     return p
 
@@ -321,10 +329,7 @@ def parse_manifest(text: str) -> Manifest:
     deferral = None
     if (dt := top.table("deferral")) is not None:
         deferral = DeferralSpec(_file(dt), dt.choice("kind", ("gain-loss",)),
-                                dt.get("margin", float, lo=-1.0, hi=1.0),
-                                dt.get("target_remote_rate", float, lo=0.0, hi=1.0),
-                                dt.get("controller_gain", float, 0.01, lo=0.0, hi=1.0),
-                                dt.get("max_adjust", float, 0.5, lo=0.0, hi=2.0))
+                                dt.get("margin", float, lo=-1.0, hi=1.0))
         dt.done()
     raw_models = top.get("models", list)
     models = tuple(_model(m, i) for i, m in enumerate(raw_models))
@@ -353,6 +358,8 @@ def _check_references(m: Manifest) -> None:
             raise ManifestError(f"model {x.id!r} takes 'hashed-text' but the manifest has no [featurizer]")
         if x.tokenizer and x.tokenizer not in paths:
             raise ManifestError(f"model {x.id!r}: tokenizer {x.tokenizer!r} is not listed in [[files]]")
+    if m.policy.remote_rule == "deferral" and m.deferral is None:
+        raise ManifestError("policy.remote_rule = 'deferral' needs a [deferral] table")
     if m.deferral and m.featurizer is None:
         raise ManifestError("deferral: needs a [featurizer] to read requests")
     if m.router:

@@ -80,9 +80,7 @@ def manifest_to_toml(m: Manifest) -> str:
     if m.deferral is not None:
         d = m.deferral
         out += ["", "[deferral]", f"path = {_value(d.file.path)}", f"sha256 = {_value(d.file.sha256)}",
-                f"kind = {_value(d.kind)}", f"margin = {_value(d.margin)}",
-                f"target_remote_rate = {_value(d.target_remote_rate)}",
-                f"controller_gain = {_value(d.controller_gain)}", f"max_adjust = {_value(d.max_adjust)}"]
+                f"kind = {_value(d.kind)}", f"margin = {_value(d.margin)}"]
     for f in m.files:
         out += ["", "[[files]]", f"path = {_value(f.path)}", f"sha256 = {_value(f.sha256)}"]
     for model in m.models:

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=None, help="data folder (default: $EDGE_ECO_DATA or ../shared/data)")
     ap.add_argument("--out", default="models/clinc150")
-    ap.add_argument("--remote-rate", type=float, default=0.15,
+    ap.add_argument("--remote-rate", type=float, default=0.2,
                     help="target share of validation requests sent to the remote generalist")
     args = ap.parse_args(argv)
     import os
@@ -206,6 +206,7 @@ def tune_policy(out: Path, val: list, remote_rate: float) -> tuple[Policy, dict]
     with edge_eco.open(out) as eco:
         eco_policy = eco.policy
         eco.policy = replace(eco_policy, direct_threshold=1.01)  # force the coalition to see both
+        eco.controller = None
         for text, label in val:
             a = eco.answer(text, local_only=True)
             direct_vote = a.provenance["votes"][0]
@@ -220,7 +221,8 @@ def tune_policy(out: Path, val: list, remote_rate: float) -> tuple[Policy, dict]
     best_acc = float(accs[int(np.argmax(accs >= accs.max() - 0.001))])
     final_conf = np.where(route_conf >= best_t, np.array([r[3] for r in rows]), np.array([r[4] for r in rows]))
     fallback = float(np.round(np.quantile(final_conf, remote_rate), 3))
-    policy = replace(eco_policy, direct_threshold=best_t, fallback_threshold=fallback)
+    policy = replace(eco_policy, direct_threshold=best_t, fallback_threshold=fallback,
+                     remote_rule="cascade", target_remote_rate=remote_rate)
     log(f"policy: direct_threshold={best_t} (val local accuracy {best_acc:.4f}), "
         f"fallback_threshold={fallback} (target remote rate {remote_rate})")
     return policy, {"val_local_accuracy": best_acc, "direct_share": float((route_conf >= best_t).mean()),

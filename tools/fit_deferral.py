@@ -51,7 +51,8 @@ def outcomes(folder: Path, remote_bundle: Path, examples) -> dict:
         local = [eco.answer(e.text, local_only=True) for e in examples]
         remote_labels = [remote.answer(e.text).label for e in examples]
     gold = [e.label for e in examples]
-    return {"local_ok": np.array([a.label == g for a, g in zip(local, gold)]),
+    return {"gold_oos": np.array([g == manifest.reject_label for g in gold]),
+            "local_ok": np.array([a.label == g for a, g in zip(local, gold)]),
             "remote_ok": np.array([r == g for r, g in zip(remote_labels, gold)]),
             "conf": np.array([a.confidence for a in local]),
             "reject": np.array([a.label == manifest.reject_label for a in local]),
@@ -67,13 +68,26 @@ def augmented(o: dict) -> sp.csr_matrix:
     return csr_from_features(rows, o["dim"] + N_META)
 
 
-def fit(o: dict) -> DeferralWeights:
+def prior_weights(gold_oos: np.ndarray, oos_share: float | None) -> np.ndarray:
+    """Sample weights that give out-of-scope requests the declared share of the traffic.
+
+    The validation split has 3 % out-of-scope queries; where the deployment expects more (CLINC150's
+    test split: 18 %), a deferral fitted on the raw split learns that the remote is nearly always
+    right, which out-of-scope traffic contradicts (the remote's oos recall is ~54 %).
+    """
+    if oos_share is None:
+        return np.ones(len(gold_oos))
+    share = gold_oos.mean()
+    return np.where(gold_oos, oos_share / share, (1 - oos_share) / (1 - share))
+
+
+def fit(o: dict, weights: np.ndarray | None = None) -> DeferralWeights:
     """Two logistic predictors (gain, loss), int8 per predictor."""
     x = augmented(o)
     targets = {"gain": o["remote_ok"] & ~o["local_ok"], "loss": o["local_ok"] & ~o["remote_ok"]}
     cols, biases = [], []
     for y in targets.values():
-        w, b = fit_softmax(x, y.astype(int), 2, l2=L2, max_iter=MAX_ITER)
+        w, b = fit_softmax(x, y.astype(int), 2, l2=L2, max_iter=MAX_ITER, sample_weight=weights)
         cols.append(w[:, 1] - w[:, 0])
         biases.append(b[1] - b[0])
     q, scale = quantize_columns(np.stack(cols, axis=1))
@@ -89,29 +103,38 @@ def scores(w: DeferralWeights, o: dict) -> np.ndarray:
     return np.array(out)
 
 
+def weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
+    """The q-quantile of x under sample weights w (step function, lower value)."""
+    order = np.argsort(x, kind="stable")
+    cum = np.cumsum(w[order]) / w.sum()
+    return float(x[order][min(len(x) - 1, int(np.searchsorted(cum, q)))])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ecology", default="models/clinc150")
     ap.add_argument("--remote-bundle", default="models/minilm")
     ap.add_argument("--data", default=None)
     ap.add_argument("--target-remote-rate", type=float, default=0.2)
+    ap.add_argument("--oos-share", type=float, default=None,
+                    help="expected share of out-of-scope traffic; val is re-weighted to it (default: as in val)")
     args = ap.parse_args(argv)
     t0 = time.time()
     folder = Path(args.ecology)
     clinc = fetch_clinc150(data_root(args.data, os.environ.get("EDGE_ECO_DATA")))
     val = load_clinc150(clinc / "data_full.json", "val")
     o = outcomes(folder, Path(args.remote_bundle), val)
-    w = fit(o)
+    weights = prior_weights(o["gold_oos"], args.oos_share)
+    w = fit(o, weights)
     write_router(folder / "deferral.bin", "deferral-gain-loss",
                  {"weight": w.weight, "scale": w.scale, "bias": w.bias}, {"dim": o["dim"], "meta": N_META})
     s = scores(w, o)
-    margin = float(np.round(np.quantile(s, 1.0 - args.target_remote_rate), 4))
+    margin = float(np.round(weighted_quantile(s, weights, 1.0 - args.target_remote_rate), 4))
     _, manifest = read_bundle(folder, verify=False)
-    spec = DeferralSpec(FileEntry("deferral.bin", sha256_file(folder / "deferral.bin")), "gain-loss", margin,
-                        args.target_remote_rate)
+    spec = DeferralSpec(FileEntry("deferral.bin", sha256_file(folder / "deferral.bin")), "gain-loss", margin)
     (folder / "ecology.toml").write_text(manifest_to_toml(replace(manifest, deferral=spec)))
     gain, loss = o["remote_ok"] & ~o["local_ok"], o["local_ok"] & ~o["remote_ok"]
-    report = {"val_requests": len(val), "val_gain": int(gain.sum()), "val_loss": int(loss.sum()), "margin": margin,
+    report = {"val_requests": len(val), "oos_share": args.oos_share, "val_gain": int(gain.sum()), "val_loss": int(loss.sum()), "margin": margin,
               "target_remote_rate": args.target_remote_rate, "l2": L2, "seconds": round(time.time() - t0, 1)}
     build = folder / "build.json"
     if build.exists():

@@ -1,0 +1,37 @@
+"""`edge-eco bench routing` end to end on a slice of the real test split (MiniLM in-process)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import CLINC, MODELS
+
+
+def test_bench_routing_reports_every_figure(tmp_path):
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    done = subprocess.run([str(Path(sys.executable).parent / "edge-eco"), "bench", "routing", str(MODELS / "clinc150"),
+                           "--requests", str(CLINC), "--split", "test", "--limit", "300",
+                           "--remote-bundle", str(MODELS / "minilm"), "--out", str(out), "--plot", str(png)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    r = json.loads(out.read_text())
+    assert r["requests"] == 300
+    assert set(r["curves"]) == {"ecology", "max_softmax_ecology", "random", "max_softmax_generalist",
+                                "domain_argmax", "oracle", "learned_deferral"}
+    for c in r["curves"].values():
+        assert len(c["rates"]) == len(c["accuracy"]) == 101
+        assert c["accuracy"][0] <= 1 and c["accuracy"][-1] == r["strong_accuracy"]
+    assert set(r["accuracy_at_remote_rate"]) == {"0.05", "0.1", "0.2", "0.3"}
+    # the oracle bounds every router from above at every rate
+    for name, c in r["curves"].items():
+        if name not in ("oracle", "domain_argmax", "max_softmax_generalist"):
+            assert all(a <= o + 1e-12 for a, o in zip(c["accuracy"], r["curves"]["oracle"]["accuracy"]))
+    assert set(r["ece"]) == {m.name[: -len(".onnx")] for m in (MODELS / "clinc150").glob("*.onnx")}
+    assert all(v["after"] <= v["before"] + 0.02 for v in r["ece"].values())
+    assert 0 <= r["aurc_local"] <= 1
+    assert r["router_us"]["c"]["p50"] < r["router_us"]["numpy"]["p50"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "apgr" in done.stdout and "router decision" in done.stdout
