@@ -127,6 +127,22 @@ class RouterKernel:
             self._local.buf = buf
         return buf
 
+    def route_text(self, featurizer: "Featurizer", data: bytes, mask: np.ndarray, temperature: float):
+        """Featurize and route in one C call: (indices, values, order, probs).
+
+        ``mask`` is a uint8 [K] array; ``order`` ranks eligible candidates by logit (ties by index)
+        and ``probs`` is their softmax at ``temperature`` (same as ``router.softmax_route``).
+        """
+        if not featurizer.native:
+            raise NativeError("route_text needs the compiled featurizer")
+        cap, _, idx, val, p_scratch, p_idx, p_val, p_nnz = featurizer._buffers(featurizer.spec.capacity(len(data)))
+        logit, order, prob, p_logit, p_order, p_prob, p_n = self._buffers()
+        _check(_lib.ee_route_text(featurizer._cfg, self._cfg, data, len(data), p_scratch, p_idx, p_val, cap, p_nnz,
+                                  _ffi.from_buffer("unsigned char *", mask), temperature, p_logit, p_order, p_prob,
+                                  p_n), "ee_route_text")
+        nnz, n = p_nnz[0], p_n[0]
+        return idx[:nnz].copy(), val[:nnz].copy(), order[:n].tolist(), prob[:n].tolist()
+
     def logits(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
         """float32 [K] logits of every candidate (bit-identical to ``router.linear_logits``)."""
         if self._all is None:

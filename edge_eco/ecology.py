@@ -22,7 +22,8 @@ import numpy as np
 from . import backends
 from ._native import Featurizer, RouterKernel
 from .bundle import read_bundle
-from .errors import BudgetError, EdgeEcoError, FallbackError, IntegrityError, ManifestError, RequestError
+from .errors import (BudgetError, EdgeEcoError, FallbackError, IntegrityError, ManifestError, RequestError,
+                     RoutingError)
 from .inputs import Feeds, hashed_feeds, token_adapter
 from .judges import Vote, calibrated_vote, judge, settle
 from .manifest import Manifest
@@ -105,6 +106,7 @@ class Ecology:
             if p.target_remote_rate > 0 else None
         self._candidate_entries = tuple(self._entries[c] for c in self._candidates)
         self._default_mask = eligible_mask(self._candidate_entries, RequestContract(), frozenset())
+        self._default_mask_u8 = self._default_mask.astype(np.uint8)
         budget = manifest.budget_bytes if budget_bytes is None else budget_bytes
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
             raise ManifestError(f"budget_bytes must be a non-negative integer (0 = unlimited), got {budget!r}")
@@ -242,9 +244,7 @@ class Ecology:
         data = validate_text(text, self.policy.max_text_bytes)
         text = data.decode("utf-8")
         prov: dict[str, Any] = {"request_id": f"{self.name}-{next(self._ids)}"}
-        hashed = hashed_feeds(*self._featurizer(data)) if self._featurizer else None
-        t_feat = time.perf_counter()
-        r = self._route(hashed, deadline_ms)
+        hashed, r = self._featurize_route(data, deadline_ms)
         t_route = time.perf_counter()
         ids = [self._candidates[i] for i in r.order]
         prov["route"] = {"candidates": ids[:self.policy.coalition_size],
@@ -295,20 +295,30 @@ class Ecology:
         if want_remote:
             label, conf, path = self._fallback(text, best, path, prov, local_only, deadline_ms, t0)
         t_end = time.perf_counter()
-        prov["latency_us"] = {"featurize": round((t_feat - t0) * 1e6, 1),
-                              "route": round((t_route - t_feat) * 1e6, 1),
+        prov["latency_us"] = {"route": round((t_route - t0) * 1e6, 1),  # validate + featurize + route
                               "local": round((t_local - t_route) * 1e6, 1),
                               "total": round((t_end - t0) * 1e6, 1)}
         return Answer(label, conf, path, prov)
 
+    def _featurize_route(self, data: bytes, deadline_ms: float | None) -> tuple[Feeds | None, Route]:
+        """Features and route of one request: one C call when the kernel is compiled."""
+        if self._kernel is None:
+            hashed = hashed_feeds(*self._featurizer(data)) if self._featurizer else None
+            return hashed, self._route(hashed, deadline_ms)
+        mask = self._default_mask_u8 if deadline_ms is None else self._mask(deadline_ms).astype(np.uint8)
+        if not mask.any():
+            raise RoutingError("no model is eligible for this request")
+        idx, val, order, probs = self._kernel.route_text(self._featurizer, data, mask, self._router.temperature)
+        return hashed_feeds(idx, val), Route(tuple(order), tuple(probs))
+
+    def _mask(self, deadline_ms: float) -> np.ndarray:
+        return eligible_mask(self._candidate_entries, RequestContract(deadline_ms=deadline_ms),
+                             frozenset(self.residency.resident()))
+
     def _route(self, hashed: Feeds | None, deadline_ms: float | None) -> Route:
         if self._router is None:
             return Route((0,), (1.0,))
-        if deadline_ms is None:
-            mask = self._default_mask
-        else:
-            mask = eligible_mask(self._candidate_entries, RequestContract(deadline_ms=deadline_ms),
-                                 frozenset(self.residency.resident()))
+        mask = self._default_mask if deadline_ms is None else self._mask(deadline_ms)
         if self._kernel is None:
             return route(self._router, hashed["indices"], hashed["values"], mask)
         logits = self._kernel.logits(hashed["indices"], hashed["values"])

@@ -66,3 +66,14 @@ typedef struct {
 ee_status ee_router_route(const ee_router_t *r, const int *idx, const float *val, unsigned long nnz,
                           const unsigned char *mask, double lambda, float *out_logit,
                           int *out_order, double *out_prob, unsigned int *out_n);
+
+/* Featurize one text and route it with a linear-softmax router, in one call.
+ *   features: as ee_featurizer_run (out_idx/out_val [cap], *out_nnz)
+ *   routing:  logits as ee_router_route; eligible candidates ranked by logit (ties by index),
+ *             out_prob[j] = softmax(logit / temperature) over the eligible ones
+ */
+ee_status ee_route_text(const ee_featurizer_t *f, const ee_router_t *r, const unsigned char *text,
+                        unsigned long n_bytes, unsigned long long *scratch, int *out_idx, float *out_val,
+                        unsigned long cap, unsigned long *out_nnz, const unsigned char *mask,
+                        double temperature, float *out_logit, int *out_order, double *out_prob,
+                        unsigned int *out_n);

@@ -53,3 +53,34 @@ ee_status ee_router_route(const ee_router_t *r, const int *idx, const float *val
     *out_n = n;
     return EE_OK;
 }
+
+ee_status ee_route_text(const ee_featurizer_t *f, const ee_router_t *r, const unsigned char *text,
+                        unsigned long n_bytes, unsigned long long *scratch, int *out_idx, float *out_val,
+                        unsigned long cap, unsigned long *out_nnz, const unsigned char *mask,
+                        double temperature, float *out_logit, int *out_order, double *out_prob,
+                        unsigned int *out_n) {
+    if (!(temperature > 0.0)) return EE_ERR_CONFIG;
+    ee_status st = ee_featurizer_run(f, text, n_bytes, scratch, out_idx, out_val, cap, out_nnz);
+    if (st != EE_OK) return st;
+    st = ee_router_route(r, out_idx, out_val, *out_nnz, mask, 0.0, out_logit, out_order, out_prob, out_n);
+    if (st != EE_OK || *out_n == 0) return st;
+    /* Re-rank by logit itself (sigmoid saturates to 1.0 for large logits); ties keep index order. */
+    for (unsigned int j = 1; j < *out_n; j++) {
+        const int c = out_order[j];
+        unsigned int i = j;
+        while (i > 0 && (out_logit[out_order[i - 1]] < out_logit[c] ||
+                         (out_logit[out_order[i - 1]] == out_logit[c] && out_order[i - 1] > c))) {
+            out_order[i] = out_order[i - 1];
+            i--;
+        }
+        out_order[i] = c;
+    }
+    const double top = (double)out_logit[out_order[0]] / temperature;
+    double total = 0.0;
+    for (unsigned int j = 0; j < *out_n; j++) {
+        out_prob[j] = exp((double)out_logit[out_order[j]] / temperature - top);
+        total += out_prob[j];
+    }
+    for (unsigned int j = 0; j < *out_n; j++) out_prob[j] /= total;
+    return EE_OK;
+}

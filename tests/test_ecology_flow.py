@@ -40,7 +40,7 @@ def test_confident_route_answers_directly(fake_ecology):
     assert (a.label, a.path) == ("balance", "direct")
     assert a.confidence > 0.9
     assert a.provenance["route"]["candidates"][0] == "money"
-    assert set(a.provenance["latency_us"]) == {"featurize", "route", "local", "total"}
+    assert set(a.provenance["latency_us"]) == {"route", "local", "total"}
 
 
 def test_unsure_route_runs_a_coalition_and_the_judge_picks(fake_ecology):
@@ -56,7 +56,9 @@ def test_declining_direct_specialist_widens_to_coalition(fake_ecology):
     with edge_eco.open(fake_ecology) as eco:
         eco.policy = Policy(direct_threshold=0.5, fallback_threshold=0.0)
         # A confident but wrong route: travel first. Travel declines a money query.
-        eco._route = lambda hashed, deadline_ms: Route((1, 0, 2), (0.95, 0.04, 0.01))
+        real = eco._featurize_route
+        eco._featurize_route = lambda data, deadline_ms: (real(data, deadline_ms)[0],
+                                                          Route((1, 0, 2), (0.95, 0.04, 0.01)))
         a = eco.answer("transfer money to savings")
     assert a.path == "coalition"
     assert a.label == "transfer"

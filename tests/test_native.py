@@ -73,3 +73,17 @@ def test_kernel_status_becomes_native_error():
     f._cfg.dim = 1000  # not a power of two: the C side re-checks and refuses
     with pytest.raises(NativeError, match="config out of range"):
         f(b"hello")
+
+
+def test_ecology_answers_the_same_without_the_compiled_kernel(clinc_test):
+    """The numpy fallback path (featurizer, router) gives the same answers as the C path."""
+    import edge_eco
+    from conftest import MODELS
+
+    sample = [t for t, _ in clinc_test[::25]]
+    with edge_eco.open(MODELS / "clinc150", use_native=True) as c, edge_eco.open(MODELS / "clinc150", use_native=False) as py:
+        assert c._kernel is not None and py._kernel is None
+        for text in sample:
+            a, b = c.answer(text, local_only=True), py.answer(text, local_only=True)
+            assert (a.label, a.path, a.provenance["route"]) == (b.label, b.path, b.provenance["route"])
+            assert a.confidence == pytest.approx(b.confidence, abs=1e-9)

@@ -74,3 +74,25 @@ def test_malformed_weights_are_integrity_errors():
                         np.zeros(3, np.float32))
     with pytest.raises(IntegrityError):
         DeferralWeights(np.zeros((8, 65), np.int8), *(np.ones(65, np.float32),) * 3)
+
+
+def test_fused_featurize_and_route_equals_the_reference_on_every_clinc150_test_query(clinc_test):
+    """ee_route_text == featurize_reference + router.route: same features, order and probabilities."""
+    from edge_eco.featurizer import featurize_reference
+    from edge_eco.router import RouterWeights, route
+
+    rng = np.random.default_rng(3)
+    k = 11
+    w = RouterWeights(rng.integers(-127, 128, (SPEC.dim, k)).astype(np.int8), (rng.random(k) * 0.02).astype(np.float32),
+                      rng.normal(size=k).astype(np.float32), 0.7)
+    kernel, feat = RouterKernel(w), Featurizer(SPEC, use_native=True)
+    bad = 0
+    for text, _ in clinc_test:
+        mask = rng.random(k) > 0.2
+        mask[rng.integers(k)] = True
+        idx, val, order, probs = kernel.route_text(feat, text.encode(), mask.astype(np.uint8), w.temperature)
+        ri, rv = featurize_reference(SPEC, text.encode())
+        r = route(w, ri, rv, mask)
+        bad += not (np.array_equal(idx, ri) and np.array_equal(val, rv) and tuple(order) == r.order
+                    and np.allclose(probs, r.probs, rtol=0, atol=1e-12))
+    assert bad == 0

@@ -68,7 +68,7 @@ def main() -> int:
     args = ap.parse_args()
     root = data_root(args.data, os.environ.get("EDGE_ECO_DATA"))
     texts = [e.text for e in load_clinc150(root / "clinc150" / "data_full.json", "test")][: args.n]
-    stages = {"featurize": [], "route": [], "local": [], "total": []}
+    stages = {"route": [], "local": [], "total": []}  # route = validate + featurize + route (one C call)
     direct_total = []
     with edge_eco.open(args.ecology) as eco:
         for t in texts[:200]:  # warm: load every model once
