@@ -116,6 +116,7 @@ class RouterKernel:
         self._cfg.dim, self._cfg.k = weights.weight.shape
         self._local = threading.local()
         self._all = None
+        self._masks: dict[int, tuple] = {}
 
     def _buffers(self):
         buf = getattr(self._local, "buf", None)
@@ -137,9 +138,15 @@ class RouterKernel:
             raise NativeError("route_text needs the compiled featurizer")
         cap, _, idx, val, p_scratch, p_idx, p_val, p_nnz = featurizer._buffers(featurizer.spec.capacity(len(data)))
         logit, order, prob, p_logit, p_order, p_prob, p_n = self._buffers()
-        _check(_lib.ee_route_text(featurizer._cfg, self._cfg, data, len(data), p_scratch, p_idx, p_val, cap, p_nnz,
-                                  _ffi.from_buffer("unsigned char *", mask), temperature, p_logit, p_order, p_prob,
-                                  p_n), "ee_route_text")
+        held = self._masks.get(id(mask))
+        if held is None or held[0] is not mask:  # the default mask is reused; per-deadline ones are not
+            if len(self._masks) >= 16:
+                self._masks.clear()
+            held = self._masks[id(mask)] = (mask, _ffi.from_buffer("unsigned char *", mask))
+        status = _lib.ee_route_text(featurizer._cfg, self._cfg, data, len(data), p_scratch, p_idx, p_val, cap, p_nnz,
+                                    held[1], temperature, p_logit, p_order, p_prob, p_n)
+        if status:
+            _check(status, "ee_route_text")
         nnz, n = p_nnz[0], p_n[0]
         return idx[:nnz].copy(), val[:nnz].copy(), order[:n].tolist(), prob[:n].tolist()
 
