@@ -78,6 +78,16 @@ def _router_us(eco: Ecology, texts: Sequence[str]) -> dict:
     return result
 
 
+def _summarise(name, local_ok, remote_ok, score, weak: float, strong: float) -> dict:
+    """routing_metrics.summarise, with APGR/CPT left None when PGR is undefined (weak == strong)."""
+    if weak != strong:
+        return rm.summarise(name, local_ok, remote_ok, score, weak, strong)
+    grid = np.linspace(0.0, 1.0, 101)
+    return {"name": name, "rates": grid.tolist(), "accuracy": rm.curve(local_ok, remote_ok, score, grid).tolist(),
+            "apgr": None, "cpt50": None, "cpt80": None,
+            "accuracy_at_remote_rate": rm.accuracy_at_remote_rate(local_ok, remote_ok, score)}
+
+
 def bench_routing(eco: Ecology, remote_label: Callable[[str], str], examples: Sequence[Example],
                   *, seed: int = 0, progress: Callable[[int, int], None] | None = None) -> dict:
     """Score the ecology's routing and the baselines on labelled ``examples``; returns the report."""
@@ -104,23 +114,23 @@ def bench_routing(eco: Ecology, remote_label: Callable[[str], str], examples: Se
     weak, strong = float(lc.mean()), float(rc.mean())
     curves = {
         # The ecology's own remote rule (policy.remote_rule), then the alternatives.
-        "ecology": rm.summarise("ecology", lc, rc, np.array(gains), weak, strong),
-        "max_softmax_ecology": rm.summarise("max_softmax_ecology", lc, rc, rm.max_softmax_scores(conf), weak, strong),
-        "random": rm.summarise("random", lc, rc, rm.random_scores(len(lc), seed), weak, strong),
-        "max_softmax_generalist": rm.summarise("max_softmax_generalist", gc, rc,
+        "ecology": _summarise("ecology", lc, rc, np.array(gains), weak, strong),
+        "max_softmax_ecology": _summarise("max_softmax_ecology", lc, rc, rm.max_softmax_scores(conf), weak, strong),
+        "random": _summarise("random", lc, rc, rm.random_scores(len(lc), seed), weak, strong),
+        "max_softmax_generalist": _summarise("max_softmax_generalist", gc, rc,
                                                rm.max_softmax_scores(np.array([c for _, c in gen])), weak, strong),
-        "domain_argmax": rm.summarise("domain_argmax", dc, rc, rm.max_softmax_scores(np.array([c for _, c in dom])),
+        "domain_argmax": _summarise("domain_argmax", dc, rc, rm.max_softmax_scores(np.array([c for _, c in dom])),
                                       weak, strong),
-        "oracle": rm.summarise("oracle", lc, rc, rm.oracle_scores(lc, rc), weak, strong),
+        "oracle": _summarise("oracle", lc, rc, rm.oracle_scores(lc, rc), weak, strong),
     }
     if learned[0] is not None:
-        curves["learned_deferral"] = rm.summarise("learned_deferral", lc, rc, np.array(learned), weak, strong)
+        curves["learned_deferral"] = _summarise("learned_deferral", lc, rc, np.array(learned), weak, strong)
     ours = curves["ecology"]
     # RouteLLM assumes the strong model beats the weak one. When the ecology's local tier alone
     # already beats the remote, PGR's denominator is negative; the same curve scored against the
     # local generalist as the weak model stays meaningful, so it is reported too.
     weak_gen = float(gc.mean())
-    vs_generalist = {k: v for k, v in rm.summarise("ecology", lc, rc, np.array(gains), weak_gen, strong).items()
+    vs_generalist = {k: v for k, v in _summarise("ecology", lc, rc, np.array(gains), weak_gen, strong).items()
                      if k in ("apgr", "cpt50", "cpt80")}
     return {
         "ecology": eco.name, "requests": len(examples), "weak_accuracy": round(weak, 5),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -31,12 +32,17 @@ class CliError(EdgeEcoError):
     """A command-line argument that cannot be used."""
 
 
-def _positive(kind):
+def _positive(kind, *, zero_ok: bool = False):
     def parse(text: str):
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+            raise argparse.ArgumentTypeError(f"must be a {'non-negative' if zero_ok else 'positive'} finite "
+                                             f"number, got {text}")
         return value
+    parse.__name__ = kind.__name__
     return parse
 
 
@@ -94,8 +100,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_bench_routing(args: argparse.Namespace) -> int:
     from .bench_routing import bench_routing
 
-    if args.remote_bundle is None and args.remote is None:
-        raise CliError("give the remote generalist: --remote-bundle DIR (run in-process) or --remote URL")
+    if (args.remote_bundle is None) == (args.remote is None):
+        raise CliError("give the remote generalist once: --remote-bundle DIR (run in-process) or --remote URL")
+    for flag, path, suffix in (("--out", args.out, None), ("--plot", args.plot, ".png")):
+        if path and Path(path).is_dir():
+            raise CliError(f"{flag} {path} is a directory; give a file name")
+        if path and suffix and Path(path).suffix.lower() != suffix:
+            raise CliError(f"{flag} {path}: the plot is written as PNG; name it *.png")
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
     examples = [e for e in load_requests(args.requests, args.split) if e.label is not None]
     if args.limit:
         examples = examples[: args.limit]
@@ -107,7 +120,8 @@ def _cmd_bench_routing(args: argparse.Namespace) -> int:
             remote_label = lambda text: remote_eco.answer(text).label  # noqa: E731
         else:
             from .fallback import V2Client
-            url, model = (args.remote.split("/v2/models/", 1) + ["generalist"])[:2]
+            default = eco.manifest.remote.model if eco.manifest.remote and eco.manifest.remote.model else "generalist"
+            url, model = (args.remote.split("/v2/models/", 1) + [default])[:2]
             client = V2Client(url, model.strip("/"), token=_token(args.token_env))
             remote_label = lambda text: client.infer([text])[0].label  # noqa: E731
         report = bench_routing(eco, remote_label, examples, seed=args.seed,
@@ -115,15 +129,18 @@ def _cmd_bench_routing(args: argparse.Namespace) -> int:
     r = report
     print(f"routing on {r['requests']} requests: local-only (weak) {100 * r['weak_accuracy']:.2f} %, "
           f"remote-only (strong) {100 * r['strong_accuracy']:.2f} %")
+    if r["strong_accuracy"] <= r["weak_accuracy"]:
+        print("note: the remote is not stronger than the local tier here, so PGR-based figures (apgr, cpt) "
+              "read backwards or are undefined; compare the accuracy columns")
     print(f"\n{'curve':26}{'apgr':>8}{'cpt50':>8}{'cpt80':>8}" + "".join(f"{'@' + k:>9}" for k in
                                                                        r["accuracy_at_remote_rate"]))
     for name, c in r["curves"].items():
         cpt = lambda x: "   none" if x is None else f"{x:7.3f}"  # noqa: E731
-        print(f"{name:26}{c['apgr']:8.3f} {cpt(c['cpt50'])} {cpt(c['cpt80'])}"
+        print(f"{name:26}{cpt(c['apgr']):>8} {cpt(c['cpt50'])} {cpt(c['cpt80'])}"
               + "".join(f"{100 * v:8.2f}%" for v in c["accuracy_at_remote_rate"].values()))
     v = r["vs_local_generalist"]
     print(f"\necology scored with the local generalist ({100 * r['local_generalist_accuracy']:.2f} %) as the weak "
-          f"model: apgr {v['apgr']:.3f}, cpt50 {v['cpt50']}, cpt80 {v['cpt80']}")
+          f"model: apgr {v['apgr']}, cpt50 {v['cpt50']}, cpt80 {v['cpt80']}")
     print(f"local tier AURC {r['aurc_local']}  (E-AURC {r['eaurc_local']})")
     print("ECE before -> after calibration: " + ", ".join(
         f"{m} {v['before']:.3f}->{v['after']:.3f}" for m, v in r["ece"].items()))
@@ -145,6 +162,8 @@ def _cmd_bench_routing(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     root, m = read_bundle(args.ecology)
+    with _ecology.open(args.ecology):  # every check open() makes: router and deferral headers, budget
+        pass
     print(f"{m.name} v{m.version}: {m.description}")
     print(f"labels: {len(m.labels)}   reject label: {m.reject_label}   budget: {m.budget_bytes} bytes")
     p = m.policy
@@ -156,7 +175,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
                                                                        if x.path.startswith(e.file.path)])
         print(f"{e.id:20}{e.role:12}{e.backend:9}{len(e.labels):>7}{size:>12}"
               f"{e.calibration.temperature:>8.3f}  {e.file.path}")
-    print("\nall files present, sha256 verified")
+    print("\nall files present, sha256 verified, the bundle opens")
     return 0
 
 
@@ -172,8 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="write the report as JSON here")
     run.add_argument("--limit", type=_positive(int), help="answer only the first N requests")
     run.add_argument("--deadline-ms", type=_positive(float), help="deadline of every request")
-    run.add_argument("--budget-bytes", type=_positive(int),
-                     help="memory budget for resident models (overrides the manifest)")
+    run.add_argument("--budget-bytes", type=_positive(int, zero_ok=True),
+                     help="memory budget for resident models, 0 = unlimited (overrides the manifest)")
     run.add_argument("--local-only", action="store_true", help="never send a request off the device")
     run.add_argument("--no-baselines", action="store_true", help="skip the local and remote baselines")
     run.set_defaults(fn=_cmd_run)

@@ -50,8 +50,12 @@ def fetch_clinc150(root: Path, cache: Path | None = None) -> Path:
         if not target.exists():
             url = CLINC150_URL.format(commit=CLINC150_COMMIT, name=name)
             print(f"edge_eco: {folder} not found; downloading {url} -> {target}", file=sys.stderr)
-            with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - fixed https URL
-                data = resp.read()
+            try:
+                with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - fixed https URL
+                    data = resp.read()
+            except OSError as exc:  # URLError, timeouts, DNS: no network
+                raise RequestError(f"CLINC150 is not in {folder} and could not be downloaded from {url} "
+                                   f"({exc}); point DATA= or EDGE_ECO_DATA at a folder holding clinc150/") from exc
             tmp = target.with_suffix(".part")
             tmp.write_bytes(data)
             tmp.replace(target)

@@ -58,4 +58,11 @@ def format_report(r: dict) -> str:
         lines.append(f"  {p:12} p50 {lat['p50']:.3f} ms  p95 {lat['p95']:.3f} ms  p99 {lat['p99']:.3f} ms")
     lines.append(f"loads {r['loads']}  evictions {r['evictions']}  peak RSS {r['peak_rss_bytes'] / 2**20:.1f} MiB"
                  f"  errors {r.get('errors', 0)}")
+    problems = [("ecology", r.get("first_error"))] + [(f"baseline {k}", v.get("first_error"))
+                                                      for k, v in r.get("baselines", {}).items()]
+    for who, msg in problems:
+        if msg:
+            lines.append(f"first error ({who}): {msg}")
+    for reason in r.get("unavailable_reasons", []):
+        lines.append(f"remote unavailable: {reason}")
     return "\n".join(lines)

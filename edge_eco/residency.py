@@ -34,6 +34,10 @@ def rss_bytes() -> int:
         return 0
 
 
+class _Busy(BudgetError):
+    """The model fits the budget, but the models that would make room are in use right now."""
+
+
 @dataclass
 class _Slot:
     session: Session | None = None
@@ -61,14 +65,18 @@ class Residency:
         predict_bytes: model id -> footprint to reserve before its first load.
         budget_bytes: limit on the sum of resident footprints (0 = unlimited).
         measure: current footprint in bytes, read around each load (None: keep predictions).
+        wait_s: how long a miss waits for models in use to be released before BudgetError.
     """
 
     def __init__(self, loader: Callable[[str], Session], predict_bytes: Callable[[str], int],
-                 budget_bytes: int = 0, measure: Callable[[], int] | None = None) -> None:
+                 budget_bytes: int = 0, measure: Callable[[], int] | None = None,
+                 wait_s: float = 30.0) -> None:
         self._loader, self._predict, self._measure = loader, predict_bytes, measure
         self.budget_bytes = budget_bytes
         self._slots: OrderedDict[str, _Slot] = OrderedDict()
         self._lock = threading.Lock()
+        self._released = threading.Condition(self._lock)  # a model in use was released
+        self.wait_s = wait_s
         self._load_lock = threading.Lock()  # loads one at a time, so RSS deltas are attributable
         self._measured: dict[str, int] = {}
         self.stats = ResidencyStats()
@@ -100,8 +108,10 @@ class Residency:
                 slot = self._slots.get(model_id)
                 if slot is not None:  # None when close() ran while the model was in use
                     slot.users -= 1
+                self._released.notify_all()
 
     def _acquire(self, model_id: str) -> Session:
+        give_up = time.monotonic() + self.wait_s
         while True:
             with self._lock:
                 slot = self._slots.get(model_id)
@@ -111,7 +121,17 @@ class Residency:
                     return slot.session
                 if slot is None or slot.loading is None:
                     need = self._measured.get(model_id) or self._predict(model_id)
-                    victims = self._make_room(model_id, need)
+                    try:
+                        victims = self._make_room(model_id, need)
+                    except _Busy:
+                        # It fits the budget, but the models that would make room are in use:
+                        # wait for one to be released (a waiting thread holds no model, so
+                        # this cannot deadlock), then look again.
+                        left = give_up - time.monotonic()
+                        if left <= 0:
+                            raise
+                        self._released.wait(min(left, 0.5))
+                        continue
                     slot = self._slots.setdefault(model_id, _Slot())
                     slot.bytes, slot.loading, slot.error = need, threading.Event(), None
                     leader = True
@@ -140,7 +160,7 @@ class Residency:
                 chosen.append(key)
                 used -= slot.bytes
         if used + need > self.budget_bytes:  # nothing was popped: the LRU order is unchanged
-            raise BudgetError(f"model {model_id!r} needs {need} bytes but only {self.budget_bytes - used} "
+            raise _Busy(f"model {model_id!r} needs {need} bytes but only {self.budget_bytes - used} "
                               "can be freed now (other models are in use)")
         return [(key, self._slots.pop(key)) for key in chosen]
 
@@ -166,6 +186,7 @@ class Residency:
                 self._slots.pop(model_id, None)
                 slot.loading.set()
                 slot.loading = None
+                self._released.notify_all()
             raise
         with self._lock:
             if grown > 0:  # the prediction self-corrects from the first measured load

@@ -23,17 +23,18 @@ class RunOptions:
     local_only: bool = False
 
 
-def _timed(fn: Callable[[str], str], examples: Sequence[Example]) -> tuple[list[str], list[float], int]:
-    labels, lat, errors = [], [], 0
+def _timed(fn: Callable[[str], str], examples: Sequence[Example]) -> tuple[list[str], list[float], int, str | None]:
+    labels, lat, errors, first = [], [], 0, None
     for ex in examples:
         t0 = time.perf_counter()
         try:
             labels.append(fn(ex.text))
-        except EdgeEcoError:
+        except EdgeEcoError as exc:
             labels.append("")
             errors += 1
+            first = first or f"{type(exc).__name__}: {exc}"
         lat.append((time.perf_counter() - t0) * 1e3)
-    return labels, lat, errors
+    return labels, lat, errors, first
 
 
 def run_job(eco: Ecology, examples: Sequence[Example], opts: RunOptions = RunOptions(),
@@ -41,24 +42,29 @@ def run_job(eco: Ecology, examples: Sequence[Example], opts: RunOptions = RunOpt
     """Answer every example through ``eco`` and return the report (see README for the keys)."""
     reject = eco.manifest.reject_label
     gold = [ex.label for ex in examples]
-    predicted, paths, lat, errors = [], [], [], 0
+    predicted, paths, lat, errors, first_error, remote_errors = [], [], [], 0, None, {}
     for i, ex in enumerate(examples):
         t0 = time.perf_counter()
         try:
             a = eco.answer(ex.text, deadline_ms=opts.deadline_ms, local_only=opts.local_only)
             predicted.append(a.label)
             paths.append(a.path)
-        except EdgeEcoError:
+            if a.path == "unavailable":
+                reason = a.provenance.get("remote", {}).get("error", "?")
+                remote_errors[reason.split(":")[0]] = remote_errors.get(reason.split(":")[0], reason)
+        except EdgeEcoError as exc:
             predicted.append("")
             paths.append("error")
             errors += 1
+            first_error = first_error or f"line {i + 1}: {type(exc).__name__}: {exc}"
         lat.append((time.perf_counter() - t0) * 1e3)
         if progress and (i + 1) % 500 == 0:
             progress(i + 1, len(examples))
     report = {"ecology": eco.name, "version": eco.version, "source": source, "requests": len(examples),
               **accuracy_block(predicted, gold, reject),
               "remote_rate": round(paths.count("remote") / max(1, len(paths)), 5),
-              **path_summary(paths, lat, PATHS), "errors": errors,
+              **path_summary(paths, lat, PATHS), "errors": errors, "first_error": first_error,
+              "unavailable_reasons": list(remote_errors.values())[:5],
               # answered on the device (direct or coalition): featurize + route + models + judge
               "local_latency_ms": percentiles_ms([x for x, p in zip(lat, paths) if p in ("direct", "coalition")])}
     stats = eco.stats()
@@ -66,15 +72,17 @@ def run_job(eco: Ecology, examples: Sequence[Example], opts: RunOptions = RunOpt
     baselines = {}
     if opts.local_baseline:
         model = opts.local_baseline
-        labels, blat, berr = _timed(lambda t: eco.predict_with(model, t).label, examples)
+        labels, blat, berr, bfirst = _timed(lambda t: eco.predict_with(model, t).label, examples)
         baselines["local_generalist"] = {**accuracy_block(labels, gold, reject),
-                                         "latency_ms": percentiles_ms(blat), "errors": berr}
+                                         "latency_ms": percentiles_ms(blat), "errors": berr, "first_error": bfirst}
     if opts.remote_baseline and eco.remote is not None:
+        timeout_s = opts.deadline_ms / 1e3 if opts.deadline_ms else None
+
         def remote(text: str) -> str:
-            return eco.remote.infer([text])[0].label
-        labels, blat, berr = _timed(remote, examples)
+            return eco.remote.infer([text], timeout_s=timeout_s)[0].label
+        labels, blat, berr, bfirst = _timed(remote, examples)
         baselines["remote"] = {**accuracy_block(labels, gold, reject), "latency_ms": percentiles_ms(blat),
-                               "errors": berr}
+                               "errors": berr, "first_error": bfirst}
     report["baselines"] = baselines
     report["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return report

@@ -89,8 +89,10 @@ def test_cli_refuses_a_missing_or_empty_token_variable(tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--limit", "0"], "must be positive"),
-    (["--budget-bytes", "-1"], "must be positive"),
+    (["--limit", "0"], "must be a positive finite number"),
+    (["--budget-bytes", "-1"], "must be a non-negative finite number"),
+    (["--deadline-ms", "nan"], "must be a positive finite number"),
+    (["--deadline-ms", "inf"], "must be a positive finite number"),
     (["--split", "test", "--requests-override"], "not a CLINC150 data_*.json file"),
     (["--out-dir"], "is a directory"),
 ])

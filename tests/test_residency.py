@@ -60,9 +60,9 @@ class FakeLoader:
         return session
 
 
-def make(budget: int = 1000, **loader_kwargs) -> tuple[Residency, FakeLoader]:
+def make(budget: int = 1000, wait_s: float = 30.0, **loader_kwargs) -> tuple[Residency, FakeLoader]:
     loader = FakeLoader(**loader_kwargs)
-    return Residency(loader, SIZES.__getitem__, budget, measure=lambda: 0), loader
+    return Residency(loader, SIZES.__getitem__, budget, measure=lambda: 0, wait_s=wait_s), loader
 
 
 def touch(res: Residency, *ids: str) -> None:
@@ -198,7 +198,7 @@ def test_model_larger_than_the_budget():
 
 
 def test_budget_error_when_everything_else_is_in_use():
-    res, loader = make(budget=1000)
+    res, loader = make(budget=1000, wait_s=0.2)
     holders = [Holder(res, "a"), Holder(res, "b"), Holder(res, "c")]
     with pytest.raises(BudgetError, match="'d' needs 700 bytes"):
         with res.use("d"):
@@ -212,7 +212,7 @@ def test_budget_error_when_everything_else_is_in_use():
 
 
 def test_failed_attempt_leaves_the_lru_order_unchanged():
-    res, loader = make(budget=900)
+    res, loader = make(budget=900, wait_s=0.2)
     touch(res, "e", "a", "b")        # LRU order e, a, b; 700 bytes
     holder = Holder(res, "a")        # a in use and now most recent: e, b, a
     try:
@@ -334,3 +334,16 @@ def test_no_growth_keeps_the_prediction():
     res = Residency(loader, SIZES.__getitem__, 1000, measure=lambda: 5_000)
     touch(res, "a")
     assert res.resident_bytes == 300
+
+
+def test_a_miss_waits_for_a_model_in_use_instead_of_failing():
+    """Under a tight budget and concurrency, a miss waits for a release (found by a user trial:
+    with 4 threads and a 12 MB budget, requests failed with BudgetError)."""
+    res, loader = make(budget=1000)
+    holders = [Holder(res, "a"), Holder(res, "b"), Holder(res, "c")]   # 900 bytes, all in use
+    threading.Timer(0.2, lambda: (holders[0].release(), holders[1].release())).start()
+    t0 = time.monotonic()
+    touch(res, "d")                                         # needs 700: waits until a and b are released
+    assert 0.15 <= time.monotonic() - t0 < 5
+    assert "d" in res.resident() and res.resident_bytes <= 1000
+    holders[2].release()

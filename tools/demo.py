@@ -38,8 +38,13 @@ def main() -> int:
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from edge_eco.datasets import fetch_clinc150
+    from edge_eco.errors import EdgeEcoError
 
-    requests = fetch_clinc150(Path(args.data)) / "data_full.json"
+    try:
+        requests = fetch_clinc150(Path(args.data)) / "data_full.json"
+    except EdgeEcoError as exc:
+        print(f"make demo: error: {exc}", file=sys.stderr)
+        return 2
     proc, url = start_server(ROOT / "models" / "minilm")
     try:
         return subprocess.call([str(BIN / "edge-eco"), "run", str(ROOT / "models" / "clinc150"),

@@ -135,13 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     (folder / "ecology.toml").write_text(manifest_to_toml(replace(manifest, deferral=spec)))
     gain, loss = o["remote_ok"] & ~o["local_ok"], o["local_ok"] & ~o["remote_ok"]
     report = {"val_requests": len(val), "oos_share": args.oos_share, "val_gain": int(gain.sum()), "val_loss": int(loss.sum()), "margin": margin,
-              "target_remote_rate": args.target_remote_rate, "l2": L2, "seconds": round(time.time() - t0, 1)}
+              "target_remote_rate": args.target_remote_rate, "l2": L2}
     build = folder / "build.json"
     if build.exists():
         doc = json.loads(build.read_text())
         doc["deferral"] = report
         build.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    print(f"[fit_deferral] {report}")
+    print(f"[fit_deferral] {report} in {time.time() - t0:.1f}s")
     return 0
 
 
