@@ -10,7 +10,6 @@ on one model trigger one load (single-flight).
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -22,16 +21,6 @@ from .backends import Session
 from .errors import BudgetError
 
 SESSION_OVERHEAD_BYTES = 350_000  # measured per live ORT session of a small model (MEASURED.md)
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process (anonymous + file-backed pages)."""
-    try:
-        with open("/proc/self/statm", "rb") as fh:
-            return int(fh.read().split()[1]) * _PAGE
-    except OSError:
-        return 0
 
 
 class _Busy(BudgetError):
