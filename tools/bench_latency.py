@@ -55,6 +55,40 @@ def cold_loads(folder: Path, entries, feeds) -> dict:
             "file_kb_per_model": round((after["file"] - before["file"]) / n), "models": n}
 
 
+def breaker_open_us(folder: str, texts) -> dict:
+    """Per-request cost when the remote is dead and its circuit is open: the client call alone,
+    and a whole answer() that wanted the remote (path 'unavailable')."""
+    import socket
+
+    from edge_eco.errors import RemoteUnavailable
+    from edge_eco.fallback import V2Client
+    from edge_eco.fallback.breaker import CircuitBreaker
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    s.close()  # nothing listens there
+    client = V2Client(url, "m", breaker=CircuitBreaker(threshold=1, cooldown_s=3600, max_cooldown_s=3600))
+    calls = []
+    for _ in range(2001):
+        t0 = time.perf_counter()
+        try:
+            client.infer(["hello"])
+        except RemoteUnavailable:
+            pass
+        calls.append((time.perf_counter() - t0) * 1e6)
+    with edge_eco.open(folder, remote_client=client) as eco:
+        eco.controller = None
+        eco.policy = eco.policy.__class__(**{**eco.policy.__dict__, "fallback_threshold": 1.0})
+        answers = []
+        for t in texts[:2000]:
+            t0 = time.perf_counter()
+            a = eco.answer(t)
+            answers.append((time.perf_counter() - t0) * 1e6)
+            assert a.path == "unavailable"
+    return {"client_call_p50_us": round(pct(calls[1:], 50), 1), "answer_p50_us": round(pct(answers, 50), 1)}
+
+
 def pct(xs, q):
     return float(np.percentile(np.asarray(xs), q))
 
@@ -109,6 +143,9 @@ def main() -> int:
           f"per model +{loads['anon_kb_per_model']} kB anonymous, +{loads['file_kb_per_model']} kB file-backed "
           f"(over {loads['models']} specialists)")
     fig["cold_load"] = loads
+    fig["breaker_open"] = breaker_open_us(args.ecology, texts)
+    print(f"dead remote, circuit open: client call p50 {fig['breaker_open']['client_call_p50_us']} us; "
+          f"whole answer (path unavailable) p50 {fig['breaker_open']['answer_p50_us']} us")
     if args.out:
         Path(args.out).write_text(json.dumps(fig, indent=1) + "\n")
     return 0

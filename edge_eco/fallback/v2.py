@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from edge_eco.errors import ManifestError, RemoteProtocolError, RemoteUnavailable, RequestError
+from edge_eco.fallback.breaker import CircuitBreaker
 
 __all__ = ["V2Client", "RemoteAnswer"]
 
@@ -45,7 +46,8 @@ class V2Client:
     """Thread-safe client for one model on a v2 REST server (one keep-alive connection per thread)."""
 
     def __init__(self, url: str, model: str, *, token: str | None = None, default_timeout_s: float = 2.0,
-                 input_name: str = "text", ssl_context: ssl.SSLContext | None = None):
+                 input_name: str = "text", ssl_context: ssl.SSLContext | None = None,
+                 breaker: CircuitBreaker | None = None):
         """Describe the remote model; no connection is made until the first call.
 
         Args:
@@ -55,6 +57,8 @@ class V2Client:
             default_timeout_s: connect and read timeout when a call gives none.
             input_name: name of the BYTES input tensor on the server.
             ssl_context: for https URLs; the default verifies certificates.
+            breaker: circuit breaker (default: open after 5 failures in a row, probe after 1 s,
+                backing off to 30 s); while open, infer fails fast with RemoteUnavailable.
         Raises:
             ManifestError: the URL, model name or timeout is invalid.
         """
@@ -71,6 +75,7 @@ class V2Client:
             raise ManifestError(f"bad port in remote URL {url!r}") from exc
         self.url, self.model, self.input_name = url.rstrip("/"), model, input_name
         self.default_timeout_s = float(default_timeout_s)
+        self.breaker = breaker if breaker is not None else CircuitBreaker()
         self._https, self._host, self._port = parts.scheme == "https", parts.hostname, port
         self._ssl_context = ssl_context
         self._model_path = f"{parts.path.rstrip('/')}/v2/models/{quote(model, safe='')}"
@@ -99,6 +104,10 @@ class V2Client:
             raise RequestError("texts must be a non-empty list of strings")
         if not all(isinstance(t, str) for t in texts):
             raise RequestError("every text must be a string")
+        wait_s = self.breaker.allow()
+        if wait_s is not None:
+            raise RemoteUnavailable(f"circuit open for {self.url} after repeated failures; "
+                                    f"next probe in {wait_s:.2f} s")
         req_id = str(next(self._ids))
         body = json.dumps({
             "id": req_id,
@@ -106,11 +115,18 @@ class V2Client:
             "outputs": [{"name": "label"}, {"name": "confidence"}],
         }).encode()
         t0 = time.perf_counter()
-        status, raw = self._request("POST", f"{self._model_path}/infer", body, timeout_s)
-        latency_ms = (time.perf_counter() - t0) * 1000.0
-        if status != 200:
-            raise RemoteProtocolError(f"HTTP {status} from {self.url} model {self.model!r}: {_error_message(raw)}")
-        return _parse_reply(raw, len(texts), req_id, self.model, latency_ms)
+        try:
+            status, raw = self._request("POST", f"{self._model_path}/infer", body, timeout_s)
+            latency_ms = (time.perf_counter() - t0) * 1000.0
+            if status != 200:
+                raise RemoteProtocolError(f"HTTP {status} from {self.url} model {self.model!r}: "
+                                          f"{_error_message(raw)}")
+            answers = _parse_reply(raw, len(texts), req_id, self.model, latency_ms)
+        except (RemoteUnavailable, RemoteProtocolError):
+            self.breaker.failure()
+            raise
+        self.breaker.success()
+        return answers
 
     def ready(self, timeout_s: float = 1.0) -> bool:
         """True when the server says the model is ready; False on any failure."""
