@@ -30,7 +30,7 @@ from .manifest import Manifest
 from .policy import RequestContract, eligible_mask, validate_text
 from .residency import SESSION_OVERHEAD_BYTES, Residency
 from .deferral import Deferral, RemoteRateController
-from .router import DeferralWeights, Route, RouterWeights, route, softmax_route
+from .router import DeferralWeights, Route, RouterWeights, route
 from .routerfile import read_router
 
 PATHS = ("direct", "coalition", "remote", "unavailable")
@@ -194,7 +194,7 @@ class Ecology:
     def route_candidates(self, text: str | bytes) -> tuple[tuple[str, ...], tuple[float, ...]]:
         """The router's ranking of candidate models for ``text`` (ids best first, probabilities)."""
         data = validate_text(text, self.policy.max_text_bytes)
-        r = self._route(hashed_feeds(*self._featurizer(data)) if self._featurizer else None, None)
+        r = self._featurize_route(data, None)[1]
         return tuple(self._candidates[i] for i in r.order), r.probs
 
     def _coalition(self, ids: list[str], text: str, hashed: Feeds | None,
@@ -319,10 +319,7 @@ class Ecology:
         if self._router is None:
             return Route((0,), (1.0,))
         mask = self._default_mask if deadline_ms is None else self._mask(deadline_ms)
-        if self._kernel is None:
-            return route(self._router, hashed["indices"], hashed["values"], mask)
-        logits = self._kernel.logits(hashed["indices"], hashed["values"])
-        return softmax_route(logits, mask, self._router.temperature)
+        return route(self._router, hashed["indices"], hashed["values"], mask)  # numpy path
 
     def _fallback(self, text: str, best: Vote, path: str, prov: dict, local_only: bool,
                   deadline_ms: float | None, t0: float) -> tuple[str, float, str]:

@@ -7,7 +7,6 @@ from typing import Callable
 
 import numpy as np
 
-from ._native import Featurizer
 from .manifest import ModelEntry
 
 Feeds = dict[str, np.ndarray]
@@ -26,4 +25,4 @@ def token_adapter(root: Path, entry: ModelEntry) -> Callable[[str], Feeds]:
     return lambda text: encoder([text])
 
 
-__all__ = ["Featurizer", "hashed_feeds", "token_adapter"]
+__all__ = ["hashed_feeds", "token_adapter"]

@@ -93,18 +93,14 @@ def test_cli_refuses_a_missing_or_empty_token_variable(tmp_path):
     (["--budget-bytes", "-1"], "must be a non-negative finite number"),
     (["--deadline-ms", "nan"], "must be a positive finite number"),
     (["--deadline-ms", "inf"], "must be a positive finite number"),
-    (["--split", "test", "--requests-override"], "not a CLINC150 data_*.json file"),
-    (["--out-dir"], "is a directory"),
+    (["--split", "test"], "not a CLINC150 data_*.json file"),   # --split on a JSON lines file
+    (["--out", "{tmp}"], "is a directory"),
 ])
 def test_cli_run_argument_errors(tmp_path, args, needle):
     jsonl = tmp_path / "r.jsonl"
     jsonl.write_text('{"text": "what is my balance", "label": "balance"}\n{"text": "hi"}\n')
     base = ["run", str(MODELS / "clinc150"), "--requests", str(jsonl), "--no-baselines"]
-    if args == ["--split", "test", "--requests-override"]:
-        args = ["--split", "test"]
-    if args == ["--out-dir"]:
-        args = ["--out", str(tmp_path)]
-    done = _cli(*base, *args)
+    done = _cli(*base, *[a.replace("{tmp}", str(tmp_path)) for a in args])
     assert done.returncode == 2, done.stdout
     assert needle in done.stderr and "Traceback" not in done.stderr
 
