@@ -10,9 +10,13 @@ Two ways in:
   the caller's thread, serialised by a lock, each statement its own committed transaction.
 
 **Acknowledged** means: :meth:`Store.flush` (or :meth:`Store.close`) has returned after the row
-was submitted. At that point its transaction has committed with ``synchronous=FULL``, so the row
-survives a crash of the process and a power loss (WAL fsynced at commit). A row submitted but
-not yet acknowledged may be lost if the process dies.
+was submitted. Its transaction has then committed to the WAL, so the row survives a crash or
+kill of the process (tested with SIGKILL). By default the writer runs ``synchronous=NORMAL``
+(the WAL is fsynced at checkpoints, not at every commit), so a power loss may drop the last
+acknowledged batches, never corrupt the file; ``power_safe=True`` makes every batch commit
+with ``synchronous=FULL`` (an fsync per batch) and then an acknowledged row also survives a
+power loss. Synchronous calls (governance: challengers, proposals, audit) always commit with
+``synchronous=FULL``. A row submitted but not yet acknowledged may be lost if the process dies.
 
 Retention is bounded by rows (``max_rows`` outcomes, oldest first; their feedback goes with
 them) and by bytes (``max_bytes``: the database file; SQLite reuses freed pages, so the file
@@ -108,11 +112,12 @@ def migrate(conn: Any, target: int = SCHEMA_VERSION) -> int:
         raise StoreError(f"migrating the outcome database failed: {exc}") from exc
 
 
-def _connect(path: Path) -> Any:
+def _connect(path: Path, synchronous: str = "FULL") -> Any:
     try:
         conn = sqlite3.connect(str(path), timeout=10.0, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new file: freed pages can be returned
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("PRAGMA busy_timeout=10000")
         return conn
     except sqlite3.Error as exc:
@@ -127,26 +132,28 @@ class Store:
         retention: bounds on rows and bytes.
         queue_rows: capacity of the write queue.
         batch_rows: the most rows committed in one transaction.
+        linger_s: how long the writer waits for more rows before committing a batch.
+        power_safe: fsync every batch (``synchronous=FULL``) so acknowledged rows survive power loss.
 
     Raises:
         StoreError: the file cannot be opened, is not a database, or has a newer schema.
     """
 
     def __init__(self, path: str | Path, *, retention: Retention = Retention(), queue_rows: int = 10_000,
-                 batch_rows: int = 512) -> None:
+                 batch_rows: int = 512, linger_s: float = 0.01, power_safe: bool = False) -> None:
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create {self.path.parent}: {exc}") from exc
-        self.retention, self._batch_rows = retention, batch_rows
+        self.retention, self._batch_rows, self._linger_s = retention, batch_rows, linger_s
         self._conn = _connect(self.path)
         try:
             migrate(self._conn)
         except StoreError:
             self._conn.close()
             raise
-        self._wconn = _connect(self.path)
+        self._wconn = _connect(self.path, "FULL" if power_safe else "NORMAL")
         self._lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue(maxsize=queue_rows)
         self._counts = {"submitted": 0, "written": 0, "dropped": 0, "batches": 0, "deleted": 0}
@@ -188,9 +195,11 @@ class Store:
     def _run(self) -> None:
         while True:
             items = [self._queue.get()]
-            while len(items) < self._batch_rows:
+            # Linger briefly so a burst becomes one transaction (one fsync) rather than many.
+            until = time.monotonic() + self._linger_s
+            while len(items) < self._batch_rows and items[-1][0] not in ("flush", "stop"):
                 try:
-                    items.append(self._queue.get_nowait())
+                    items.append(self._queue.get(timeout=max(0.0, until - time.monotonic())))
                 except queue.Empty:
                     break
             rows: dict[str, list[tuple]] = {}
@@ -221,7 +230,9 @@ class Store:
                     self._wconn.executemany(_INSERT[kind], batch)
             self._counts["written"] += sum(len(b) for b in rows.values())
             self._counts["batches"] += 1
-            if self._counts["batches"] % 16 == 1:
+            # the byte bound is cheap to check (two pragmas): every batch; the row count every 16
+            if self._counts["batches"] % 16 == 1 or (self.retention.max_bytes
+                                                    and self.size_bytes(self._wconn) > self.retention.max_bytes):
                 self._enforce_retention(self._wconn)
         except sqlite3.Error as exc:
             self._error = exc
@@ -238,10 +249,12 @@ class Store:
                 if n > r.max_pairs:
                     conn.execute("DELETE FROM shadow WHERE rowid IN (SELECT rowid FROM shadow ORDER BY ts LIMIT ?)",
                                  (n - r.max_pairs,))
-        if r.max_bytes and self.size_bytes(conn) > r.max_bytes:
+        size = self.size_bytes(conn)
+        if r.max_bytes and size > r.max_bytes:
             n = conn.execute("SELECT count(*) FROM outcomes").fetchone()[0]
-            with conn:
-                self._delete_oldest(conn, max(1, n // 10))  # freed pages are reused by later rows
+            with conn:  # down to 80 % of the bound, assuming rows of the average size
+                self._delete_oldest(conn, max(1, int(n * (1 - 0.8 * r.max_bytes / size)) + 1))
+            conn.executescript("PRAGMA incremental_vacuum;")  # run to completion (execute() frees one page)
 
     def _delete_oldest(self, conn: Any, n: int) -> None:
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS doomed (request_id TEXT)")
@@ -262,7 +275,7 @@ class Store:
 
     @staticmethod
     def size_bytes(conn: Any) -> int:
-        """Bytes of the database's pages (used + free), without the WAL."""
+        """Bytes of the database's pages (without the WAL)."""
         return conn.execute("PRAGMA page_count").fetchone()[0] * conn.execute("PRAGMA page_size").fetchone()[0]
 
     # -- synchronous calls ---------------------------------------------------------------------

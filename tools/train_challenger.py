@@ -1,8 +1,10 @@
 """Train alternative versions of one CLINC150 domain specialist (deterministic, seeded; build-time only).
 
     python tools/train_challenger.py --domain home --variant early --out models/challengers/home-0
-    python tools/train_challenger.py --domain home --variant more-data --out models/challengers/home-2
-    python tools/train_challenger.py --domain home --variant tiny --out models/challengers/home-3
+    python tools/train_challenger.py --domain home --variant more-data --parent models/challengers/home-0 \
+        --out models/challengers/home-2
+    python tools/train_challenger.py --domain home --variant tiny --parent models/challengers/home-2 \
+        --out models/challengers/home-3
 
 Every variant uses the shipped specialist's recipe (same featurizer, labels, balanced
 ``not_mine``, l2, iterations; tools/build_clinc150.py) on different data:
@@ -30,6 +32,7 @@ import os
 import random
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--domain", required=True)
     ap.add_argument("--variant", choices=("early", "more-data", "tiny"), required=True)
     ap.add_argument("--version", default=None, help="default: 0 early, 2 more-data, 3 tiny")
+    ap.add_argument("--parent", default=None,
+                    help="folder of the version this one descends from (default: the ecology's champion; "
+                         "the early variant has none)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     t0 = time.time()
@@ -96,7 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     logits = onnx_logits(out / files[0], f_va)
     temp = fit_temperature(logits, y_va)
     acc = float((logits.argmax(1) == y_va).mean())
-    champ_logits = onnx_logits(root / champion.file.path, f_va)
+    parent_path, parent = root / champion.file.path, f"{champion.id}:{champion.version}:{champion.file.sha256[:12]}"
+    if args.parent:
+        spec = tomllib.loads((Path(args.parent) / "challenger.toml").read_text())["model"]
+        parent_path = Path(args.parent) / spec["path"]
+        parent = f"{spec['id']}:{spec['version']}:{spec['sha256'][:12]}"
+    elif args.variant == "early":
+        parent = ""
+    champ_logits = onnx_logits(parent_path, f_va)
     champ_acc = float((champ_logits.argmax(1) == y_va).mean())
     lines = [
         f"# challenger for {args.domain}: tools/train_challenger.py --variant {args.variant}",
@@ -107,12 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         "", "[model.calibration]", f"temperature = {temp}",
         "", "[model.niches]", f'domain = "{args.domain}"',
         "", "[[files]]", f'path = "{files[1]}"', f'sha256 = "{sha256_file(out / files[1])}"',
-        "", "[lineage]", f'parent = "{champion.id}:{champion.version}:{champion.file.sha256[:12]}"',
+        "", "[lineage]", f'parent = "{parent}"',
         f'recipe = "{args.variant}"', f'data_fingerprint = "{fingerprint(train)}"', f"train_rows = {len(train)}",
-        "", "[lineage.metrics]", f"val_accuracy = {acc:.5f}", f"parent_val_accuracy = {champ_acc:.5f}",
+        "", "[lineage.metrics]", f"val_accuracy = {acc:.5f}", f"parent_val_accuracy = {champ_acc:.5f}" if parent else "",
         f'val_set = "val{" (also trained on)" if args.variant == "more-data" else ""}"', ""]
     (out / "challenger.toml").write_text("\n".join(lines))
-    print(f"{name}: {len(train)} train rows, val accuracy {acc:.4f} (champion {champ_acc:.4f}), T={temp}, "
+    print(f"{name}: {len(train)} train rows, val accuracy {acc:.4f} ({parent or 'champion'} {champ_acc:.4f}), T={temp}, "
           f"{time.time() - t0:.0f}s -> {out}")
     return 0
 
