@@ -1,21 +1,21 @@
 """Train alternative versions of one CLINC150 domain specialist (deterministic, seeded; build-time only).
 
-    python tools/train_challenger.py --domain home --variant early --out models/challengers/home-0
+    python tools/train_challenger.py --domain home --variant tiny --seed 1 --version 0 --out models/challengers/home-0
     python tools/train_challenger.py --domain home --variant more-data --parent models/challengers/home-0 \
         --out models/challengers/home-2
-    python tools/train_challenger.py --domain home --variant tiny --parent models/challengers/home-2 \
-        --out models/challengers/home-3
+    python tools/train_challenger.py --domain home --variant tiny --seed 2 --version 3 \
+        --parent models/challengers/home-2 --out models/challengers/home-3
 
 Every variant uses the shipped specialist's recipe (same featurizer, labels, balanced
 ``not_mine``, l2, iterations; tools/build_clinc150.py) on different data:
 
-- ``early``: CLINC150's official small split (50 training queries per intent): the version a
-  device would have shipped before the full data set existed (the e2e governance scenario's
-  starting champion);
+- ``tiny``: a seeded tenth of the train split (about 10 queries per intent): with seed 1, the
+  version a device would have shipped when few labelled queries existed (the e2e governance
+  scenario's starting champion, home v0); with seed 2, a worse challenger (home v3);
 - ``more-data``: the train and validation splits together (120 queries per intent): a challenger
-  that is really better than ``early``; its temperature is fitted on validation, which it has
-  also seen, so its confidence is slightly optimistic;
-- ``tiny``: a seeded tenth of the train split: a worse challenger, for the rejection path.
+  that is really better than a ``tiny`` one (home v2); its temperature is fitted on validation,
+  which it has also seen, so its confidence is slightly optimistic;
+- ``early``: CLINC150's official small split (50 training queries per intent).
 
 Writes ``<domain>-<version>.onnx`` (+ ``.onnx.data``) and ``challenger.toml``: the model's
 manifest entry (``[model]``, plus its ``[[files]]``) and its lineage (``[lineage]``: parent,
@@ -63,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--domain", required=True)
     ap.add_argument("--variant", choices=("early", "more-data", "tiny"), required=True)
     ap.add_argument("--version", default=None, help="default: 0 early, 2 more-data, 3 tiny")
+    ap.add_argument("--seed", type=int, default=SEED, help="seed of the tiny variant's sample")
     ap.add_argument("--parent", default=None,
-                    help="folder of the version this one descends from (default: the ecology's champion; "
-                         "the early variant has none)")
+                    help="folder of the version this one descends from (default: none)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     t0 = time.time()
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     data = json.loads((folder / "data_full.json").read_text())
     train = [tuple(x) for x in data["train"] + data["oos_train"]]
     val = [tuple(x) for x in data["val"] + data["oos_val"]]
-    rng = random.Random(SEED)
+    rng = random.Random(args.seed)
     if args.variant == "early":  # CLINC150's official small split: 50 training queries per intent
         small = json.loads((folder / "data_small.json").read_text())
         train = [tuple(x) for x in small["train"] + small["oos_train"]]
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = tomllib.loads((Path(args.parent) / "challenger.toml").read_text())["model"]
         parent_path = Path(args.parent) / spec["path"]
         parent = f"{spec['id']}:{spec['version']}:{spec['sha256'][:12]}"
-    elif args.variant == "early":
+    else:  # a first version: no parent (its metrics are still compared with the shipped champion)
         parent = ""
     champ_logits = onnx_logits(parent_path, f_va)
     champ_acc = float((champ_logits.argmax(1) == y_va).mean())
