@@ -5,8 +5,11 @@ punctuation, dropped word: :mod:`edge_eco.perturb`), every model of the populati
 every text. A model is *wrong* on a text when :func:`edge_eco.outcomes.right` says so (a
 specialist must answer its own intents and decline the rest). Reported:
 
-- pairwise error correlation (phi coefficient of the two models' error indicators) and the
-  pairs flagged redundant (correlation >= ``redundant_phi`` with both models making errors);
+- pairwise error correlation (phi coefficient of the two models' error indicators), the share
+  of texts (among those at least one of the two does not decline) on which two models give the
+  same answer, and the pairs flagged redundant (the
+  same answer on >= ``redundant_agree`` of the texts, or error correlation >= ``redundant_phi``
+  over at least ``min_joint_errors`` texts both got wrong: fewer make the correlation noise);
 - per niche (the domain of the true label; the reject label is its own niche): the ecology's
   accuracy, the oracle's (some local model answers the true label without declining, or, for
   an out-of-scope request, every specialist declines it) and the gap;
@@ -35,7 +38,7 @@ def phi(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def measure(eco: Any, examples: list[tuple[str, str]], *, limit: int = 600, seed: int = 0,
-            redundant_phi: float = 0.7) -> dict[str, Any]:
+            redundant_phi: float = 0.7, redundant_agree: float = 0.99, min_joint_errors: int = 10) -> dict[str, Any]:
     """Run the diversity diagnostics of ``eco`` on ``examples`` ((text, true label)); see the module doc."""
     rng = random.Random(seed)
     sample = rng.sample(examples, min(limit, len(examples)))
@@ -46,20 +49,29 @@ def measure(eco: Any, examples: list[tuple[str, str]], *, limit: int = 600, seed
                 for lab in m.labels if lab != m.decline_label}
     wrong = np.zeros((len(models), len(texts)), bool)
     solves = np.zeros((len(models), len(texts)), bool)
+    answers = np.zeros((len(models), len(texts)), object)
+    declined = np.zeros((len(models), len(texts)), bool)
     eco_right = np.zeros(len(texts), bool)
     for j, (text, truth, _) in enumerate(texts):
         for i, m in enumerate(models):
             v = eco.predict_with(m.id, text)
             wrong[i, j] = not right(m, v.label, v.declined, truth)
             solves[i, j] = v.label == truth and not v.declined  # a decline is not an answer
+            answers[i, j], declined[i, j] = v.label, v.declined
         eco_right[j] = eco.answer(text, local_only=True).label == truth
     pairs = []
     for i in range(len(models)):
         for k in range(i + 1, len(models)):
             r = phi(wrong[i], wrong[k])
             both = int((wrong[i] & wrong[k]).sum())
+            # agreement where at least one of the two answers: two specialists agreeing to decline
+            # each other's requests says nothing
+            asked = ~(declined[i] & declined[k])
+            agree = float((answers[i][asked] == answers[k][asked]).mean()) if asked.sum() >= 10 else 0.0
             pairs.append({"a": models[i].id, "b": models[k].id, "phi": round(r, 4), "both_wrong": both,
-                          "redundant": bool(r >= redundant_phi and wrong[i].any() and wrong[k].any())})
+                          "agree": round(agree, 4),
+                          "redundant": bool(agree >= redundant_agree
+                                            or (r >= redundant_phi and both >= min_joint_errors))})
     specialists = np.array([m.role == "specialist" for m in models])
     reject = np.array([y == eco.manifest.reject_label for _, y, _ in texts])
     # an out-of-scope request is also solved when every specialist declines it (the reject path)
@@ -95,8 +107,9 @@ def format_diversity(r: dict[str, Any]) -> str:
     top = sorted(r["pairs"], key=lambda p: -p["phi"])[:10]
     lines = [f"{r['requests']} requests x (original + {len(KINDS)} perturbations) = {r['texts']} texts, seed {r['seed']}",
              "", "most correlated errors (phi of the error indicators)",
-             table(["model a", "model b", "phi", "both wrong", "redundant"],
-                   [[p["a"], p["b"], f"{p['phi']:.3f}", p["both_wrong"], "YES" if p["redundant"] else ""]
+             table(["model a", "model b", "phi", "both wrong", "same answer", "redundant"],
+                   [[p["a"], p["b"], f"{p['phi']:.3f}", p["both_wrong"], f"{p['agree']:.1%}",
+                     "YES" if p["redundant"] else ""]
                     for p in top]),
              "", f"redundant pairs: {len(r['redundant'])}"
              + "".join(f"\n  {p['a']} ~ {p['b']} (phi {p['phi']:.3f})" for p in r["redundant"]),

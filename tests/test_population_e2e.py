@@ -2,10 +2,11 @@
 promoted once enough labelled traffic has been seen, a worse one is rejected, a rollback restores
 the previous champion, and the audit log shows all three.
 
-The scenario's starting ecology is the shipped one whose ``home`` specialist is the ``early``
-version (trained on CLINC150's official small split, 50 queries per intent:
-models/challengers/home-0). Challengers: ``home`` v2, the same recipe on train + validation
-(120 per intent, models/challengers/home-2), and ``home`` v3, on a tenth of train (home-3).
+The scenario's starting ecology is the shipped one whose ``home`` specialist is a first version
+trained on a seeded tenth of the train split (about 10 queries per intent: models/challengers/
+home-0, v0). Challengers: ``home`` v2, the same recipe on train + validation (120 per intent,
+models/challengers/home-2), and ``home`` v3, on another seeded tenth (home-3). All three are
+built by tools/train_challenger.py.
 Traffic: the 5,500 CLINC150 test queries in a seeded order, answered locally, every answer
 followed by ``eco.feedback`` with the true label.
 """
@@ -29,6 +30,12 @@ ROOT = Path(__file__).resolve().parent.parent
 CHALLENGERS = ROOT / "models" / "challengers"
 GOVERNANCE = Governance(auto_apply=("reject",), min_pairs=150, looks=4, alpha=0.05, slice_alpha=0.01,
                         min_gain=0.01, cooldown_s=0.0, shadow_rate=1.0, shadow_cpu_share=1.0)
+
+
+def model_id(folder: str) -> str:
+    """The provenance id ("version:sha256[:12]") of a challenger folder's model."""
+    spec = tomllib.loads((CHALLENGERS / folder / "challenger.toml").read_text())["model"]
+    return f"{spec['version']}:{spec['sha256'][:12]}"
 
 
 def scenario_bundle(tmp: Path, governance: Governance = GOVERNANCE) -> Path:
@@ -72,7 +79,7 @@ def test_promote_reject_rollback_with_audit(tmp_path, clinc_test, capsys):
     assert cli(["population", "challengers", str(root), "--add", str(CHALLENGERS / "home-2")]) == 0
     first = traffic(root, clinc_test, seed=1)
     assert first["shadow"]["run"] > 150 and first["shadow"]["skipped_budget"] == 0
-    assert first["home_ids"] == {"0:f22746b9cad1"}
+    assert first["home_ids"] == {model_id("home-0")}
 
     assert cli(["population", "proposals", str(root), "--review"]) == 0
     out = capsys.readouterr().out
@@ -88,7 +95,7 @@ def test_promote_reject_rollback_with_audit(tmp_path, clinc_test, capsys):
     assert m.model("home").version == "2"
     with edge_eco.open(root) as eco:  # the new champion serves
         a = eco.answer("add milk to my shopping list", local_only=True)
-        assert a.provenance["models"]["home"] == "2:1c19350c1a2f" and a.label == "shopping_list_update"
+        assert a.provenance["models"]["home"] == model_id("home-2") and a.label == "shopping_list_update"
 
     assert cli(["population", "challengers", str(root), "--add", str(CHALLENGERS / "home-3")]) == 0
     traffic(root, clinc_test, seed=2)
@@ -103,7 +110,7 @@ def test_promote_reject_rollback_with_audit(tmp_path, clinc_test, capsys):
     assert m.model("home").version == "0"
     with edge_eco.open(root) as eco:
         assert eco.answer("add milk to my shopping list", local_only=True).provenance["models"]["home"] \
-            == "0:f22746b9cad1"
+            == model_id("home-0")
     capsys.readouterr()
     assert cli(["population", "audit", str(root)]) == 0
     log = capsys.readouterr().out
@@ -114,7 +121,7 @@ def test_promote_reject_rollback_with_audit(tmp_path, clinc_test, capsys):
                            ("reject", "2", "3"), ("rollback", "2", "0")]
         archived = {(a.version, a.was_champion) for a in pop.archive.list("home")}
         assert archived == {("0", True), ("2", True)}
-        assert pop.archive.get("home", "2").parent == "home:0:f22746b9cad1"
+        assert pop.archive.get("home", "2").parent == "home:" + model_id("home-0")
     for word in ("promote", "reject", "rollback"):
         assert word in log
     for command in ("status", "archive", "challengers"):
