@@ -23,7 +23,8 @@ import edge_eco
 from edge_eco.bundle import read_bundle
 from edge_eco.cli import main as cli
 from edge_eco.manifest import FileEntry, Governance, model_entry
-from edge_eco.population import Population
+from edge_eco.population import Population, rule_of
+from edge_eco.promotion import decide
 from edge_eco.tomlwrite import manifest_to_toml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,6 +82,13 @@ def test_promote_reject_rollback_with_audit(tmp_path, clinc_test, capsys):
     assert first["shadow"]["run"] > 150 and first["shadow"]["skipped_budget"] == 0
     assert first["home_ids"] == {model_id("home-0")}
 
+    with Population(root) as pop:  # the first look at which a controller reviewing often would promote
+        ch = pop.challengers()[0][0]
+        pairs, rule = pop.pairs(ch), rule_of(pop.manifest)
+        looks = [rule.min_pairs << k for k in range(rule.looks) if rule.min_pairs << k <= len(pairs)]
+        verdicts = {n: decide(pairs[:n], now_s=0, last_change_s=None, rule=rule) for n in looks}
+        first_promote = min(n for n, v in verdicts.items() if v.action == "promote")
+        print(f"labelled pairs {len(pairs)}; first promoting look n={first_promote}: {verdicts[first_promote]}")
     assert cli(["population", "proposals", str(root), "--review"]) == 0
     out = capsys.readouterr().out
     print(out)
