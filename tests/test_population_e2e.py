@@ -89,11 +89,9 @@ def test_promote_reject_rollback_with_audit(tmp_path, clinc_test, capsys):
         looks = [rule.min_pairs << k for k in range(rule.looks) if rule.min_pairs << k <= len(pairs)]
         verdicts = {n: decide(pairs[:n], now_s=0, last_change_s=None, rule=rule) for n in looks}
         first_promote = min(n for n, v in verdicts.items() if v.action == "promote")
-        with capsys.disabled():
-            print(f"\nlabelled pairs {len(pairs)}; first promoting look n={first_promote}: {verdicts[first_promote]}")
+        print(f"\nlabelled pairs {len(pairs)}; first promoting look n={first_promote}: {verdicts[first_promote]}")
     assert cli(["population", "proposals", str(root), "--review"]) == 0
-    with capsys.disabled():
-        print(capsys.readouterr().out)
+    print(capsys.readouterr().out)
     with Population(root) as pop:
         (prop,) = pop.proposals("pending")
         assert prop.kind == "promote" and prop.version == "2"
@@ -113,8 +111,7 @@ def test_promote_reject_rollback_with_audit(tmp_path, clinc_test, capsys):
         made = pop.review()
         assert [(p.kind, p.version, applied) for p, applied in made] == [("reject", "3", True)]
         assert made[0][0].evidence["champion_only"] > made[0][0].evidence["challenger_only"]
-        with capsys.disabled():
-            print("reject:", made[0][0].evidence, made[0][0].reason)
+        print("reject:", made[0][0].evidence, made[0][0].reason)
         assert pop.manifest.model("home").version == "2"
 
     assert cli(["population", "rollback", str(root), "home", "--why", "e2e test"]) == 0
