@@ -212,7 +212,7 @@ class Population:
         raise StoreError(f"no proposal {pid}")
 
     def approve(self, pid: int, *, who: str, now_s: float | None = None) -> Proposal:
-        """Apply a pending proposal (promote: manifest swap; reject: retire the challenger).
+        """Apply a pending proposal (promote, rollback: manifest swap; reject: retire the challenger).
 
         Raises:
             StoreError: no such pending proposal, or the change failed (the manifest is unchanged).
@@ -222,6 +222,8 @@ class Population:
             raise StoreError(f"proposal {pid} is {p.status}, not pending")
         if p.kind == "promote":
             self._promote(p, who)
+        elif p.kind == "rollback":
+            self.rollback(p.capability, to_version=p.version, who=who, why=p.reason)
         else:
             self.store.execute("UPDATE challengers SET status='rejected', decided_ts=? WHERE capability=? AND version=?",
                                (time.time(), p.capability, p.version))

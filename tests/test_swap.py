@@ -78,6 +78,7 @@ def test_killed_mid_swap_leaves_old_or_new_never_torn(tmp_path):
             with edge_eco.open(root) as eco:
                 assert eco.answer("play some jazz", local_only=True).label
         trials += 1
+    print(f"{trials} trials, old/new manifest found {seen}")
     assert trials >= 20 and seen["a"] and seen["b"]
 
 
