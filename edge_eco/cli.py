@@ -62,7 +62,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not examples:
         raise CliError(f"{args.requests} holds no requests")
     token = _token(args.token_env)
-    options = {"remote_url": args.remote, "remote_token": token}
+    options = {"remote_url": args.remote, "remote_token": token, "remote_protocol": args.remote_protocol}
     if args.budget_bytes is not None:
         options["budget_bytes"] = args.budget_bytes
     with _ecology.open(args.ecology, **options) as eco:
@@ -187,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--requests", required=True, help="JSON lines of {text, label?}, or a CLINC150 json with --split")
     run.add_argument("--split", choices=["train", "val", "test"], help="split of a CLINC150 data_*.json")
     run.add_argument("--remote", help="URL of the remote generalist (Open Inference Protocol v2)")
+    run.add_argument("--remote-protocol", choices=["v2", "openai"],
+                     help="protocol of the remote (default: the manifest's [remote] protocol, else v2)")
     run.add_argument("--token-env", help="environment variable holding the remote's bearer token")
     run.add_argument("--out", help="write the report as JSON here")
     run.add_argument("--limit", type=_positive(int), help="answer only the first N requests")
