@@ -10,12 +10,15 @@ or :class:`RemoteProtocolError` (an HTTP reply that is not HTTP).
 
 from __future__ import annotations
 
+import heapq
 import http.client
+import itertools
 import json
 import math
 import socket
 import ssl
 import threading
+import time
 import weakref
 from urllib.parse import urlsplit
 
@@ -26,6 +29,52 @@ __all__ = ["HttpTransport", "MAX_REPLY_BYTES", "error_message"]
 MAX_REPLY_BYTES = 8 << 20  # a classification reply is tiny; anything this big is not one
 # Errors that, on a reused keep-alive connection before any reply byte, mean the server closed it idle.
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
+class _Watchdog:
+    """One daemon thread that runs the abort callback of every exchange still going at its deadline
+    (a thread per request would cost more than the request on loopback)."""
+
+    def __init__(self) -> None:
+        self._heap: list[list] = []  # [deadline, seq, callback or None when disarmed]
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, timeout_s: float, callback) -> list:
+        entry = [time.monotonic() + timeout_s, next(self._seq), callback]
+        with self._cond:
+            heapq.heappush(self._heap, entry)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="edge_eco-watchdog", daemon=True)
+                self._thread.start()
+            if self._heap[0] is entry:
+                self._cond.notify()
+        return entry
+
+    def disarm(self, entry: list) -> None:
+        """After this returns, the entry's callback has run or never will."""
+        with self._cond:
+            entry[2] = None
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and self._heap[0][2] is None:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                wait_s = self._heap[0][0] - time.monotonic()
+                if wait_s > 0:
+                    self._cond.wait(wait_s)
+                    continue
+                entry = heapq.heappop(self._heap)
+                callback, entry[2] = entry[2], None
+                callback()  # quick: sets a flag and shuts a socket down
+
+
+_WATCHDOG = _Watchdog()
 
 
 class HttpTransport:
@@ -99,17 +148,16 @@ class HttpTransport:
                 except OSError:
                     pass
 
-        watchdog = threading.Timer(timeout_s, abort)
-        watchdog.daemon = True
-        watchdog.start()
+        armed = _WATCHDOG.arm(timeout_s, abort)
         try:
             status, raw = self._exchange(method, path, body, timeout_s, where, holder)
         except (RemoteUnavailable, RemoteProtocolError) as exc:
+            _WATCHDOG.disarm(armed)
             if expired.is_set():
                 raise RemoteUnavailable(f"no complete reply from {where} within {timeout_s:.3g} s") from exc
             raise
         finally:
-            watchdog.cancel()
+            _WATCHDOG.disarm(armed)
         if expired.is_set():
             holder[-1].close()
             raise RemoteUnavailable(f"no complete reply from {where} within {timeout_s:.3g} s")
