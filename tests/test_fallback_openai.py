@@ -184,3 +184,15 @@ def test_one_client_is_shared_by_threads(stub):
         for t in threads:
             t.join()
     assert out == {i: "alarm" if i % 2 else "book_flight" for i in range(8)}
+
+
+def test_protocol_chosen_at_open_time_overrides_the_manifest(tmp_path):
+    folder = make_fake_ecology(tmp_path / "eco", policy=SEND_REMOTE)  # no [remote] table at all
+    stub = OpenAIStub(keyword_llm, model="generalist")  # the model name when the manifest names none
+    try:
+        with edge_eco.open(folder, remote_url=stub.url, remote_protocol="openai") as eco:
+            assert isinstance(eco.remote, OpenAIClient) and eco.remote.labels == LABELS
+            a = eco.answer("set my alarm")
+    finally:
+        stub.close()
+    assert (a.label, a.path) == ("alarm", "remote")

@@ -181,3 +181,40 @@ def test_ecology_falls_back_to_mlserver(mlserver, clinc_test):
     assert all(a.path == "remote" for a in answers), [a.provenance["remote"] for a in answers]
     assert sum(a.label == gold for a, (_, gold) in zip(answers, clinc_test[:20])) >= 17
     assert answers[0].provenance["remote"]["model"] == "minilm"
+
+
+# -- device chaining: an ecology whose remote is another `edge-eco serve` process ----------------------
+
+def test_device_chain_through_an_edge_eco_serve_process(tmp_path):
+    """phone -> hub: the phone's remote is a separate `edge-eco serve` process (bearer token, SIGTERM)."""
+    import sys
+
+    from conftest import make_fake_ecology
+    from loopback import SEND_REMOTE, with_remote
+
+    from edge_eco.manifest import RemoteSpec
+
+    hub_bundle = make_fake_ecology(tmp_path / "hub")
+    env = {**os.environ, "HUB_TOKEN": "s3cret", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "edge_eco.cli", "serve", str(hub_bundle), "--port", "0",
+                             "--token-env", "HUB_TOKEN"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("edge-eco serve: fake v1 on http://127.0.0.1:"), line
+        model_url = line.split(" on ")[1].strip()
+        phone = with_remote(make_fake_ecology(tmp_path / "phone", policy=SEND_REMOTE),
+                            RemoteSpec(url=model_url, timeout_ms=2000.0))
+        with edge_eco.open(hub_bundle) as hub_local, edge_eco.open(phone, remote_token="s3cret") as eco:
+            texts = ["transfer money to savings", "book a flight to paris", "zzz qqq"]
+            answers = [eco.answer(t) for t in texts]
+            expected = [hub_local.answer(t, local_only=True) for t in texts]
+        with edge_eco.open(phone, remote_token="wrong") as eco:
+            refused = eco.answer(texts[0])
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0  # graceful shutdown on SIGTERM
+    assert [a.path for a in answers] == ["remote"] * 3
+    assert [(a.label, a.confidence) for a in answers] == [(e.label, pytest.approx(e.confidence, abs=1e-6))
+                                                         for e in expected]
+    assert answers[0].provenance["remote"]["model"] == "fake"
+    assert refused.path == "unavailable" and "HTTP 401" in refused.provenance["remote"]["error"]
