@@ -354,7 +354,7 @@ class Ecology:
             return best.label, best.confidence, "unavailable"
         prov["remote"] = {"model": reply.model, "version": reply.model_version,
                           "ms": round((time.perf_counter() - t) * 1e3, 2), "tries": getattr(reply, "attempts", 1)}
-        if sent is not text:
+        if self._redact:
             prov["remote"]["redacted"] = list(self._redact)
         return reply.label, reply.confidence, "remote"
 
