@@ -2,6 +2,7 @@
 
     python tools/bench_population.py [--data ../shared/data] [--requests 2000] [--rows 20000]
 
+0. The call ``answer()`` makes on the request thread (``Recorder.record``: a closure on a queue).
 1. Store write throughput: outcome rows (real provenance of CLINC150 answers) submitted as fast
    as possible, then flushed; rows per second with the default durability (synchronous=NORMAL)
    and with ``power_safe=True`` (fsync per batch).
@@ -72,6 +73,17 @@ def main(argv: list[str] | None = None) -> int:
             pop.add_challenger(ROOT / "models" / "challengers" / "home-2", who="bench")
         with edge_eco.open(root) as eco:
             answers = [(eco.answer(t, local_only=True), t) for t in texts[:500]]
+        store = Store(tmp / "call.db", queue_rows=30000)
+        rec, (a, text) = Recorder(store), answers[0]
+        calls = []
+        for _ in range(20000):
+            t0 = time.perf_counter()
+            rec.record(a, text)
+            calls.append(time.perf_counter() - t0)
+        store.close()
+        calls.sort()
+        print(f"Recorder.record() on the request thread: p50 {calls[len(calls) // 2] * 1e6:.2f} us, "
+              f"p99 {calls[int(len(calls) * 0.99)] * 1e6:.2f} us (20000 calls)")
         for safe in (False, True):
             n = args.rows if not safe else max(1000, args.rows // 10)
             print(f"store write throughput ({'power_safe, fsync per batch' if safe else 'default, NORMAL'}): "
