@@ -18,7 +18,7 @@ from .featurizer import FeaturizerSpec
 
 SCHEMA = 1
 ROLES = ("specialist", "generalist")
-BACKENDS = ("ort", "fake")
+BACKENDS = ("ort", "tflite", "fake")
 INPUTS = ("hashed-text", "text-tokens")
 RISKS = ("low", "medium", "high")
 REMOTE_POLICIES = ("allowed", "forbidden")

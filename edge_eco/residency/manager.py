@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
-from .backends import Session
-from .errors import BudgetError
+from ..backends import Session
+from ..errors import BudgetError
 
 SESSION_OVERHEAD_BYTES = 350_000  # measured per live ORT session of a small model (MEASURED.md)
 
