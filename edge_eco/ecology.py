@@ -24,6 +24,7 @@ from ._native import Featurizer, RouterKernel
 from .bundle import read_bundle
 from .errors import (BudgetError, EdgeEcoError, FallbackError, IntegrityError, ManifestError, RequestError,
                      RoutingError)
+from .dense import DenseSpec, dim as dense_dim, raw_features, standardize, validate_window
 from .inputs import Feeds, hashed_feeds, token_adapter
 from .judges import Vote, calibrated_vote, judge, settle
 from .manifest import Manifest
@@ -72,7 +73,9 @@ class Ecology:
         self._featurizer = Featurizer(manifest.featurizer, use_native=use_native) \
             if manifest.featurizer else None
         self._adapters: dict[str, Callable[[str], Feeds]] = {}
-        generalists = [m.id for m in manifest.models if m.role == "generalist" and m.input == "hashed-text"]
+        generalists = [m.id for m in manifest.models
+                       if m.role == "generalist" and m.input in ("hashed-text", "dense-vector")]
+        self._dense = _load_dense(root, manifest)
         self._generalist = generalists[0] if generalists else None
         if manifest.router is not None:
             header, arrays = read_router(root / manifest.router.file.path)
@@ -86,12 +89,13 @@ class Ecology:
                                              manifest.router.temperature)
             except KeyError as exc:
                 raise ManifestError(f"router file lacks array {exc}") from exc
-            if self._router.weight.shape != (manifest.featurizer.dim, len(manifest.router.candidates)):
+            in_dim = manifest.featurizer.dim if self._dense is None else self._dense.dim
+            if self._router.weight.shape != (in_dim, len(manifest.router.candidates)):
                 raise ManifestError(f"router weight shape {self._router.weight.shape} does not match "
-                                    f"featurizer dim {manifest.featurizer.dim} x "
+                                    f"featurizer dim {in_dim} x "
                                     f"{len(manifest.router.candidates)} candidates")
             self._candidates = manifest.router.candidates
-            self._kernel = RouterKernel(self._router) if self._featurizer.native else None
+            self._kernel = RouterKernel(self._router) if self._featurizer and self._featurizer.native else None
         else:
             self._router, self._candidates, self._kernel = None, (manifest.models[0].id,), None
         self._deferral = self._load_deferral(root, manifest)
@@ -170,22 +174,27 @@ class Ecology:
         entry = self._entries[model_id]
         t0 = time.perf_counter()
         with self.residency.use(model_id) as session:
-            feeds = hashed if entry.input == "hashed-text" else self._adapters[model_id](text)
+            feeds = hashed if entry.input in _SHARED_FEEDS else self._adapters[model_id](text)
             logits = session.run(feeds)
         vote = calibrated_vote(entry, logits, self.manifest.reject_label)
         return vote, (time.perf_counter() - t0) * 1e6
 
     def predict_with(self, model_id: str, text: str | bytes) -> Vote:
         """One model's calibrated answer to ``text`` (for baselines and diagnostics)."""
-        data = validate_text(text, self.policy.max_text_bytes)
         entry = self.manifest.model(model_id)
+        if self._dense is not None:
+            return self._vote(model_id, "", self._dense.feeds(text))[0]
+        data = validate_text(text, self.policy.max_text_bytes)
         hashed = hashed_feeds(*self._featurizer(data)) if entry.input == "hashed-text" else None
         return self._vote(model_id, data.decode("utf-8"), hashed)[0]
 
     def model_logits(self, model_id: str, text: str | bytes) -> np.ndarray:
         """One model's raw (uncalibrated) logits for ``text``, in its label order."""
-        data = validate_text(text, self.policy.max_text_bytes)
         entry = self.manifest.model(model_id)
+        if self._dense is not None:
+            with self.residency.use(model_id) as session:
+                return np.asarray(session.run(self._dense.feeds(text))).reshape(-1)
+        data = validate_text(text, self.policy.max_text_bytes)
         hashed = hashed_feeds(*self._featurizer(data)) if entry.input == "hashed-text" else None
         with self.residency.use(model_id) as session:
             feeds = hashed if hashed is not None else self._adapters[model_id](data.decode("utf-8"))
@@ -241,10 +250,16 @@ class Ecology:
 
     def _answer(self, text: str | bytes, deadline_ms: float | None, local_only: bool) -> Answer:
         t0 = time.perf_counter()
-        data = validate_text(text, self.policy.max_text_bytes)
-        text = data.decode("utf-8")
         prov: dict[str, Any] = {"request_id": f"{self.name}-{next(self._ids)}"}
-        hashed, r = self._featurize_route(data, deadline_ms)
+        if self._dense is not None:  # a sensor window: standardized features, routed in numpy
+            hashed = self._dense.feeds(text)
+            r = route(self._router, self._dense.indices, hashed["x"][0],
+                      self._default_mask if deadline_ms is None else self._mask(deadline_ms))
+            text = ""
+        else:
+            data = validate_text(text, self.policy.max_text_bytes)
+            text = data.decode("utf-8")
+            hashed, r = self._featurize_route(data, deadline_ms)
         t_route = time.perf_counter()
         ids = [self._candidates[i] for i in r.order]
         prov["route"] = {"candidates": ids[:self.policy.coalition_size],
@@ -259,7 +274,7 @@ class Ecology:
         else:
             votes, path = self._coalition(ids[:self.policy.coalition_size], text, hashed, prov), "coalition"
         best = judge(votes, self.manifest.reject_label)
-        if hashed is not None and not len(hashed["indices"]):
+        if hashed is not None and "indices" in hashed and not len(hashed["indices"]):
             # No word byte at all (punctuation, symbols): no local model has evidence. Answer the
             # reject label with no confidence, so the remote generalist is asked when allowed.
             best = Vote(best.model_id, self.manifest.reject_label, 0.0, declined=True)
@@ -387,6 +402,34 @@ class Ecology:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_SHARED_FEEDS = ("hashed-text", "dense-vector")  # inputs computed once per request for every model
+
+
+class _Dense:
+    """The dense featurizer of a sensor ecology: window -> standardized features (``edge_eco.dense``)."""
+
+    def __init__(self, spec: DenseSpec, mean: np.ndarray, std: np.ndarray) -> None:
+        self.spec, self.mean, self.std = spec, mean, std
+        self.dim = mean.shape[0]
+        self.indices = np.arange(self.dim, dtype=np.int32)  # the router reads a dense vector as all-nonzero
+
+    def feeds(self, window: Any) -> Feeds:
+        a = validate_window(window, self.spec)
+        return {"x": standardize(raw_features(a[None]), self.mean, self.std)}
+
+
+def _load_dense(root: Path, manifest: Manifest) -> _Dense | None:
+    d = manifest.dense
+    if d is None:
+        return None
+    _, arrays = read_router(root / d.file.path)
+    mean, std = arrays.get("mean"), arrays.get("std")
+    want = dense_dim(d.axes)
+    if mean is None or std is None or mean.shape != (want,) or std.shape != (want,) or not (std > 0).all():
+        raise ManifestError(f"{d.file.path}: expected float32 mean and positive std of {want} features")
+    return _Dense(DenseSpec(d.kind, d.samples, d.axes, d.max_abs), np.array(mean), np.array(std))
 
 
 def _spec_dict(spec: Any) -> dict:
