@@ -30,6 +30,7 @@ from .judges import Vote, calibrated_vote, judge, settle
 from .manifest import Manifest
 from .policy import RequestContract, eligible_mask, validate_text
 from .residency import SESSION_OVERHEAD_BYTES, Residency
+from .residency.footprint import drop_file_pages, read_footprint
 from .deferral import Deferral, RemoteRateController
 from .router import DeferralWeights, Route, RouterWeights, route
 from .routerfile import read_router
@@ -119,7 +120,9 @@ class Ecology:
             if need[0] > budget:
                 raise BudgetError(f"model {need[1]!r} needs {need[0]} bytes; the memory budget of "
                                   f"{budget} bytes cannot hold it")
-        self.residency = Residency(self._load, self._predict_bytes, budget)
+        self.residency = Residency(self._load, self._predict_bytes, budget, measure=read_footprint,
+                                   policy="cost_aware", cost=self._miss_cost, paths=self._model_paths,
+                                   demote=drop_file_pages)
         self._pool = ThreadPoolExecutor(max_workers=max(2, 2 * manifest.policy.coalition_size),
                                         thread_name_prefix="edge_eco-coalition")
         self._ids = itertools.count(1)
@@ -160,7 +163,22 @@ class Ecology:
             return entry.cost.resident_bytes
         paths = [entry.file.path] + [f.path for f in self.manifest.files
                                      if f.path.startswith(entry.file.path + ".")]  # x.onnx.data
-        return sum((self.root / p).stat().st_size for p in paths) + SESSION_OVERHEAD_BYTES
+        file_bytes = sum((self.root / p).stat().st_size for p in paths)
+        # LiteRT's default XNNPACK delegate packs the weights into private memory next to the
+        # mapped file (tools/bench_backends.py): reserve both until the first load is measured.
+        return file_bytes * (2 if entry.backend == "tflite" else 1) + SESSION_OVERHEAD_BYTES
+
+    def _model_paths(self, model_id: str) -> set[str]:
+        """Absolute paths of a model's files (its graph and any external-data file)."""
+        entry = self._entries[model_id]
+        return {str((self.root / p).resolve()) for p in [entry.file.path] + [
+            f.path for f in self.manifest.files if f.path.startswith(entry.file.path + ".")]}
+
+    def _miss_cost(self, model_id: str) -> tuple[float, float]:
+        """(reload ms, fallback ms) of a miss: measured load time when there is one."""
+        times = self.residency.stats.load_times.get(model_id)
+        load_ms = times if times is not None else (self._entries[model_id].cost.load_ms or 1.0)
+        return load_ms, 0.0
 
     def _load(self, model_id: str) -> backends.Session:
         entry = self._entries[model_id]

@@ -60,6 +60,7 @@ class ResidencyStats:
     evict_ms: list[float] = field(default_factory=list)
     accounting_error: list[float] = field(default_factory=list)
     measured: dict[str, Footprint] = field(default_factory=dict)
+    load_times: dict[str, float] = field(default_factory=dict)  # model -> last load ms
 
 
 class Residency:
@@ -321,6 +322,7 @@ class Residency:
             slot.session = session
             self.stats.loads += 1
             self.stats.load_ms.append(load_ms)
+            self.stats.load_times[model_id] = load_ms
             self._touch(model_id, slot)
             slot.loading.set()
             slot.loading = None
