@@ -280,6 +280,8 @@ class Ecology:
             hashed, r = self._featurize_route(data, deadline_ms)
         t_route = time.perf_counter()
         ids = [self._candidates[i] for i in r.order]
+        if len(ids) > 1:  # the router's runners-up are a look-ahead for the residency policy
+            self.residency.hint(ids[1:self.policy.coalition_size + 1])
         prov["route"] = {"candidates": ids[:self.policy.coalition_size],
                          "probs": [round(p, 4) for p in r.probs[:self.policy.coalition_size]]}
         if r.confidence >= self.policy.direct_threshold or len(ids) == 1:

@@ -71,6 +71,22 @@ def mapped_file_bytes(paths: set[str]) -> int | None:
     return total
 
 
+def mapped_bytes(paths: set[str]) -> int:
+    """Bytes of this process's address space mapped from the files ``paths`` (absolute): the most
+    their file-backed pages can grow to as requests touch them. 0 where /proc is unavailable."""
+    try:
+        text = MAPS.read_text()
+    except OSError:
+        return 0
+    total = 0
+    for line in text.splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5] in paths:
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            total += hi - lo
+    return total
+
+
 def drop_file_pages(paths: set[str]) -> int:
     """Advise the kernel to drop this process's resident pages of the files ``paths``.
 

@@ -11,7 +11,7 @@ first run (``session.warm()``), split into anonymous and file-backed bytes, and 
 prediction from then on. A resident model can be *demoted* to cold: its file pages are dropped
 from the process (the session stays; they fault back in from the page cache), which frees its
 file-backed bytes; room is made by demoting first, evicting second. Victims are chosen by the
-cost-aware policy (:mod:`.policy`) or by LRU.
+cost-aware policy (:mod:`.policy`: expected miss cost per byte) or by LRU.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 from ..backends import Session
 from ..errors import BudgetError
 from . import policy as pol
-from .footprint import Footprint
+from .footprint import Footprint, mapped_bytes
 
 SESSION_OVERHEAD_BYTES = 350_000  # measured per live ORT session of a small model (MEASURED.md)
 
@@ -35,7 +35,7 @@ class _Busy(BudgetError):
     """The model fits the budget, but the models that would make room are in use right now."""
 
 
-@dataclass
+@dataclass(eq=False)  # slots are compared by identity
 class _Slot:
     session: Session | None = None
     bytes: int = 0            # charged to the ledger now
@@ -73,7 +73,7 @@ class Residency:
         measure: this process's footprint now (a Footprint, or total bytes), read around each
             load and first run; None keeps predictions.
         wait_s: how long a miss waits for models in use to be released before BudgetError.
-        policy: ``"lru"`` or ``"cost_aware"`` (GDSF on reload + fallback cost per byte).
+        policy: ``"lru"`` or ``"cost_aware"`` (decayed demand x (reload + fallback ms) / bytes).
         cost: model id -> (load_ms, fallback_ms) for the cost-aware policy.
         paths: model id -> absolute paths of its files (for demotion to cold); None: no demotion.
         demote: drop a model's file pages (footprint.drop_file_pages).
@@ -98,7 +98,7 @@ class Residency:
         self._measured: dict[str, int] = {}
         self._entries: dict[str, pol.Entry] = {}
         self._ghost: dict[str, tuple[float, int]] = {}
-        self._inflation, self._requests = 0.0, 0
+        self._requests = 0
         self.stats = ResidencyStats()
 
     # -- views -----------------------------------------------------------------------------------
@@ -148,8 +148,7 @@ class Residency:
             for m in model_ids:
                 if m in self._entries:
                     demand, seen = self._ghost.get(m, (0.0, self._requests))
-                    e = pol.on_access(pol.decayed(demand, seen, self._requests), self._model_cost(m),
-                                      self._inflation, weight=0.25)
+                    e = pol.on_access(pol.decayed(demand, seen, self._requests), self._model_cost(m), weight=0.25)
                     self._entries[m] = e
                     self._ghost[m] = (e.demand, self._requests)
 
@@ -206,7 +205,7 @@ class Residency:
         self._requests += 1
         if self.policy == "cost_aware":
             demand, seen = self._ghost.get(model_id, (0.0, self._requests))
-            e = pol.on_access(pol.decayed(demand, seen, self._requests), self._model_cost(model_id), self._inflation)
+            e = pol.on_access(pol.decayed(demand, seen, self._requests), self._model_cost(model_id))
             self._entries[model_id] = e
             self._ghost[model_id] = (e.demand, self._requests)
 
@@ -243,12 +242,10 @@ class Residency:
                 break
             s = self._slots[k]
             chosen.append(k)
-            gain += s.bytes - (s.file_bytes if s in demoted else 0)
+            gain += s.bytes - (s.file_bytes if any(s is d for d in demoted) else 0)
         if need > free + credit + gain:
             raise _Busy(f"model {model_id!r} needs {need} bytes but only {free + credit + gain} can be freed "
                         "now (other models are in use)")
-        if self.policy == "cost_aware":  # GDSF ageing: L rises to the priority of the last victim
-            self._inflation = max([self._inflation] + [self._entries[k].priority for k in chosen if k in self._entries])
         demoted = [s for s in demoted if not any(s is self._slots[k] for k in chosen)]
         credit = sum(s.file_bytes for s in demoted)
         victims = [(k, self._slots.pop(k)) for k in chosen]
@@ -309,6 +306,11 @@ class Residency:
                 self._released.notify_all()
             raise
         grown = after - before if before is not None and after is not None else None
+        paths = frozenset(self._paths(model_id)) if self._paths else frozenset()
+        if grown is not None and paths:
+            # Pages of a mapped model file become resident as requests touch them (a sparse text
+            # model touches a few rows per request): charge the whole mapping, not what warm() touched.
+            grown = Footprint(grown.anon_bytes, max(grown.file_bytes, mapped_bytes(set(paths))))
         with self._lock:
             if grown is not None and grown.total_bytes > 0:  # the prediction self-corrects
                 measured = grown.total_bytes
@@ -318,7 +320,7 @@ class Residency:
                 if measured > slot.bytes:
                     self.stats.overshoots += 1
                 slot.bytes, slot.file_bytes = measured, max(grown.file_bytes, 0)
-            slot.paths = frozenset(self._paths(model_id)) if self._paths else frozenset()
+            slot.paths = paths
             slot.session = session
             self.stats.loads += 1
             self.stats.load_ms.append(load_ms)

@@ -1,7 +1,7 @@
 """Replay request traces against eviction policies under a byte budget. Pure: no I/O or clock.
 
 A trace is a sequence of (time_s, model_id). ``replay`` runs an online policy (``lru``, the
-runtime's ``cost_aware`` GDSF from :mod:`.policy`, or ``belady``: evict the model needed furthest
+runtime's ``cost_aware`` policy from :mod:`.policy`, or ``belady``: evict the model needed furthest
 in the future, optimal in misses when sizes are equal) and counts misses, missed bytes, miss cost
 and thrash (reloads within ``thrash_window_s`` of the model's eviction). ``optimum_cost`` is the
 exact offline minimum of total miss cost for any sizes and costs (dynamic programming over
@@ -61,7 +61,7 @@ def replay(trace: Sequence[tuple[float, str]], costs: dict[str, ModelCost], budg
     next_use: dict[str, int] = {}
     evicted_at: dict[str, float] = {}
     ghost: dict[str, tuple[float, int]] = {}  # model -> (demand, request number when counted)
-    used, inflation = 0, 0.0
+    used = 0
     misses = miss_bytes = request_bytes = thrash = 0
     cost_ms = 0.0
     for i, (t, m) in enumerate(trace):
@@ -73,7 +73,7 @@ def replay(trace: Sequence[tuple[float, str]], costs: dict[str, ModelCost], budg
         hit = m in resident
         if hit:
             resident.move_to_end(m)
-            entries[m] = on_access(decayed(demand, seen, i), c, inflation)
+            entries[m] = on_access(decayed(demand, seen, i), c)
             ghost[m] = (entries[m].demand, i)
             continue
         misses += 1
@@ -97,11 +97,10 @@ def replay(trace: Sequence[tuple[float, str]], costs: dict[str, ModelCost], budg
                 victims.append(v)
                 free += costs[v].size_bytes
         else:
-            picked = choose_victims(entries, {k: costs[k].size_bytes for k in resident}, (), c.size_bytes, free)
-            if picked is None:
+            victims = choose_victims({k: entries[k] for k in resident}, {k: costs[k].size_bytes for k in resident},
+                                     (), c.size_bytes, free)
+            if victims is None:
                 raise ValueError(f"model {m!r} does not fit the budget of {budget_bytes} bytes")
-            victims, new_l = picked
-            inflation = new_l if new_l is not None else inflation
         for v in victims:
             del resident[v]
             entries.pop(v, None)
@@ -109,7 +108,7 @@ def replay(trace: Sequence[tuple[float, str]], costs: dict[str, ModelCost], budg
             evicted_at[v] = t
         resident[m] = None
         used += c.size_bytes
-        entries[m] = on_access(decayed(demand, seen, i), c, inflation)
+        entries[m] = on_access(decayed(demand, seen, i), c)
         ghost[m] = (entries[m].demand, i)
     return ReplayResult(len(trace), misses, miss_bytes, request_bytes, cost_ms, thrash)
 
