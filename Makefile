@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 DATA   ?= $(if $(EDGE_ECO_DATA),$(EDGE_ECO_DATA),../shared/data)
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test install models minilm clean
+.PHONY: demo test install models minilm har clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ models: $(STAMP)
 minilm: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[build,remote,dev]"
 	$(PY) tools/build_minilm.py --data $(DATA) --out models/minilm
+
+har: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[build,litert,remote,dev]"
+	$(PY) tools/build_har.py --data $(DATA) --out models/har
 
 clean:
 	rm -rf build $(VENV) edge_eco/*.so

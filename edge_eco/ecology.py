@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -347,8 +347,12 @@ class Ecology:
         return hashed_feeds(idx, val), Route(tuple(order), tuple(probs))
 
     def _mask(self, deadline_ms: float) -> np.ndarray:
-        return eligible_mask(self._candidate_entries, RequestContract(deadline_ms=deadline_ms),
-                             frozenset(self.residency.resident()))
+        # A model that is not resident costs its cold load: the measured one once it has loaded
+        # (and still the manifest's before), so a deadline can rule out a cold model.
+        times = self.residency.stats.load_times
+        entries = [e if e.id not in times else replace(e, cost=replace(e.cost, load_ms=max(e.cost.load_ms, times[e.id])))
+                   for e in self._candidate_entries]
+        return eligible_mask(entries, RequestContract(deadline_ms=deadline_ms), frozenset(self.residency.resident()))
 
     def _route(self, hashed: Feeds | None, deadline_ms: float | None) -> Route:
         if self._router is None:

@@ -59,3 +59,18 @@ def test_features_are_deterministic_and_finite():
     w = validate_window(np.random.default_rng(0).integers(-4000, 4000, (52, 3)), spec)
     a, b = raw_features(w[None]), raw_features(w[None].copy())
     assert a.shape == (1, 24) and np.isfinite(a).all() and np.array_equal(a, b)
+
+
+def test_a_cold_model_whose_measured_load_misses_the_deadline_is_not_routed_to(har_test):
+    with edge_eco.open(MODELS / "har") as eco:
+        cands = list(eco.manifest.router.candidates)
+        eco.residency.stats.load_times["active_tiny"] = 50.0     # as if its cold load had taken 50 ms
+        mask = eco._mask(10.0)
+        assert not mask[cands.index("active_tiny")] and mask.sum() == len(cands) - 1
+        walking = next(e for e in har_test if e.label == "walking")
+        a = eco.answer(walking.vector, deadline_ms=10.0)
+        assert "active_tiny" not in a.provenance["route"]["candidates"]
+        with eco.residency.use("active_tiny"):
+            pass                                                  # resident now: no cold load to pay
+        eco.residency.stats.load_times["active_tiny"] = 50.0
+        assert eco._mask(10.0).all()
