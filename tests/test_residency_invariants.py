@@ -139,7 +139,7 @@ def test_measured_split_replaces_a_wrong_prediction():
     res2 = res
     with res2.use("d"):           # after a reload the measured footprint is what is reserved
         pass
-    assert res2.stats.accounting_error[-1] == 0.0
+    assert res2.stats.accounting_error[-1] == 11 / 700  # the measured 700 plus its 1/64 slack
 
 
 def test_cost_aware_keeps_the_popular_model_that_lru_would_drop():
