@@ -38,7 +38,7 @@ def _p(values, q) -> float:
     return round(float(np.percentile(np.asarray(values, dtype=np.float64), q)), 4) if len(values) else 0.0
 
 
-def measure_models(eco: _ecology.Ecology, loads: int = 5) -> dict[str, dict]:
+def measure_models(eco: _ecology.Ecology, loads: int = 15) -> dict[str, dict]:
     """Per model: file bytes, measured footprint (anon + file) and load ms p50 over ``loads`` loads."""
     out = {}
     for m in eco.manifest.models:

@@ -98,3 +98,18 @@ def test_thrash_counts_reloads_within_the_window():
     trace = [(0.0, "a"), (1.0, "b"), (2.0, "a"), (30.0, "b")]
     r = replay(trace, costs, 1, "lru", thrash_window_s=10.0)
     assert r.misses == 4 and r.reloads_in_window == 1  # a came back 1 s after its eviction; b after 29 s
+
+
+def test_bench_scores_every_trace_against_lru_and_the_optimum():
+    from edge_eco.bench_residency import score_policies, synthetic_population, synthetic_traces
+
+    pop = synthetic_population(n=6)
+    traces = {k: v[:300] for k, v in synthetic_traces(sorted(pop), n=300).items()}
+    assert set(traces) == {"zipf-0.6", "zipf-0.9", "zipf-1.2", "shift", "scan", "bursts"}
+    out = score_policies(traces, lambda name: pop, (0.3, 0.6))
+    for budgets in out.values():
+        for row in budgets.values():
+            assert row["cost_vs_optimum"] >= 1.0 - 1e-9
+            for p in ("cost_aware", "lru", "belady"):
+                assert {"miss_ratio", "byte_miss_ratio", "miss_cost_ms", "thrash_rate"} <= set(row[p])
+                assert row[p]["miss_cost_ms"] >= row["optimum"]["miss_cost_ms"] - 1e-6

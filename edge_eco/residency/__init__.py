@@ -4,6 +4,7 @@
 ``policy`` (pure: eviction scoring) and ``simulate`` (pure: trace replay, offline optimum).
 """
 
-from .manager import SESSION_OVERHEAD_BYTES, Residency, ResidencyStats
+from .manager import SESSION_OVERHEAD_BYTES, Residency
+from .state import ResidencyStats
 
 __all__ = ["SESSION_OVERHEAD_BYTES", "Residency", "ResidencyStats"]

@@ -20,47 +20,15 @@ import threading
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from ..backends import Session
 from ..errors import BudgetError
 from . import policy as pol
+from .state import ResidencyStats, _Busy, _Slot
 from .footprint import Footprint, mapped_bytes
 
 SESSION_OVERHEAD_BYTES = 350_000  # measured per live ORT session of a small model (MEASURED.md)
-
-
-class _Busy(BudgetError):
-    """The model fits the budget, but the models that would make room are in use right now."""
-
-
-@dataclass(eq=False)  # slots are compared by identity
-class _Slot:
-    session: Session | None = None
-    bytes: int = 0            # charged to the ledger now
-    file_bytes: int = 0       # of which file-backed (freed by demotion)
-    cold: bool = False
-    users: int = 0
-    loading: threading.Event | None = None
-    error: BaseException | None = None
-    paths: frozenset[str] = frozenset()
-
-
-@dataclass
-class ResidencyStats:
-    """Counters of loads, evictions and demotions, with their times in ms and the accounting error
-    of every load whose footprint was measured (|charged - measured| / measured)."""
-
-    loads: int = 0
-    evictions: int = 0
-    demotions: int = 0
-    overshoots: int = 0
-    load_ms: list[float] = field(default_factory=list)
-    evict_ms: list[float] = field(default_factory=list)
-    accounting_error: list[float] = field(default_factory=list)
-    measured: dict[str, Footprint] = field(default_factory=dict)
-    load_times: dict[str, float] = field(default_factory=dict)  # model -> last load ms
 
 
 class Residency:
