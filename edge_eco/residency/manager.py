@@ -204,16 +204,23 @@ class Residency:
                 if not s.cold and s.file_bytes > 0 and s.paths and need > free + credit:
                     demoted.append(s)
                     credit += s.file_bytes
-        chosen, gain = [], 0
-        for k in order:
-            if need <= free + credit + gain:
-                break
-            s = self._slots[k]
-            chosen.append(k)
-            gain += s.bytes - (s.file_bytes if any(s is d for d in demoted) else 0)
-        if need > free + credit + gain:
-            raise _Busy(f"model {model_id!r} needs {need} bytes but only {free + credit + gain} can be freed "
-                        "now (other models are in use)")
+        frees = {k: self._slots[k].bytes - (self._slots[k].file_bytes if any(self._slots[k] is d for d in demoted)
+                                            else 0) for k in order}
+        if self.policy == "lru":
+            chosen, gain = [], 0
+            for k in order:
+                if need <= free + credit + gain:
+                    break
+                chosen.append(k)
+                gain += frees[k]
+            enough = need <= free + credit + gain
+        else:
+            picked = pol.choose_victims({k: self._entries.get(k, pol.Entry(0.0, 0.0)) for k in order}, frees, (),
+                                        need, free + credit)
+            enough, chosen = picked is not None, picked or []
+        if not enough:
+            raise _Busy(f"model {model_id!r} needs {need} bytes but only {free + credit + sum(frees.values())} can "
+                        "be freed now (other models are in use)")
         demoted = [s for s in demoted if not any(s is self._slots[k] for k in chosen)]
         credit = sum(s.file_bytes for s in demoted)
         victims = [(k, self._slots.pop(k)) for k in chosen]
