@@ -28,7 +28,7 @@ from urllib.parse import unquote, urlsplit
 
 from edge_eco import __version__
 from edge_eco.errors import EdgeEcoError, RequestError
-from edge_eco.httpserver import Admission, HttpError, HTTPServer
+from edge_eco.httpserver import Admission, Body, HttpError, HTTPServer
 from edge_eco.v2_request import InferRequest, parse_infer_request
 
 __all__ = ["InferenceServer", "serve_forever"]
@@ -108,7 +108,7 @@ class InferenceServer:
 
     # -- request handling (runs on handler threads) -------------------------------------------
 
-    def handle_request(self, method: str, raw_path: str, headers: Any, rfile: Any) -> tuple[int, dict]:
+    def handle_request(self, method: str, raw_path: str, headers: Any, body: Body) -> tuple[int, dict]:
         """Route one request; returns (status, JSON payload) or raises HttpError."""
         path = urlsplit(raw_path).path
         if self._token is not None and path not in ("/v2/health/live", "/v2/health/ready"):
@@ -126,15 +126,15 @@ class InferenceServer:
         if route != "infer":
             return 200, self._metadata(route)
         if headers.get("Inference-Header-Content-Length") is not None:
-            self._read_body(headers, rfile)
+            self._read_body(body)
             raise HttpError(400, "the binary tensor data extension is not supported; send JSON tensors "
-                                  "(tritonclient: binary_data=False)", keep_alive=True)
-        req = self._parse(self._read_body(headers, rfile))
+                                  "(tritonclient: binary_data=False)")
+        req = self._parse(self._read_body(body))
         t0 = time.monotonic()
         wait_s = self.queue_timeout_s if req.deadline_ms is None else min(self.queue_timeout_s, req.deadline_ms / 1e3)
         if not self._admission.enter(wait_s):
             raise HttpError(503, f"server busy: {self._admission.limit} requests running or queued; "
-                                  "try again later", keep_alive=True, retry_after=True)
+                                  "try again later", retry_after=True)
         try:
             return 200, self._infer(req, (time.monotonic() - t0) * 1e3)
         finally:
@@ -176,31 +176,17 @@ class InferenceServer:
                 "parameters": {"labels": list(eco.labels), "max_batch": self.max_batch,
                                "max_text_bytes": self.max_text_bytes}}
 
-    def _read_body(self, headers: Any, rfile: Any) -> bytes:
-        if "chunked" in headers.get("Transfer-Encoding", "").lower():
-            raise HttpError(411, "chunked bodies are not supported; send Content-Length")
-        raw = headers.get("Content-Length")
-        if raw is None:
-            raise HttpError(411, "Content-Length is required on POST")
-        try:
-            length = int(raw)
-            if length < 0:
-                raise ValueError(raw)
-        except ValueError:
-            raise HttpError(400, f"bad Content-Length {raw!r}") from None
-        if length > self.max_body_bytes:
-            raise HttpError(413, f"body of {length} bytes is over the limit of {self.max_body_bytes}")
-        body = rfile.read(length)
-        if len(body) != length:
-            raise HttpError(400, f"body ended after {len(body)} of {length} bytes")
-        return body
+    def _read_body(self, body: Body) -> bytes:
+        if body.length > self.max_body_bytes:
+            raise HttpError(413, f"body of {body.length} bytes is over the limit of {self.max_body_bytes}")
+        return body.read()
 
     def _parse(self, body: bytes) -> InferRequest:
         try:
             return parse_infer_request(body, self.max_batch, max_text_bytes=self.max_text_bytes,
                                        feature_dim=self._feature_dim)
         except RequestError as exc:
-            raise HttpError(400, str(exc), keep_alive=True) from exc
+            raise HttpError(400, str(exc)) from exc
 
     def _infer(self, req: InferRequest, queued_ms: float) -> dict:
         deadline_ms = None if req.deadline_ms is None else max(req.deadline_ms - queued_ms, 1.0)
@@ -218,11 +204,11 @@ class InferenceServer:
                 labels.append(str(ans.label))
                 confidences.append(float(ans.confidence))
         except RequestError as exc:
-            raise HttpError(400, str(exc), keep_alive=True) from exc
+            raise HttpError(400, str(exc)) from exc
         except EdgeEcoError as exc:
-            raise HttpError(500, f"{type(exc).__name__}: {exc}", keep_alive=True) from exc
+            raise HttpError(500, f"{type(exc).__name__}: {exc}") from exc
         except Exception as exc:  # a bug in the ecology must not kill the connection thread silently
-            raise HttpError(500, f"internal error: {type(exc).__name__}", keep_alive=True) from exc
+            raise HttpError(500, f"internal error: {type(exc).__name__}") from exc
         batch = req.batch
         outputs = {"label": {"name": "label", "datatype": "BYTES", "shape": [batch], "data": labels},
                    "confidence": {"name": "confidence", "datatype": "FP32", "shape": [batch], "data": confidences}}
