@@ -101,6 +101,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         except (OSError, ssl.SSLError) as exc:
             raise CliError(f"cannot load the TLS certificate/key: {exc}") from exc
     with _ecology.open(args.ecology, remote_url=None) as eco:
+        from .warmup import warm
+
+        w = warm(eco)  # before the port is bound: ready means the models are loaded
+        print(f"edge-eco serve: warmed {w.models} model(s) in {w.warm_ms:.0f} ms "
+              f"({w.resident_bytes} bytes resident)", file=sys.stderr, flush=True)
+
         def ready(server) -> None:
             print(f"edge-eco serve: {eco.name} v{eco.version} on {server.url}/v2/models/{eco.name}", flush=True)
         serve_forever(eco, args.host, args.port, token=token, on_ready=ready, **options)
