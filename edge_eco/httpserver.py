@@ -180,19 +180,24 @@ class Admission:
     def __init__(self, running: int, waiting: int) -> None:
         self._slots = threading.Semaphore(running)
         self._lock = threading.Lock()
-        self._admitted, self.limit = 0, running + waiting
+        self._admitted, self.running, self.waiting = 0, running, waiting
 
-    def enter(self, wait_s: float) -> bool:
-        """Take a slot, waiting at most ``wait_s`` in line; False when the line is full or the wait ran out."""
+    def enter(self, wait_s: float) -> str | None:
+        """Take a slot, waiting at most ``wait_s`` in line.
+
+        Returns:
+            None when a slot was taken; "full" when ``running`` + ``waiting`` requests are already
+            admitted; "timeout" when no slot came free within ``wait_s``.
+        """
         with self._lock:
-            if self._admitted >= self.limit:
-                return False
+            if self._admitted >= self.running + self.waiting:
+                return "full"
             self._admitted += 1
         if self._slots.acquire(timeout=max(wait_s, 0.0)):
-            return True
+            return None
         with self._lock:
             self._admitted -= 1
-        return False
+        return "timeout"
 
     def leave(self) -> None:
         self._slots.release()

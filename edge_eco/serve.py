@@ -11,8 +11,10 @@ Inputs: ``text`` (BYTES), and ``features`` (FP32 ``[batch, dim]``) when the ecol
 ``feature_dim`` and ``answer_features(row, ...)``.
 
 Load: at most ``max_concurrent`` infer requests run at once and ``max_queue`` more wait (each at
-most ``queue_timeout_s``, or its own deadline); past that the server answers 503 with
-``Retry-After`` at once instead of queueing forever. Connections past ``max_connections`` get a
+most ``queue_timeout_s``); past that the server answers 503 with ``Retry-After`` at once instead
+of queueing forever. A request's ``parameters.deadline_ms`` bounds its queueing and its compute
+together: checked before each text of a batch, a request past it answers 504 (queued too long,
+or the batch did not finish in time); texts are not answered partially. Connections past ``max_connections`` get a
 503 and are closed. Limits on body bytes, batch size and text bytes answer 413/400.
 """
 
@@ -132,13 +134,27 @@ class InferenceServer:
         req = self._parse(self._read_body(body))
         t0 = time.monotonic()
         wait_s = self.queue_timeout_s if req.deadline_ms is None else min(self.queue_timeout_s, req.deadline_ms / 1e3)
-        if not self._admission.enter(wait_s):
-            raise HttpError(503, f"server busy: {self._admission.limit} requests running or queued; "
-                                  "try again later", retry_after=True)
+        refused = self._admission.enter(wait_s)
+        if refused is not None:
+            raise self._refusal(refused, req, (time.monotonic() - t0) * 1e3)
         try:
-            return 200, self._infer(req, (time.monotonic() - t0) * 1e3)
+            return 200, self._infer(req, t0)
         finally:
             self._admission.leave()
+
+    def _refusal(self, reason: str, req: InferRequest, waited_ms: float) -> HttpError:
+        """Why a request got no slot: the server is at capacity (503), its deadline passed while
+        it waited (504), or no slot came free within queue_timeout_s (503)."""
+        a = self._admission
+        if reason == "full":
+            return HttpError(503, f"server at capacity: {a.running} request{'s' * (a.running != 1)} running and "
+                                  f"{a.waiting} queued (max_concurrent, max_queue); try again later",
+                             retry_after=True)
+        if req.deadline_ms is not None and req.deadline_ms / 1e3 <= self.queue_timeout_s:
+            return HttpError(504, f"deadline_ms {req.deadline_ms:g} passed while queued for one of "
+                                  f"{a.running} slot(s) (waited {waited_ms:.0f} ms)")
+        return HttpError(503, f"server busy: no slot free within queue_timeout_s {self.queue_timeout_s:g} "
+                              f"(waited {waited_ms:.0f} ms); try again later", retry_after=True)
 
     def _route(self, path: str) -> tuple[str, bool]:
         parts = [unquote(p) for p in path.split("/") if p]  # a model name may hold an escaped "/"
@@ -188,8 +204,10 @@ class InferenceServer:
         except RequestError as exc:
             raise HttpError(400, str(exc)) from exc
 
-    def _infer(self, req: InferRequest, queued_ms: float) -> dict:
-        deadline_ms = None if req.deadline_ms is None else max(req.deadline_ms - queued_ms, 1.0)
+    def _infer(self, req: InferRequest, t0: float) -> dict:
+        """Answer every item; with a deadline, the time left is checked before each item and a
+        batch that runs past it stops there with 504 (no partial reply)."""
+        end = None if req.deadline_ms is None else t0 + req.deadline_ms / 1e3
         if req.texts is not None:
             items, run, name = req.texts, self.eco.answer, "text"
         else:
@@ -197,8 +215,14 @@ class InferenceServer:
         try:
             labels, confidences = [], []
             for i, item in enumerate(items):
+                left_ms = None if end is None else (end - time.monotonic()) * 1e3
+                if left_ms is not None and left_ms <= 0:
+                    raise HttpError(504, f"deadline_ms {req.deadline_ms:g} passed after {i} of {len(items)} "
+                                         f"{'texts' if name == 'text' else 'rows'} (queued and computed "
+                                         f"{(time.monotonic() - t0) * 1e3:.0f} ms); send fewer per request "
+                                         "or a longer deadline")
                 try:
-                    ans = run(item, deadline_ms=deadline_ms, local_only=True)
+                    ans = run(item, deadline_ms=left_ms, local_only=True)
                 except RequestError as exc:
                     raise RequestError(f"input {name!r} element {i}: {exc}") from exc
                 labels.append(str(ans.label))
@@ -207,6 +231,8 @@ class InferenceServer:
             raise HttpError(400, str(exc)) from exc
         except EdgeEcoError as exc:
             raise HttpError(500, f"{type(exc).__name__}: {exc}") from exc
+        except HttpError:
+            raise
         except Exception as exc:  # a bug in the ecology must not kill the connection thread silently
             raise HttpError(500, f"internal error: {type(exc).__name__}") from exc
         batch = req.batch

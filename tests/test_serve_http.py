@@ -51,7 +51,7 @@ def exchange(port: int, raw: bytes, *, wait_s: float = 1.0, family=socket.AF_INE
 def replies(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
     """Split a byte stream of HTTP/1.1 replies (Content-Length framed) into (status, headers, body)."""
     out = []
-    while raw:
+    while b"\r\n\r\n" in raw:
         head, _, rest = raw.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
@@ -156,7 +156,8 @@ def expect_100(port: int, headers: bytes, *, send_body_after_s: float = 0.3) -> 
                     closed = True
                     break
                 got += chunk
-                if b"\r\n\r\n" in got.split(b"HTTP/1.1 100 Continue\r\n\r\n")[-1]:
+                final = [r for r in replies(got) if r[0] != 100]
+                if final and len(final[0][2]) == int(final[0][1].get("content-length", "0")):
                     break
         except socket.timeout:
             pass
