@@ -210,6 +210,17 @@ _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\
          b"Connection: close\r\nContent-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY)
 
 
+def _family(addr: tuple[str, int]) -> socket.AddressFamily:
+    """The address family of the host to bind: AF_INET when the host has an IPv4 address (so
+    "localhost" stays on 127.0.0.1 as before), else AF_INET6 ("::1", "::", an IPv6-only name)."""
+    try:
+        infos = socket.getaddrinfo(addr[0] or None, addr[1], type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot resolve the address to serve on, {addr[0]!r}: {exc.strerror}") from exc
+    families = [info[0] for info in infos]
+    return socket.AF_INET if socket.AF_INET in families else families[0]
+
+
 class HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
@@ -222,6 +233,7 @@ class HTTPServer(ThreadingHTTPServer):
         self._conns_lock = threading.Lock()
         self._max_connections = max_connections
         self._ssl_context = ssl_context
+        self.address_family = _family(addr)  # "::1" or "::" serve IPv6
         super().__init__(addr, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:

@@ -178,3 +178,25 @@ def test_expect_100_continue_is_sent_only_after_the_checks():
         assert got.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
         (status, _, body), = [r for r in replies(got) if r[0] != 100]
         assert status == 200 and json.loads(body)["outputs"][0]["data"] == ["balance"]
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_serves_on_ipv6_loopback():
+    from edge_eco.fallback import V2Client
+
+    with InferenceServer(FakeEco(), host="::1") as srv:
+        assert srv.url == f"http://[::1]:{srv.port}"
+        got, _ = exchange(srv.port, b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                          family=socket.AF_INET6, host="::1")
+        assert replies(got)[0][0] == 200
+        with V2Client(srv.url, "intents") as client:
+            assert client.infer(["money please"])[0].label == "balance"
