@@ -217,3 +217,16 @@ def test_tls_with_a_self_signed_certificate(self_signed):
                 c.infer(["hi"], timeout_s=0.5)
         with V2Client(srv.url, "vec", token="t", ssl_context=trusting) as c:
             assert c.infer(["still serving"])[0].label == "long"
+
+
+def test_a_failed_certificate_check_is_not_retried(self_signed):
+    cert, key = self_signed
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    with InferenceServer(VecEco(), ssl_context=server_ctx) as srv:
+        with V2Client(srv.url, "vec", retry=RetryPolicy(attempts=3, backoff_s=0.001, max_backoff_s=0.001)) as c:
+            with pytest.raises(RemoteUnavailable) as err:
+                c.infer(["hi"], timeout_s=2)
+    message = str(err.value)
+    assert "certificate verify failed" in message.lower() or "CERTIFICATE_VERIFY_FAILED" in message
+    assert "tries" not in message  # one try: the same certificate would fail again

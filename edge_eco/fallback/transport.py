@@ -22,13 +22,15 @@ import time
 import weakref
 from urllib.parse import urlsplit
 
-from edge_eco.errors import ManifestError, RemoteProtocolError, RemoteUnavailable, RequestError
+from edge_eco.errors import ManifestError, RemoteProtocolError, RemoteTLSError, RemoteUnavailable, RequestError
 
 __all__ = ["HttpTransport", "MAX_REPLY_BYTES", "error_message"]
 
 MAX_REPLY_BYTES = 8 << 20  # a classification reply is tiny; anything this big is not one
 # Errors that, on a reused keep-alive connection before any reply byte, mean the server closed it idle.
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+# TLS errors that mean the connection was dropped (retryable), not that TLS itself was refused.
+_TLS_DROPPED = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
 
 
 class _Watchdog:
@@ -222,8 +224,8 @@ def _translate(exc: Exception, where: str, timeout_s: float, phase: str) -> Exce
         return RemoteUnavailable(f"no reply from {where} within {timeout_s:.3g} s")
     if isinstance(exc, ConnectionRefusedError):
         return RemoteUnavailable(f"cannot reach {where}: connection refused")
-    if isinstance(exc, ssl.SSLError):
-        return RemoteUnavailable(f"TLS failed with {where}: {exc.reason or exc!r}")
+    if isinstance(exc, ssl.SSLError) and not isinstance(exc, _TLS_DROPPED):
+        return RemoteTLSError(f"TLS failed with {where}: {exc.reason or exc!r}")
     if isinstance(exc, (ConnectionError, http.client.IncompleteRead)):
         return RemoteUnavailable(f"connection to {where} dropped {phase}: {exc!r}")
     if isinstance(exc, http.client.HTTPException):
