@@ -47,7 +47,10 @@ def _positive(kind, *, zero_ok: bool = False):
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a TCP port number: {text!r}") from None
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"a TCP port is 0-65535, got {text}")
     return value
