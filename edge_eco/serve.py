@@ -123,8 +123,11 @@ class InferenceServer:
         if method != want:
             raise HttpError(405, f"method {method} not allowed on {raw_path}; use {want}", allow=want)
         if not model_ok:
+            host = (headers.get("Host") or self.url.split("://", 1)[1])[:255]
             raise HttpError(404, f"unknown model or version in {raw_path}; this server has model "
-                                  f"{self.eco.name!r} version {self.eco.version!r}")
+                                  f"{self.eco.name!r} version {self.eco.version!r}: name it in the URL "
+                                  f"({self._scheme}://{host}/v2/models/{self.eco.name}) or with "
+                                  f"--remote-model {self.eco.name} / [remote] model")
         if route != "infer":
             return 200, self._metadata(route)
         if headers.get("Inference-Header-Content-Length") is not None:

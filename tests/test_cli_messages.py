@@ -39,3 +39,18 @@ def test_run_reports_the_real_failure_behind_an_open_circuit(tmp_path, capsys):
     first = report["baselines"]["remote"]["first_error"]
     assert "circuit open" in first and "HTTP 404" in first and "unknown model generalist" in first, first
     assert "HTTP 404" in capsys.readouterr().out
+
+
+def test_a_wrong_model_name_says_which_model_the_server_has_and_how_to_name_it():
+    from tests.test_serve import FakeEco
+
+    from edge_eco.errors import RemoteStatusError
+    from edge_eco.fallback import V2Client
+    from edge_eco.serve import InferenceServer
+
+    with InferenceServer(FakeEco()) as srv, V2Client(srv.url, "minilm") as client:
+        with pytest.raises(RemoteStatusError) as err:
+            client.infer(["hello"])
+    message = str(err.value)
+    assert "HTTP 404" in message and "this server has model 'intents'" in message
+    assert f"{srv.url}/v2/models/intents" in message and "--remote-model intents" in message
