@@ -23,6 +23,7 @@ import weakref
 from urllib.parse import urlsplit
 
 from edge_eco.errors import ManifestError, RemoteProtocolError, RemoteTLSError, RemoteUnavailable, RequestError
+from edge_eco.fallback.connect import ResolveTimeout, connect
 
 __all__ = ["HttpTransport", "MAX_REPLY_BYTES", "error_message"]
 
@@ -184,6 +185,7 @@ class HttpTransport:
                                                    context=self._ssl_context)
             else:
                 conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout_s)
+            conn._create_connection = connect  # http.client's connect hook: bounds the name lookup too
             self._local.conn = conn
             with self._lock:
                 self._conns.add(conn)
@@ -220,6 +222,8 @@ class HttpTransport:
 
 def _translate(exc: Exception, where: str, timeout_s: float, phase: str) -> Exception:
     """Map a socket or http.client error to RemoteUnavailable / RemoteProtocolError."""
+    if isinstance(exc, ResolveTimeout):
+        return RemoteUnavailable(f"cannot reach {where}: {exc}")
     if isinstance(exc, TimeoutError):
         return RemoteUnavailable(f"no reply from {where} within {timeout_s:.3g} s")
     if isinstance(exc, ConnectionRefusedError):
