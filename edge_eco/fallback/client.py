@@ -115,7 +115,7 @@ class RemoteClient:
                 delay_s = self.retry.next_delay_s(tries, deadline - time.perf_counter(), self._rng()) \
                     if retriable(exc) else None
                 if delay_s is None:
-                    self._last_failure = f"{type(exc).__name__}: {str(exc)[:200]}"
+                    self._last_failure = f"{type(exc).__name__}: {str(exc)[:400]}"
                     self.breaker.failure()
                     if tries > 1:
                         raise _with_tries(exc, tries) from exc
