@@ -65,7 +65,7 @@ class Ecology:
     def __init__(self, root: Path, manifest: Manifest, *, remote_url: str | None = None,
                  remote_token: str | None = None, budget_bytes: int | None = None,
                  use_native: bool | None = None, remote_client: Any = None,
-                 remote_protocol: str | None = None) -> None:
+                 remote_protocol: str | None = None, remote_model: str | None = None) -> None:
         self.root, self.manifest = root, manifest
         self.name, self.version = manifest.name, manifest.version
         self.labels = manifest.labels
@@ -140,10 +140,12 @@ class Ecology:
                 from .fallback import client_for
                 from .fallback.retry import RetryPolicy
 
-                self._remote = client_for(remote_protocol or spec.protocol, url, spec.model or "generalist",
+                protocol = remote_protocol or spec.protocol
+                self._remote = client_for(protocol, url, remote_model or spec.model or "generalist",
                                           labels=self.labels, token=remote_token,
                                           default_timeout_s=spec.timeout_ms / 1e3,
-                                          retry=RetryPolicy(attempts=spec.attempts))
+                                          retry=RetryPolicy(attempts=spec.attempts),
+                                          **({"logprobs": spec.logprobs} if protocol == "openai" else {}))
         self._remote_timeout_ms = spec.timeout_ms
         self._redact = spec.redact
         self._closed = False
@@ -506,8 +508,8 @@ def open(path: str | Path, **options: Any) -> Ecology:  # noqa: A001 - the publi
     """Open the ecology bundle at ``path`` (verifying every file's sha256).
 
     Keyword options: ``remote_url``, ``remote_token``, ``remote_protocol`` ("v2" or "openai", overrides
-    the manifest's), ``budget_bytes``, ``use_native``, ``remote_client`` (any object with
-    ``infer(texts, timeout_s=...)``).
+    the manifest's), ``remote_model`` (overrides the manifest's model name), ``budget_bytes``,
+    ``use_native``, ``remote_client`` (any object with ``infer(texts, timeout_s=...)``).
 
     Raises:
         ManifestError, IntegrityError: the bundle is malformed, incomplete or corrupt.
