@@ -248,6 +248,28 @@ class Ecology:
         return [v for v, _ in results]
 
     # -- the request path ----------------------------------------------------------------------
+    @property
+    def feature_dim(self) -> int | None:
+        """Length of a flattened sensor window for a dense ecology (None for a text ecology)."""
+        return None if self._dense is None else self._dense.spec.samples * self._dense.spec.axes
+
+    def answer_features(self, row: Any, *, deadline_ms: float | None = None,
+                        local_only: bool = False) -> Answer:
+        """Answer one flattened sensor window (``feature_dim`` floats, row-major [samples, axes]);
+        what ``edge-eco serve`` calls for an FP32 ``features`` input.
+
+        Raises:
+            RequestError: a text ecology, or a row of the wrong length or with non-finite values.
+        """
+        if self._dense is None:
+            raise RequestError(f"{self.name} takes text, not feature vectors")
+        a = np.asarray(row, dtype=np.float32)
+        if a.shape != (self.feature_dim,):
+            raise RequestError(f"expected {self.feature_dim} features ({self._dense.spec.samples} samples x "
+                               f"{self._dense.spec.axes} axes), got shape {list(a.shape)}")
+        return self.answer(a.reshape(self._dense.spec.samples, self._dense.spec.axes),
+                           deadline_ms=deadline_ms, local_only=local_only)
+
     def answer(self, text: str | bytes, *, deadline_ms: float | None = None,
                local_only: bool = False) -> Answer:
         """Answer one request.
