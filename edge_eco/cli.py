@@ -179,6 +179,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fuzz(args: argparse.Namespace) -> int:
+    from .fuzz import run_fuzz
+
+    failed = False
+    for layer in args.layer:
+        r = run_fuzz(layer, args.ecology, args.cases, seed=args.seed, signed_key=args.trust,
+                     progress=lambda i, n: print(f"  {i}/{n} cases", file=sys.stderr, flush=True))
+        print(f"fuzz {layer}: {r.cases} cases in {r.seconds:.1f} s: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(r.outcomes.items())) + "; refusals by error: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(r.errors.items())))
+        for line in r.failures[:20] + r.must_refuse_accepted[:20]:
+            print(f"  FAIL {line}")
+        failed |= not r.ok
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edge-eco", description="Run, serve and inspect small-model ecologies.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -219,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="verify an ecology bundle and list its population")
     info.add_argument("ecology")
     info.set_defaults(fn=_cmd_info)
+    fz = sub.add_parser("fuzz", help="damage a bundle's models and manifest many ways; count refusals")
+    fz.add_argument("ecology")
+    fz.add_argument("--layer", nargs="+", default=["bundle", "ort"], help="bundle and/or a backend (ort)")
+    fz.add_argument("--cases", type=_positive(int), default=1000, help="cases per layer")
+    fz.add_argument("--seed", type=int, default=0)
+    fz.add_argument("--trust", help="trust file or public key: open the bundle layer with signing required")
+    fz.set_defaults(fn=_cmd_fuzz)
     return ap
 
 

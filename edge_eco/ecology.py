@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import backends
+from .artifacts import probe
 from ._native import Featurizer, RouterKernel
 from .bundle import read_bundle
 from .errors import (BudgetError, EdgeEcoError, FallbackError, IntegrityError, ManifestError, RequestError,
@@ -162,8 +163,16 @@ class Ecology:
         entry = self._entries[model_id]
         if entry.input == "text-tokens" and model_id not in self._adapters:
             self._adapters[model_id] = token_adapter(self.root, entry)
-        return backends.open_model(entry.backend, self.root / entry.file.path, output=entry.output,
-                                   optimize=entry.input != "hashed-text")
+        session = backends.open_model(entry.backend, self.root / entry.file.path, output=entry.output,
+                                      optimize=entry.input != "hashed-text")
+        try:  # one run on the manifest's input contract before the model is marked ready
+            feeds = hashed_feeds(*self._featurizer(b"probe")) if entry.input == "hashed-text" \
+                else self._adapters[model_id]("probe")
+            probe(session, feeds, len(entry.labels), entry.file.path)
+        except BaseException:
+            session.close()
+            raise
+        return session
 
     # -- running models ------------------------------------------------------------------------
     def _vote(self, model_id: str, text: str, hashed: Feeds | None) -> tuple[Vote, float]:
