@@ -21,8 +21,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_bundle(folder: str | Path, *, verify: bool = True) -> tuple[Path, Manifest]:
+def read_bundle(folder: str | Path, *, verify: bool = True,
+                manifest_bytes: bytes | None = None) -> tuple[Path, Manifest]:
     """Parse ``folder/ecology.toml`` and check that every file it lists is present and intact.
+
+    ``manifest_bytes``: the manifest's bytes as already read (and signature-checked) by the
+    caller, parsed instead of reading the file again.
 
     Raises:
         ManifestError: no such folder or manifest, or the manifest is invalid.
@@ -32,10 +36,10 @@ def read_bundle(folder: str | Path, *, verify: bool = True) -> tuple[Path, Manif
     path = root / MANIFEST_NAME
     if not root.is_dir():
         raise ManifestError(f"{root} is not an ecology folder (no such directory)")
-    if not path.is_file():
+    if manifest_bytes is None and not path.is_file():
         raise ManifestError(f"{root} has no {MANIFEST_NAME}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8") if manifest_bytes is None else manifest_bytes.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{path}: not UTF-8 text") from exc
     try:

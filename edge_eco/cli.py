@@ -62,7 +62,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not examples:
         raise CliError(f"{args.requests} holds no requests")
     token = _token(args.token_env)
-    options = {"remote_url": args.remote, "remote_token": token}
+    options = {"remote_url": args.remote, "remote_token": token, "trust": args.trust}
     if args.budget_bytes is not None:
         options["budget_bytes"] = args.budget_bytes
     with _ecology.open(args.ecology, **options) as eco:
@@ -89,7 +89,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve_forever
 
     token = _token(args.token_env)
-    with _ecology.open(args.ecology, remote_url=None) as eco:
+    with _ecology.open(args.ecology, remote_url=None, trust=args.trust) as eco:
         def ready(server) -> None:
             print(f"edge-eco serve: {eco.name} v{eco.version} on {server.url}/v2/models/{eco.name}", flush=True)
         serve_forever(eco, args.host, args.port, token=token, on_ready=ready)
@@ -162,7 +162,7 @@ def _cmd_bench_routing(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     root, m = read_bundle(args.ecology)
-    with _ecology.open(args.ecology):  # every check open() makes: router and deferral headers, budget
+    with _ecology.open(args.ecology, trust=args.trust):  # every check open() makes: signature, headers, budget
         pass
     print(f"{m.name} v{m.version}: {m.description}")
     print(f"labels: {len(m.labels)}   reject label: {m.reject_label}   budget: {m.budget_bytes} bytes")
@@ -175,7 +175,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
                                                                        if x.path.startswith(e.file.path)])
         print(f"{e.id:20}{e.role:12}{e.backend:9}{len(e.labels):>7}{size:>12}"
               f"{e.calibration.temperature:>8.3f}  {e.file.path}")
-    print("\nall files present, sha256 verified, the bundle opens")
+    print("\nall files present, sha256 verified" + (", signature verified" if args.trust else "") + ", the bundle opens")
     return 0
 
 
@@ -184,15 +184,33 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
 
     failed = False
     for layer in args.layer:
-        r = run_fuzz(layer, args.ecology, args.cases, seed=args.seed, signed_key=args.trust,
+        r = run_fuzz(layer, args.ecology, args.cases, seed=args.seed, signed=args.signed and layer == "bundle",
                      progress=lambda i, n: print(f"  {i}/{n} cases", file=sys.stderr, flush=True))
-        print(f"fuzz {layer}: {r.cases} cases in {r.seconds:.1f} s: " + ", ".join(
+        print(f"fuzz {layer}{' (signed, signature required)' if args.signed and layer == 'bundle' else ''}: {r.cases} cases in {r.seconds:.1f} s: " + ", ".join(
             f"{k} {v}" for k, v in sorted(r.outcomes.items())) + "; refusals by error: " + ", ".join(
             f"{k} {v}" for k, v in sorted(r.errors.items())))
         for line in r.failures[:20] + r.must_refuse_accepted[:20]:
             print(f"  FAIL {line}")
         failed |= not r.ok
     return 1 if failed else 0
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from .signing import generate_key
+
+    if Path(args.out).exists() or Path(f"{args.out}.pub").exists():
+        raise CliError(f"{args.out} or {args.out}.pub already exists; not overwriting a key")
+    generate_key(args.out)
+    print(f"secret key written to {args.out} (mode 0600; keep it off devices), public key to {args.out}.pub")
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from .signing import sign_bundle
+
+    out = sign_bundle(args.ecology, args.key)
+    print(f"signed {args.ecology}/ecology.toml (every file's sha256 verified first): {out}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -210,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--budget-bytes", type=_positive(int, zero_ok=True),
                      help="memory budget for resident models, 0 = unlimited (overrides the manifest)")
     run.add_argument("--local-only", action="store_true", help="never send a request off the device")
+    run.add_argument("--trust", help="trust file or .pub key: the ecology must carry a valid signature")
     run.add_argument("--no-baselines", action="store_true", help="skip the local and remote baselines")
     run.set_defaults(fn=_cmd_run)
     serve = sub.add_parser("serve", help="serve an ecology over the Open Inference Protocol v2 (REST)")
@@ -217,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=_port, default=8000, help="TCP port (0 picks a free one)")
     serve.add_argument("--token-env", help="environment variable holding the bearer token clients must send")
+    serve.add_argument("--trust", help="trust file or .pub key: the ecology must carry a valid signature")
     serve.set_defaults(fn=_cmd_serve)
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
@@ -234,13 +254,22 @@ def build_parser() -> argparse.ArgumentParser:
     br.set_defaults(fn=_cmd_bench_routing)
     info = sub.add_parser("info", help="verify an ecology bundle and list its population")
     info.add_argument("ecology")
+    info.add_argument("--trust", help="trust file or .pub key: check the ecology's signature too")
     info.set_defaults(fn=_cmd_info)
+    kg = sub.add_parser("keygen", help="make an Ed25519 key pair for signing ecologies (FILE, FILE.pub)")
+    kg.add_argument("out", help="secret key file to write (the public key goes to OUT.pub)")
+    kg.set_defaults(fn=_cmd_keygen)
+    sg = sub.add_parser("sign", help="sign an ecology's manifest (which lists every file's sha256)")
+    sg.add_argument("ecology")
+    sg.add_argument("--key", required=True, help="secret key file written by edge-eco keygen")
+    sg.set_defaults(fn=_cmd_sign)
     fz = sub.add_parser("fuzz", help="damage a bundle's models and manifest many ways; count refusals")
     fz.add_argument("ecology")
     fz.add_argument("--layer", nargs="+", default=["bundle", "ort"], help="bundle and/or a backend (ort)")
     fz.add_argument("--cases", type=_positive(int), default=1000, help="cases per layer")
     fz.add_argument("--seed", type=int, default=0)
-    fz.add_argument("--trust", help="trust file or public key: open the bundle layer with signing required")
+    fz.add_argument("--signed", action="store_true",
+                    help="bundle layer: sign the copy with a throw-away key and require the signature")
     fz.set_defaults(fn=_cmd_fuzz)
     return ap
 

@@ -134,6 +134,7 @@ class Ecology:
         self._remote_timeout_ms = manifest.remote.timeout_ms if manifest.remote else 2000.0
         self._closed = False
         self._in_flight = 0
+        self.before_load: Callable[[str], None] | None = None
         self._cond = threading.Condition()
 
     def _load_deferral(self, root: Path, manifest: Manifest) -> Deferral | None:
@@ -161,6 +162,8 @@ class Ecology:
 
     def _load(self, model_id: str) -> backends.Session:
         entry = self._entries[model_id]
+        if self.before_load is not None:
+            self.before_load(model_id)  # e.g. hash the files again (signed populations)
         if entry.input == "text-tokens" and model_id not in self._adapters:
             self._adapters[model_id] = token_adapter(self.root, entry)
         session = backends.open_model(entry.backend, self.root / entry.file.path, output=entry.output,
@@ -412,13 +415,28 @@ def _check_options(deadline_ms: Any, local_only: Any) -> None:
         raise RequestError(f"local_only must be True or False, got {local_only!r}")
 
 
-def open(path: str | Path, **options: Any) -> Ecology:  # noqa: A001 - the public entry point
+def open(path: str | Path, *, trust: Any = None, **options: Any) -> Ecology:  # noqa: A001 - the public entry point
     """Open the ecology bundle at ``path`` (verifying every file's sha256).
 
-    Keyword options: ``remote_url``, ``remote_token``, ``budget_bytes``, ``use_native``.
+    Keyword options: ``remote_url``, ``remote_token``, ``budget_bytes``, ``use_native``;
+    ``trust``: a :class:`edge_eco.signing.Trust` or the path of a trust file / ``.pub`` key:
+    the manifest's Ed25519 signature is checked (required unless the trust says otherwise) and,
+    with a signature required, each model file is hashed again when it loads.
 
     Raises:
         ManifestError, IntegrityError: the bundle is malformed, incomplete or corrupt.
+        SignatureError: (an IntegrityError) the signature is missing, untrusted or does not match.
     """
-    root, manifest = read_bundle(path)
-    return Ecology(root, manifest, **options)
+    data, signed = None, False
+    if trust is not None:
+        from .signing import as_trust, verified_manifest
+
+        trust = as_trust(trust)
+        data, signed = verified_manifest(path, trust)
+    root, manifest = read_bundle(path, manifest_bytes=data)
+    eco = Ecology(root, manifest, **options)
+    if signed and trust.require_signature:
+        from .signing import recheck_model_files
+
+        eco.before_load = lambda model_id: recheck_model_files(root, manifest, model_id)
+    return eco

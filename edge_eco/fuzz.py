@@ -187,12 +187,13 @@ def _worker(layer: str, root: str, n: int, seed: int, start: int, signed_key: st
 
 
 def run_fuzz(layer: str, root: str | Path, n: int, *, seed: int = 0, case_timeout_s: float = 30.0,
-             signed_key: str | None = None, progress: Callable[[int, int], None] | None = None) -> FuzzReport:
+             signed: bool = False, progress: Callable[[int, int], None] | None = None) -> FuzzReport:
     """Run ``n`` cases of ``layer`` (``bundle``, or a backend name such as ``ort``) on a copy of
     the bundle at ``root``.
 
     Args:
-        signed_key: a trust file or public key; the bundle layer then opens with signing required.
+        signed: sign the copy with a throw-away Ed25519 key and open it with that key trusted and
+            a signature required; every case must then be refused (bundle layer only).
 
     Returns:
         A :class:`FuzzReport` with the outcome counts.
@@ -207,6 +208,15 @@ def run_fuzz(layer: str, root: str | Path, n: int, *, seed: int = 0, case_timeou
     with tempfile.TemporaryDirectory(prefix="edge_eco-fuzz-src-") as tmp:
         src = Path(tmp) / Path(root).name
         shutil.copytree(root, src)
+        signed_key = None
+        if signed:
+            from .signing import generate_key, sign_bundle
+
+            if layer != "bundle":
+                raise EdgeEcoError("signed fuzzing applies to the bundle layer")
+            generate_key(Path(tmp) / "fuzz.key")
+            sign_bundle(src, Path(tmp) / "fuzz.key")
+            signed_key = str(Path(tmp) / "fuzz.key.pub")
         start = 0
         while start < n:
             start = _run_batch(layer, src, n, seed, start, signed_key, cases, report, case_timeout_s, progress)
@@ -246,7 +256,7 @@ def _run_batch(layer, src, n, seed, start, signed_key, cases, report, case_timeo
                 report.errors[rec["error"].split(":")[0]] += 1
             elif outcome == "foreign-error":
                 report.failures.append(f"case {i} {cases[i].name}: {rec['error']}")
-            elif cases[i].must_refuse:
+            elif cases[i].must_refuse or signed_key:  # signed: every damage must be refused
                 report.must_refuse_accepted.append(f"case {i} {cases[i].name} ({outcome})")
             nxt = i + 1
             if progress and nxt % 100 == 0:
