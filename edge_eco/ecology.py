@@ -21,6 +21,7 @@ import numpy as np
 
 from . import backends
 from .artifacts import probe
+from .backends import isolated
 from ._native import Featurizer, RouterKernel
 from .bundle import read_bundle
 from .errors import (BudgetError, EdgeEcoError, FallbackError, IntegrityError, ManifestError, RequestError,
@@ -158,7 +159,8 @@ class Ecology:
             return entry.cost.resident_bytes
         paths = [entry.file.path] + [f.path for f in self.manifest.files
                                      if f.path.startswith(entry.file.path + ".")]  # x.onnx.data
-        return sum((self.root / p).stat().st_size for p in paths) + SESSION_OVERHEAD_BYTES
+        return sum((self.root / p).stat().st_size for p in paths) + SESSION_OVERHEAD_BYTES \
+            + (isolated.WORKER_OVERHEAD_BYTES if entry.risk == "high" else 0)
 
     def _load(self, model_id: str) -> backends.Session:
         entry = self._entries[model_id]
@@ -166,8 +168,12 @@ class Ecology:
             self.before_load(model_id)  # e.g. hash the files again (signed populations)
         if entry.input == "text-tokens" and model_id not in self._adapters:
             self._adapters[model_id] = token_adapter(self.root, entry)
-        session = backends.open_model(entry.backend, self.root / entry.file.path, output=entry.output,
-                                      optimize=entry.input != "hashed-text")
+        if entry.risk == "high":  # in a sandboxed worker process (no network, memory/CPU limits)
+            session = isolated.open(self.root / entry.file.path, backend=entry.backend, output=entry.output,
+                                    optimize=entry.input != "hashed-text")
+        else:
+            session = backends.open_model(entry.backend, self.root / entry.file.path, output=entry.output,
+                                          optimize=entry.input != "hashed-text")
         try:  # one run on the manifest's input contract before the model is marked ready
             feeds = hashed_feeds(*self._featurizer(b"probe")) if entry.input == "hashed-text" \
                 else self._adapters[model_id]("probe")
