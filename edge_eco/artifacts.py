@@ -35,7 +35,7 @@ class _Corrupt(Exception):
     """Internal: the wire structure is broken; turned into ModelLoadError with the file name."""
 
 
-def preflight(path: Path) -> None:
+def preflight(path: Path) -> list[str]:
     """Refuse a model file whose structure cannot be right, before any runtime sees it.
 
     Args:
@@ -45,6 +45,9 @@ def preflight(path: Path) -> None:
     Raises:
         ModelLoadError: the file is missing, empty, a Git LFS pointer, has the wrong magic
             number, or (ONNX) a broken protobuf structure or external data that does not fit.
+
+    Returns:
+        The external data files an ONNX graph uses (names beside it); [] for other formats.
     """
     path = Path(path)
     try:
@@ -65,14 +68,15 @@ def preflight(path: Path) -> None:
         _check_flatbuffer(path, head, size, _FLATBUFFER_IDS[suffix])
     elif suffix == ".onnx":
         if size > 64 << 20:
-            return  # a big single-file graph: its structure walk would cost a read of it all
+            return []  # a big single-file graph: its structure walk would cost a read of it all
         try:
             data = path.read_bytes()
-            _check_onnx(path, data)
+            return _check_onnx(path, data)
         except _Corrupt as exc:
             raise ModelLoadError(f"{path.name}: not a valid ONNX model ({exc})") from None
         except OSError as exc:
             raise ModelLoadError(f"{path.name}: cannot read the model file ({exc.strerror})") from exc
+    return []
 
 
 def _check_flatbuffer(path: Path, head: bytes, size: int, ident: bytes) -> None:
@@ -124,7 +128,8 @@ def _fields(buf: bytes, pos: int, end: int):
         yield num, wire, value
 
 
-def _check_onnx(path: Path, buf: bytes) -> None:
+def _check_onnx(path: Path, buf: bytes) -> list[str]:
+    """Walk the graph; returns the external data files it uses."""
     ir = graph = None
     opsets = 0
     for num, wire, value in _fields(buf, 0, len(buf)):
@@ -141,19 +146,22 @@ def _check_onnx(path: Path, buf: bytes) -> None:
         raise _Corrupt("no opset_import")
     if graph is None:
         raise _Corrupt("no graph")
-    nodes = 0
+    nodes, external = 0, []
     for num, wire, value in _fields(buf, *graph):
         if num == 1 and wire == 2:
             nodes += 1
             for _ in _fields(buf, *value):  # NodeProto structure
                 pass
         elif num == 5 and wire == 2:
-            _check_initializer(path, buf, *value)
+            location = _check_initializer(path, buf, *value)
+            if location and location not in external:
+                external.append(location)
     if not nodes:
         raise _Corrupt("the graph has no nodes")
+    return external
 
 
-def _check_initializer(path: Path, buf: bytes, start: int, stop: int) -> None:
+def _check_initializer(path: Path, buf: bytes, start: int, stop: int) -> str | None:
     dims: list[int] = []
     dtype = location_kind = 0
     external: dict[str, str] = {}
@@ -176,8 +184,9 @@ def _check_initializer(path: Path, buf: bytes, start: int, stop: int) -> None:
             except UnicodeDecodeError:
                 raise _Corrupt("external_data entry is not UTF-8") from None
     if location_kind != 1:
-        return
+        return None
     _check_external(path, dims, dtype, external)
+    return external.get("location")
 
 
 def _check_external(path: Path, dims: list[int], dtype: int, external: dict[str, str]) -> None:

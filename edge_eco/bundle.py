@@ -58,4 +58,26 @@ def read_bundle(folder: str | Path, *, verify: bool = True,
                 raise IntegrityError(f"{root.name}: file {entry.path!r} does not match its sha256 "
                                      f"(expected {entry.sha256[:16]}..., found {digest[:16]}...): "
                                      "truncated, corrupt or replaced")
+        _check_external_data_listed(root, manifest)
     return root, manifest
+
+
+def _check_external_data_listed(root: Path, manifest: Manifest) -> None:
+    """Every weight file an ONNX graph pulls in must be listed (and so hash-checked) too."""
+    from .artifacts import preflight
+    from .errors import ModelLoadError
+
+    listed = {f.path for f in manifest.all_files()}
+    for m in manifest.models:
+        if not m.file.path.endswith(".onnx"):
+            continue
+        try:
+            used = preflight(root / m.file.path)
+        except ModelLoadError:
+            continue  # refused when it loads; the rest of the population still opens
+        folder = m.file.path.rpartition("/")[0]
+        for name in used:
+            rel = f"{folder}/{name}" if folder else name
+            if rel not in listed:
+                raise IntegrityError(f"{root.name}: {m.file.path!r} uses external data {rel!r}, which "
+                                     f"{MANIFEST_NAME} does not list (its sha256 would never be checked)")

@@ -131,6 +131,10 @@ def manifest_edits(text: str, rng: random.Random) -> list[tuple[str, str]]:
     id_lines = [ln for ln in text.splitlines() if ln.startswith("id = ")]
     sha, path, mid = rng.choice(sha_lines), rng.choice(path_lines), rng.choice(id_lines)
     hexd = sha[len('sha256 = "'):-1]
+    in_files = text[text.index("[[files]]"):] if "[[files]]" in text else ""
+    data_files = [ln[len('path = "'):-1] for ln in in_files.splitlines() if ln.startswith("path = ")
+                  and ln.endswith('.data"')]
+    rng.shuffle(data_files)
     flipped = hexd[:10] + ("0" if hexd[10] != "0" else "1") + hexd[11:]
     return [
         (sha, f'sha256 = "{flipped}"'), (sha, f'sha256 = "{hexd.upper()}"'), (sha, f'sha256 = "{hexd[:-1]}"'),
@@ -149,7 +153,15 @@ def manifest_edits(text: str, rng: random.Random) -> list[tuple[str, str]]:
         ("[featurizer]\n", "[featurizer]\nextra = 1\n"), ("[[files]]\n", "[[files]\n"),
         ("[router]\n", "[router]\n[router]\n"), ('reject_label = "oos"', "reject_label = oos"),
         ('remote_rule = "cascade"', 'remote_rule = "deferral"\n[deferral]\n'),
-    ]
+    ] + [(_files_entry(text, p), "") for p in data_files[:3]]
+
+
+def _files_entry(text: str, path: str) -> str:
+    """The ``[[files]]`` block listing ``path`` (removing it unlists the file)."""
+    at = text.index(f'path = "{path}"')
+    start = text.rindex("[[files]]", 0, at)
+    end = text.index("\n\n", at) + 2 if "\n\n" in text[at:] else len(text)
+    return text[start:end]
 
 
 def bundle_mutations(files: list[tuple[str, int]], manifest: str, rng: random.Random, n: int) -> list[Mutation]:

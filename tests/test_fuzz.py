@@ -12,7 +12,7 @@ import edge_eco
 from edge_eco import backends
 from edge_eco.artifacts import preflight
 from edge_eco.bundle import sha256_file
-from edge_eco.errors import ModelLoadError
+from edge_eco.errors import IntegrityError, ModelLoadError
 from edge_eco.fuzz import cases_for, run_fuzz
 from edge_eco.fuzz_cases import LFS_POINTER
 
@@ -107,3 +107,15 @@ def test_short_fuzz_run_refuses_every_damage(layer):
     assert sum(r.outcomes.values()) == 100
     assert r.outcomes["refused"] >= 80
     assert set(r.outcomes) <= {"refused", "accepted-same", "accepted-changed"}
+
+
+def test_unlisted_external_data_is_refused_at_open(bundle):
+    """A manifest that no longer lists a model's weight file would leave it unchecked."""
+    toml = bundle / "ecology.toml"
+    text = toml.read_text()
+    at = text.index('path = "banking.onnx.data"')
+    start, end = text.rindex("[[files]]", 0, at), text.index("\n\n", at) + 2
+    toml.write_text(text[:start] + text[end:])
+    with pytest.raises(IntegrityError, match=r"'banking.onnx' uses external data 'banking.onnx.data', which "
+                                             r"ecology.toml does not list"):
+        edge_eco.open(bundle)
