@@ -60,13 +60,15 @@ class FuzzReport:
         return not self.failures and not self.must_refuse_accepted
 
 
-def _ort_models(root: Path) -> list[tuple[str, int, str, int]]:
+def _backend_models(root: Path, backend: str) -> list[tuple[str, int, str | None, int]]:
+    """(model file, size, its ``.data`` weight file or None, size) of every model of ``backend``."""
     _, manifest = read_bundle(root, verify=False)
     out = []
     for m in manifest.models:
-        if m.backend == "ort" and (root / (m.file.path + ".data")).is_file():
+        if m.backend == backend:
             g, d = m.file.path, m.file.path + ".data"
-            out.append((g, (root / g).stat().st_size, d, (root / d).stat().st_size))
+            has = (root / d).is_file()
+            out.append((g, (root / g).stat().st_size, d if has else None, (root / d).stat().st_size if has else 0))
     return out
 
 
@@ -79,7 +81,7 @@ def cases_for(layer: str, root: Path, n: int, seed: int) -> list[Mutation]:
         return bundle_mutations(files, (root / MANIFEST_NAME).read_text("utf-8"), rng, n)
     if layer not in BACKEND_MUTATIONS:
         raise EdgeEcoError(f"no mutation set for backend {layer!r} (known: {sorted(BACKEND_MUTATIONS)})")
-    return BACKEND_MUTATIONS[layer](_ort_models(root), rng, n)
+    return BACKEND_MUTATIONS[layer](_backend_models(root, layer), rng, n)
 
 
 def _materialize(src: Path, dst: Path, case: Mutation) -> None:

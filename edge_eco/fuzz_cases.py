@@ -97,12 +97,14 @@ def _byte_damage(rng: random.Random, target: str, size: int, *, weights: bool) -
     return Mutation(target, "append", (rng.randrange(1 << 30), rng.randrange(1, 64)), must_refuse=False)
 
 
-def onnx_mutations(models: list[tuple[str, int, str, int]], rng: random.Random, n: int) -> list[Mutation]:
-    """``n`` damages of ONNX models given as (graph path, size, data path, size).
+def onnx_mutations(models: list[tuple[str, int, str | None, int]], rng: random.Random, n: int) -> list[Mutation]:
+    """``n`` damages of ONNX models given as (graph path, size, external data path, size); the
+    models without an external weight file are left out.
 
     Three in four hit the graph file, one in four its external weight file; a few remove the
     weight file (a half-written folder) or damage both.
     """
+    models = [m for m in models if m[2] is not None]
     out = []
     for _ in range(n):
         graph, gsize, data, dsize = models[rng.randrange(len(models))]
@@ -119,7 +121,9 @@ def onnx_mutations(models: list[tuple[str, int, str, int]], rng: random.Random, 
     return out
 
 
-# backend name -> the mutation set of its model files (a TFLite set plugs in here).
+# backend name -> the mutation set of its model files, called with that backend's models as
+# (model path, size, ``.data`` path or None, size), a seeded Random and a count. A TFLite set
+# plugs in here (e.g. _byte_damage of the .tflite file, weights=False for the flatbuffer header).
 BACKEND_MUTATIONS: dict[str, Callable[..., list[Mutation]]] = {"ort": onnx_mutations}
 
 

@@ -25,14 +25,13 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import IntegrityError, ManifestError
+from .errors import IntegrityError, ManifestError, SignatureError
+
+__all__ = ["SIGNATURE_NAME", "SignatureError", "Trust", "as_trust", "generate_key", "load_trust",
+           "read_public_key", "recheck_model_files", "sign_bundle", "verified_manifest", "verify_manifest"]
 
 SIGNATURE_NAME = "ecology.toml.sig"
 _DOMAIN = b"edge_eco ecology.toml v1\n"  # signatures over manifests only, never over other bytes
-
-
-class SignatureError(IntegrityError):
-    """A bundle's signature is missing, malformed, by an untrusted key, or does not verify."""
 
 
 @dataclass(frozen=True)
