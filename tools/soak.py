@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 import edge_eco  # noqa: E402
 from edge_eco import backends  # noqa: E402
 from edge_eco.artifacts import preflight, probe  # noqa: E402
+from edge_eco.backends import isolated  # noqa: E402
 from edge_eco.datasets import data_root, load_clinc150  # noqa: E402
 
 _PAGE = 4096
@@ -59,7 +60,7 @@ def load_test(ecology: Path, texts: list[str], threads: int, per_thread: int, bu
     with edge_eco.open(ecology, budget_bytes=0) as ref_eco:
         reference = [ref_eco.answer(t, local_only=True).label for t in texts]
     errors: list[str] = []
-    differ = [0] * threads
+    differ, dropped, differ_dropped = [0] * threads, [0] * threads, [0] * threads
     samples, over, peak = [0], [0], [0]
     stop = threading.Event()
     with edge_eco.open(ecology, budget_bytes=budget) as eco:
@@ -78,7 +79,10 @@ def load_test(ecology: Path, texts: list[str], threads: int, per_thread: int, bu
                 i = (k * 7919 + j) % n
                 try:
                     a = eco.answer(texts[i], local_only=True)
+                    late = "coalition_dropped" in a.provenance  # a member missed the coalition timeout
                     differ[k] += a.label != reference[i]
+                    dropped[k] += late
+                    differ_dropped[k] += late and a.label != reference[i]
                 except Exception as exc:  # noqa: BLE001 - counted: the figure is "0 errors"
                     if len(errors) < 20:
                         errors.append(f"{type(exc).__name__}: {exc}")
@@ -98,7 +102,8 @@ def load_test(ecology: Path, texts: list[str], threads: int, per_thread: int, bu
     return {"requests": threads * per_thread, "seconds": seconds, "errors": len(errors),
             "error_samples": [e for e in errors if e][:5], "budget_violations": over[0], "samples": samples[0],
             "peak_resident_bytes": peak[0], "budget_bytes": budget, "loads": stats["loads"],
-            "evictions": stats["evictions"], "differ_from_unloaded": sum(differ)}
+            "evictions": stats["evictions"], "differ_from_unloaded": sum(differ),
+            "coalition_dropped": sum(dropped), "differ_with_dropped": sum(differ_dropped)}
 
 
 def _fake_model(folder: Path) -> Path:
@@ -113,18 +118,20 @@ def soak_cycles(ecology: Path, names: list[str], cycles: int) -> dict:
     feeds = {"indices": np.array([1, 5, 900], np.int32), "values": np.array([1.0, 0.5, 0.25], np.float32)}
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        models = {"ort": ecology / "banking.onnx", "fake": _fake_model(Path(tmp))}
+        models = {"ort": ecology / "banking.onnx", "fake": _fake_model(Path(tmp)),
+                  "isolated": ecology / "banking.onnx"}  # a TFLite model plugs in here
         for name in names:
             path = models[name]
 
             def cycle() -> float:
                 t0 = time.perf_counter()
-                s = backends.open_model(name, path, optimize=False)
+                s = isolated.open(path, optimize=False) if name == "isolated" else \
+                    backends.open_model(name, path, optimize=False)
                 ms = (time.perf_counter() - t0) * 1e3
                 s.run(feeds)
                 s.close()
                 return ms
-            for _ in range(max(50, cycles // 10)):
+            for _ in range(min(50, max(5, cycles // 10))):
                 cycle()
             before = rss_bytes()
             load_ms = [cycle() for _ in range(cycles)]
@@ -168,7 +175,8 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=100_000, help="requests per thread")
     ap.add_argument("--budget-bytes", type=int, default=14_000_000)
     ap.add_argument("--cycles", type=int, default=1000)
-    ap.add_argument("--backends", nargs="+", default=["ort", "fake"])
+    ap.add_argument("--backends", nargs="+", default=["ort", "fake"],
+                    help="ort, fake, isolated (a worker process per cycle: ~0.5 s each)")
     ap.add_argument("--max-growth-bytes", type=int, default=1 << 20)
     args = ap.parse_args()
     ecology = Path(args.ecology)
@@ -180,7 +188,8 @@ def main() -> int:
               f"({r['requests'] / r['seconds']:.0f}/s): errors {r['errors']}, budget violations "
               f"{r['budget_violations']} in {r['samples']} samples (peak {r['peak_resident_bytes']} of "
               f"{r['budget_bytes']} bytes), loads {r['loads']}, evictions {r['evictions']}, answers differing "
-              f"from an unloaded run {r['differ_from_unloaded']}")
+              f"from an unloaded run {r['differ_from_unloaded']} ({r['differ_with_dropped']} of them where a coalition member "
+              f"missed its timeout; {r['coalition_dropped']} answers had one)")
         for e in r["error_samples"]:
             print(f"  error: {e}")
         ok &= r["errors"] == 0 and r["budget_violations"] == 0
