@@ -162,8 +162,16 @@ def load_parts(ecology: Path, n: int = 300) -> dict:
     parts = {"bare_load_us": med(lambda: ort.open(path, optimize=False).close()),
              "preflight_us": med(lambda: preflight(path)),
              "probe_us": med(lambda: probe(s, feeds, 16, "banking")),
-             "rehash_us": med(lambda: recheck_model_files(root, manifest, "banking"))}
+             "rehash_us": med(lambda: recheck_model_files(root, manifest, "banking")),
+             "run_us": med(lambda: s.run(feeds))}
     s.close()
+    t0 = time.perf_counter()
+    w = isolated.open(path, optimize=False)
+    parts["isolated_start_ms"] = (time.perf_counter() - t0) * 1e3
+    try:
+        parts["isolated_run_us"] = med(lambda: w.run(feeds))
+    finally:
+        w.close()
     return parts
 
 
@@ -204,6 +212,8 @@ def main() -> int:
               f"(x{p['preflight_us'] / p['bare_load_us']:.2f}), probe run {p['probe_us']:.0f} us "
               f"(x{p['probe_us'] / p['bare_load_us']:.2f}), re-hash when signed {p['rehash_us']:.0f} us "
               f"(x{p['rehash_us'] / p['bare_load_us']:.2f})")
+        print(f"sandboxed worker (risk high): start + load {p['isolated_start_ms']:.0f} ms; run p50 "
+              f"{p['isolated_run_us']:.0f} us vs {p['run_us']:.0f} us in-process (x{p['isolated_run_us'] / p['run_us']:.1f})")
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 
