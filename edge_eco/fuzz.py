@@ -18,9 +18,11 @@ Shell: owns files and processes.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
+import select
 import shutil
 import subprocess
 import sys
@@ -81,7 +83,7 @@ def cases_for(layer: str, root: Path, n: int, seed: int) -> list[Mutation]:
         return bundle_mutations(files, (root / MANIFEST_NAME).read_text("utf-8"), rng, n)
     if layer not in BACKEND_MUTATIONS:
         raise EdgeEcoError(f"no mutation set for backend {layer!r} (known: {sorted(BACKEND_MUTATIONS)})")
-    return BACKEND_MUTATIONS[layer](_backend_models(root, layer), rng, n)
+    return BACKEND_MUTATIONS[layer](_backend_models(root, MODELS_OF.get(layer, layer)), rng, n)
 
 
 def _materialize(src: Path, dst: Path, case: Mutation) -> None:
@@ -147,10 +149,15 @@ def backend_loader(backend: str) -> Callable[[Path], Loader]:
 
 
 LOADERS: dict[str, Callable[[Path], Loader]] = {"bundle": _bundle_loader, "ort": backend_loader("ort")}
+# A layer whose models are those of another backend in the manifest (layer -> backend name).
+MODELS_OF: dict[str, str] = {}
 
 
-def _worker(layer: str, root: str, n: int, seed: int, start: int, signed_key: str | None) -> None:
+def _worker(layer: str, root: str, n: int, seed: int, start: int, signed_key: str | None,
+            plugin: str | None = None) -> None:
     """Child process: run cases ``start..n-1``, one JSON line per case on stdout."""
+    if plugin:
+        importlib.import_module(plugin)
     # Results go to a private copy of stdout; a runtime that prints (ONNX Runtime's C++ logger
     # does) writes to /dev/null instead of into the result stream.
     results = os.fdopen(os.dup(1), "w")
@@ -158,6 +165,7 @@ def _worker(layer: str, root: str, n: int, seed: int, start: int, signed_key: st
     src = Path(root)
     cases = cases_for(layer, src, n, seed)
     load = LOADERS[layer](src)
+    print(json.dumps({"ready": True}), file=results, flush=True)  # the per-case timeout starts now
     options: dict = {}
     if signed_key:
         options["trust"] = signed_key
@@ -189,13 +197,16 @@ def _worker(layer: str, root: str, n: int, seed: int, start: int, signed_key: st
 
 
 def run_fuzz(layer: str, root: str | Path, n: int, *, seed: int = 0, case_timeout_s: float = 30.0,
-             signed: bool = False, progress: Callable[[int, int], None] | None = None) -> FuzzReport:
+             signed: bool = False, plugin: str | None = None,
+             progress: Callable[[int, int], None] | None = None) -> FuzzReport:
     """Run ``n`` cases of ``layer`` (``bundle``, or a backend name such as ``ort``) on a copy of
     the bundle at ``root``.
 
     Args:
         signed: sign the copy with a throw-away Ed25519 key and open it with that key trusted and
             a signature required; every case must then be refused (bundle layer only).
+        plugin: a module imported first (here and in each worker) that registers more layers in
+            :data:`LOADERS` and ``fuzz_cases.BACKEND_MUTATIONS`` (e.g. a TFLite backend's).
 
     Returns:
         A :class:`FuzzReport` with the outcome counts.
@@ -203,6 +214,8 @@ def run_fuzz(layer: str, root: str | Path, n: int, *, seed: int = 0, case_timeou
     Raises:
         EdgeEcoError: unknown layer, or the pristine bundle itself does not open.
     """
+    if plugin:
+        importlib.import_module(plugin)
     if layer not in LOADERS:
         raise EdgeEcoError(f"unknown fuzz layer {layer!r} (known: {sorted(LOADERS)})")
     cases = cases_for(layer, Path(root), n, seed)
@@ -221,48 +234,56 @@ def run_fuzz(layer: str, root: str | Path, n: int, *, seed: int = 0, case_timeou
             signed_key = str(Path(tmp) / "fuzz.key.pub")
         start = 0
         while start < n:
-            start = _run_batch(layer, src, n, seed, start, signed_key, cases, report, case_timeout_s, progress)
+            start = _run_batch(layer, src, n, seed, start, signed_key, cases, report, case_timeout_s, progress,
+                               plugin)
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def _run_batch(layer, src, n, seed, start, signed_key, cases, report, case_timeout_s, progress) -> int:
+def _record(rec: dict, cases: list[Mutation], report: FuzzReport, signed_key: str | None) -> int:
+    """Count one result line of the worker; returns its case index."""
+    if "fatal" in rec:
+        raise EdgeEcoError(rec["fatal"])
+    i, outcome = rec["i"], rec["outcome"]
+    report.outcomes[outcome] += 1
+    if outcome == "refused":
+        report.errors[rec["error"].split(":")[0]] += 1
+    elif outcome == "foreign-error":
+        report.failures.append(f"case {i} {cases[i].name}: {rec['error']}")
+    elif cases[i].must_refuse or signed_key:  # signed: every damage must be refused
+        report.must_refuse_accepted.append(f"case {i} {cases[i].name} ({outcome})")
+    return i
+
+
+def _run_batch(layer, src, n, seed, start, signed_key, cases, report, case_timeout_s, progress, plugin) -> int:
     """One child process from case ``start``; returns the next case to run."""
     cmd = [sys.executable, "-c", "import sys, edge_eco.fuzz as f; f._worker(*sys.argv[1:3], int(sys.argv[3]), "
-           "int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] or None)",
-           layer, str(src), str(n), str(seed), str(start), signed_key or ""]
+           "int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] or None, sys.argv[7] or None)",
+           layer, str(src), str(n), str(seed), str(start), signed_key or "", plugin or ""]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
-    nxt = start
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    fd, pending, nxt, ready = proc.stdout.fileno(), b"", start, False
     try:
-        import selectors
-        sel = selectors.DefaultSelector()
-        sel.register(proc.stdout, selectors.EVENT_READ)
         while True:
-            if not sel.select(timeout=case_timeout_s if nxt > start else case_timeout_s + 60):
+            # Unbuffered reads: every complete line is handled before waiting again, so the
+            # hang timeout measures silence of the child, never lines sitting in a buffer.
+            timeout_s = case_timeout_s if ready else 120.0  # start-up: imports, the case list
+            if not select.select([fd], [], [], timeout_s)[0]:
                 proc.kill()
                 report.outcomes["hang"] += 1
                 report.failures.append(f"hang: case {nxt} {cases[nxt].name}")
                 return nxt + 1
-            line = proc.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
                 break
-            if not line.startswith("{"):
-                continue
-            rec = json.loads(line)
-            if "fatal" in rec:
-                raise EdgeEcoError(rec["fatal"])
-            i, outcome = rec["i"], rec["outcome"]
-            report.outcomes[outcome] += 1
-            if outcome == "refused":
-                report.errors[rec["error"].split(":")[0]] += 1
-            elif outcome == "foreign-error":
-                report.failures.append(f"case {i} {cases[i].name}: {rec['error']}")
-            elif cases[i].must_refuse or signed_key:  # signed: every damage must be refused
-                report.must_refuse_accepted.append(f"case {i} {cases[i].name} ({outcome})")
-            nxt = i + 1
-            if progress and nxt % 100 == 0:
-                progress(nxt, n)
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                if line == b'{"ready": true}':
+                    ready = True
+                elif line.startswith(b"{"):
+                    nxt = _record(json.loads(line), cases, report, signed_key) + 1
+                    if progress and nxt % 100 == 0:
+                        progress(nxt, n)
     finally:
         proc.stdout.close()
         rc = proc.wait()

@@ -119,3 +119,12 @@ def test_unlisted_external_data_is_refused_at_open(bundle):
     with pytest.raises(IntegrityError, match=r"'banking.onnx' uses external data 'banking.onnx.data', which "
                                              r"ecology.toml does not list"):
         edge_eco.open(bundle)
+
+
+def test_a_crashing_or_hanging_runtime_is_counted_and_the_run_goes_on():
+    """The harness itself survives what it looks for: a loader that segfaults on some cases and
+    never returns on others (tests/fuzz_crash_plugin.py) is counted case by case."""
+    r = run_fuzz("crashy", BUNDLE, 20, seed=2, case_timeout_s=1.5, plugin="fuzz_crash_plugin")
+    assert sum(r.outcomes.values()) == 20
+    assert r.outcomes["crash"] >= 1 and r.outcomes["hang"] >= 1 and r.outcomes["refused"] >= 5
+    assert not r.ok and any(f.startswith("crash (exit -11)") for f in r.failures)
