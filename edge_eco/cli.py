@@ -197,6 +197,7 @@ def _cmd_fuzz(args: argparse.Namespace) -> int:
     failed = False
     for layer in args.layer:
         r = run_fuzz(layer, args.ecology, args.cases, seed=args.seed, signed=args.signed and layer == "bundle",
+                     plugin=args.plugin,
                      progress=lambda i, n: print(f"  {i}/{n} cases", file=sys.stderr, flush=True))
         print(f"fuzz {layer}{' (signed, signature required)' if args.signed and layer == 'bundle' else ''}: {r.cases} cases in {r.seconds:.1f} s: " + ", ".join(
             f"{k} {v}" for k, v in sorted(r.outcomes.items())) + "; refusals by error: " + ", ".join(
@@ -289,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     fz.add_argument("--seed", type=int, default=0)
     fz.add_argument("--signed", action="store_true",
                     help="bundle layer: sign the copy with a throw-away key and require the signature")
+    fz.add_argument("--plugin", help="module that registers more layers (edge_eco.fuzz.LOADERS, BACKEND_MUTATIONS)")
     fz.set_defaults(fn=_cmd_fuzz)
     return ap
 
