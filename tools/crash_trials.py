@@ -120,7 +120,61 @@ def outcome_rows(folder: Path):
     return write, check
 
 
-TARGETS = {"manifest-swap": manifest_swap, "manifest-swap-naive": lambda f: manifest_swap(f, naive=True),
+def store_swap(folder: Path):
+    """Target: issue 7's ``edge_eco.swap.swap_manifest`` (verify, then atomic write) between
+    manifest versions that differ in one model's version and description length."""
+    from dataclasses import replace
+
+    import edge_eco
+    from edge_eco.bundle import read_bundle
+    from edge_eco.manifest import parse_manifest
+    from edge_eco.swap import swap_manifest
+
+    eco = folder / "eco"
+    if not eco.exists():
+        shutil.copytree(ROOT / "models" / "clinc150", eco)
+    _, base = read_bundle(ROOT / "models" / "clinc150")
+
+    def version(i: int):
+        return replace(base, description=f"{base.description} v{i} " + "x" * (i % 977),
+                       models=tuple(replace(m, version=str(i)) if m.id == "home" else m for m in base.models))
+
+    def write(i: int) -> None:
+        swap_manifest(eco, version(i))
+
+    def check(acked: list[int]) -> None:
+        got = parse_manifest((eco / "ecology.toml").read_text())  # a torn file fails to parse
+        last = acked[-1] if acked else -1
+        ok = got == base or any(got == version(i) for i in range(max(last, 0), last + 2))
+        assert ok, f"torn or stale manifest after ack {last}: home version {got.model('home').version}"
+        edge_eco.open(eco).close()
+    return write, check
+
+
+def store_rows(folder: Path, *, power_safe: bool = False):
+    """Target: issue 7's ``edge_eco.store.Store``: a feedback row submitted, then ``flush()``
+    (which returns once it is committed: the acknowledgement)."""
+    from edge_eco.store import Store
+
+    db = folder / "outcomes.sqlite"
+    store = [None]
+
+    def write(i: int) -> None:
+        if store[0] is None:
+            store[0] = Store(db, power_safe=power_safe)
+        store[0].submit("feedback", (f"r{i}", f"label-{i}", float(i)))
+        store[0].flush()
+
+    def check(acked: list[int]) -> None:
+        with Store(db) as s:  # opens (and migrates) cleanly after the kill
+            have = {r[0] for r in s.query("SELECT request_id FROM feedback")}
+        lost = [i for i in acked if f"r{i}" not in have]
+        assert not lost, f"{len(lost)} acknowledged rows lost (first {lost[:5]})"
+    return write, check
+
+
+TARGETS = {"store-swap": store_swap, "store-rows": store_rows,
+           "store-rows-power-safe": lambda f: store_rows(f, power_safe=True), "manifest-swap": manifest_swap, "manifest-swap-naive": lambda f: manifest_swap(f, naive=True),
            "outcome-rows": outcome_rows}
 
 
