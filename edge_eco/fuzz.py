@@ -133,7 +133,13 @@ def backend_loader(backend: str) -> Callable[[Path], Loader]:
 
         _, manifest = read_bundle(src, verify=False)
         labels = {m.file.path: len(m.labels) for m in manifest.models}
-        feeds = {"indices": np.array([1, 5, 900], np.int32), "values": np.array([1.0, 0.5, 0.25], np.float32)}
+        if manifest.dense is not None:  # a sensor ecology: one standardized feature vector
+            from .routerfile import read_router
+
+            dim = read_router(src / manifest.dense.file.path)[1]["mean"].shape[0]
+            feeds = {"x": np.linspace(-1.0, 1.0, dim, dtype=np.float32)[None]}
+        else:
+            feeds = {"indices": np.array([1, 5, 900], np.int32), "values": np.array([1.0, 0.5, 0.25], np.float32)}
 
         def load(folder: Path, case: Mutation, open_options: dict) -> Any:
             graph = case.target.removesuffix(".data")
@@ -148,7 +154,8 @@ def backend_loader(backend: str) -> Callable[[Path], Loader]:
     return make
 
 
-LOADERS: dict[str, Callable[[Path], Loader]] = {"bundle": _bundle_loader, "ort": backend_loader("ort")}
+LOADERS: dict[str, Callable[[Path], Loader]] = {"bundle": _bundle_loader, "ort": backend_loader("ort"),
+                                                "tflite": backend_loader("tflite")}
 # A layer whose models are those of another backend in the manifest (layer -> backend name).
 MODELS_OF: dict[str, str] = {}
 

@@ -121,10 +121,18 @@ def onnx_mutations(models: list[tuple[str, int, str | None, int]], rng: random.R
     return out
 
 
+def flatbuffer_mutations(models: list[tuple[str, int, str | None, int]], rng: random.Random,
+                         n: int) -> list[Mutation]:
+    """``n`` damages of single-file flatbuffer models (``.tflite``): the weights live inside the
+    file, so a bit flip or appended bytes may still form a valid model."""
+    return [_byte_damage(rng, *models[rng.randrange(len(models))][:2], weights=False) for _ in range(n)]
+
+
 # backend name -> the mutation set of its model files, called with that backend's models as
 # (model path, size, ``.data`` path or None, size), a seeded Random and a count. A TFLite set
 # plugs in here (e.g. _byte_damage of the .tflite file, weights=False for the flatbuffer header).
-BACKEND_MUTATIONS: dict[str, Callable[..., list[Mutation]]] = {"ort": onnx_mutations}
+BACKEND_MUTATIONS: dict[str, Callable[..., list[Mutation]]] = {"ort": onnx_mutations,
+                                                               "tflite": flatbuffer_mutations}
 
 
 def manifest_edits(text: str, rng: random.Random) -> list[tuple[str, str]]:

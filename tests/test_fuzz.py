@@ -128,3 +128,11 @@ def test_a_crashing_or_hanging_runtime_is_counted_and_the_run_goes_on():
     assert sum(r.outcomes.values()) == 20
     assert r.outcomes["crash"] >= 1 and r.outcomes["hang"] >= 1 and r.outcomes["refused"] >= 5
     assert not r.ok and any(f.startswith("crash (exit -11)") for f in r.failures)
+
+
+def test_short_fuzz_run_of_the_tflite_backend():
+    """100 damaged .tflite files of the HAR sensor ecology handed to the LiteRT backend (the full
+    run: 1,000); none crashes the process, every must-refuse case is refused."""
+    r = run_fuzz("tflite", MODELS / "har", 100, seed=11)
+    assert r.failures == [] and r.must_refuse_accepted == []
+    assert sum(r.outcomes.values()) == 100 and r.outcomes["refused"] >= 70
