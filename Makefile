@@ -17,7 +17,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml setup.py native/edge_eco.h native/featurize.c native/build_native.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip "setuptools>=77" wheel
-	$(PY) -m pip install --quiet -e ".[remote,dev,litert]"
+	$(PY) -m pip install --quiet -e ".[remote,dev,litert,signing]"
 	$(PY) -c "import edge_eco._native as n; assert n.available(), 'compiled kernel missing'"
 	touch $(STAMP)
 

@@ -66,7 +66,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise CliError(f"{args.requests} holds no requests")
     token = _token(args.token_env)
     options = {"remote_url": args.remote, "remote_token": token, "remote_protocol": args.remote_protocol,
-               "remote_model": args.remote_model}
+               "remote_model": args.remote_model, "trust": args.trust}
     if args.budget_bytes is not None:
         options["budget_bytes"] = args.budget_bytes
     with _ecology.open(args.ecology, **options) as eco:
@@ -104,7 +104,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             options["ssl_context"].load_cert_chain(args.tls_cert, args.tls_key)
         except (OSError, ssl.SSLError) as exc:
             raise CliError(f"cannot load the TLS certificate/key: {exc}") from exc
-    with _ecology.open(args.ecology, remote_url=None) as eco:
+    with _ecology.open(args.ecology, remote_url=None, trust=args.trust) as eco:
         from .warmup import warm
 
         w = warm(eco)  # before the port is bound: ready means the models are loaded
@@ -236,7 +236,7 @@ def _cmd_bench_residency(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     root, m = read_bundle(args.ecology)
-    with _ecology.open(args.ecology):  # every check open() makes: router and deferral headers, budget
+    with _ecology.open(args.ecology, trust=args.trust):  # every check open() makes: signature, headers, budget
         pass
     print(f"{m.name} v{m.version}: {m.description}")
     print(f"labels: {len(m.labels)}   reject label: {m.reject_label}   budget: {m.budget_bytes} bytes")
@@ -249,7 +249,42 @@ def _cmd_info(args: argparse.Namespace) -> int:
                                                                        if x.path.startswith(e.file.path)])
         print(f"{e.id:20}{e.role:12}{e.backend:9}{len(e.labels):>7}{size:>12}"
               f"{e.calibration.temperature:>8.3f}  {e.file.path}")
-    print("\nall files present, sha256 verified, the bundle opens")
+    print("\nall files present, sha256 verified" + (", signature verified" if args.trust else "") + ", the bundle opens")
+    return 0
+
+
+def _cmd_fuzz(args: argparse.Namespace) -> int:
+    from .fuzz import run_fuzz
+
+    failed = False
+    for layer in args.layer:
+        r = run_fuzz(layer, args.ecology, args.cases, seed=args.seed, signed=args.signed and layer == "bundle",
+                     plugin=args.plugin,
+                     progress=lambda i, n: print(f"  {i}/{n} cases", file=sys.stderr, flush=True))
+        print(f"fuzz {layer}{' (signed, signature required)' if args.signed and layer == 'bundle' else ''}: {r.cases} cases in {r.seconds:.1f} s: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(r.outcomes.items())) + "; refusals by error: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(r.errors.items())))
+        for line in r.failures[:20] + r.must_refuse_accepted[:20]:
+            print(f"  FAIL {line}")
+        failed |= not r.ok
+    return 1 if failed else 0
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from .signing import generate_key
+
+    if Path(args.out).exists() or Path(f"{args.out}.pub").exists():
+        raise CliError(f"{args.out} or {args.out}.pub already exists; not overwriting a key")
+    generate_key(args.out)
+    print(f"secret key written to {args.out} (mode 0600; keep it off devices), public key to {args.out}.pub")
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from .signing import sign_bundle
+
+    out = sign_bundle(args.ecology, args.key)
+    print(f"signed {args.ecology}/ecology.toml (every file's sha256 verified first): {out}")
     return 0
 
 
@@ -276,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--budget-bytes", type=_positive(int, zero_ok=True),
                      help="memory budget for resident models, 0 = unlimited (overrides the manifest)")
     run.add_argument("--local-only", action="store_true", help="never send a request off the device")
+    run.add_argument("--trust", help="trust file or .pub key: the ecology must carry a valid signature")
     run.add_argument("--no-baselines", action="store_true", help="skip the local and remote baselines")
     run.set_defaults(fn=_cmd_run)
     serve = sub.add_parser("serve", help="serve an ecology over the Open Inference Protocol v2 (REST)")
@@ -283,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=_port, default=8000, help="TCP port (0 picks a free one)")
     serve.add_argument("--token-env", help="environment variable holding the bearer token clients must send")
+    serve.add_argument("--trust", help="trust file or .pub key: the ecology must carry a valid signature")
     serve.add_argument("--max-concurrent", type=_positive(int), default=4, help="infer requests run at once")
     serve.add_argument("--max-queue", type=_positive(int, zero_ok=True), default=64,
                        help="infer requests waiting for a slot; more answer 503 at once")
@@ -318,7 +355,24 @@ def build_parser() -> argparse.ArgumentParser:
     bres.set_defaults(fn=_cmd_bench_residency)
     info = sub.add_parser("info", help="verify an ecology bundle and list its population")
     info.add_argument("ecology")
+    info.add_argument("--trust", help="trust file or .pub key: check the ecology's signature too")
     info.set_defaults(fn=_cmd_info)
+    kg = sub.add_parser("keygen", help="make an Ed25519 key pair for signing ecologies (FILE, FILE.pub)")
+    kg.add_argument("out", help="secret key file to write (the public key goes to OUT.pub)")
+    kg.set_defaults(fn=_cmd_keygen)
+    sg = sub.add_parser("sign", help="sign an ecology's manifest (which lists every file's sha256)")
+    sg.add_argument("ecology")
+    sg.add_argument("--key", required=True, help="secret key file written by edge-eco keygen")
+    sg.set_defaults(fn=_cmd_sign)
+    fz = sub.add_parser("fuzz", help="damage a bundle's models and manifest many ways; count refusals")
+    fz.add_argument("ecology")
+    fz.add_argument("--layer", nargs="+", default=["bundle", "ort"], help="bundle and/or a backend (ort)")
+    fz.add_argument("--cases", type=_positive(int), default=1000, help="cases per layer")
+    fz.add_argument("--seed", type=int, default=0)
+    fz.add_argument("--signed", action="store_true",
+                    help="bundle layer: sign the copy with a throw-away key and require the signature")
+    fz.add_argument("--plugin", help="module that registers more layers (edge_eco.fuzz.LOADERS, BACKEND_MUTATIONS)")
+    fz.set_defaults(fn=_cmd_fuzz)
     from . import cli_population
     cli_population.register(sub, _printing)
     return ap

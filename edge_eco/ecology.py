@@ -21,6 +21,8 @@ from typing import Any, Callable
 import numpy as np
 
 from . import backends
+from .artifacts import probe
+from .backends import isolated
 from ._native import Featurizer, RouterKernel
 from .bundle import read_bundle
 from .errors import (BudgetError, EdgeEcoError, FallbackError, IntegrityError, ManifestError, RequestError,
@@ -150,6 +152,7 @@ class Ecology:
         self._redact = spec.redact
         self._closed = False
         self._in_flight = 0
+        self.before_load: Callable[[str], None] | None = None
         self._cond = threading.Condition()
 
     def _load_deferral(self, root: Path, manifest: Manifest) -> Deferral | None:
@@ -176,7 +179,8 @@ class Ecology:
         file_bytes = sum((self.root / p).stat().st_size for p in paths)
         # LiteRT's default XNNPACK delegate packs the weights into private memory next to the
         # mapped file (tools/bench_backends.py): reserve both until the first load is measured.
-        return file_bytes * (2 if entry.backend == "tflite" else 1) + SESSION_OVERHEAD_BYTES
+        return file_bytes * (2 if entry.backend == "tflite" else 1) + SESSION_OVERHEAD_BYTES \
+            + (isolated.WORKER_OVERHEAD_BYTES if entry.risk == "high" else 0)
 
     def _model_paths(self, model_id: str) -> set[str]:
         """Absolute paths of a model's files (its graph and any external-data file)."""
@@ -192,10 +196,28 @@ class Ecology:
 
     def _load(self, model_id: str) -> backends.Session:
         entry = self._entries[model_id]
+        if self.before_load is not None:
+            self.before_load(model_id)  # e.g. hash the files again (signed populations)
         if entry.input == "text-tokens" and model_id not in self._adapters:
             self._adapters[model_id] = token_adapter(self.root, entry)
-        return backends.open_model(entry.backend, self.root / entry.file.path, output=entry.output,
-                                   optimize=entry.input != "hashed-text")
+        if entry.risk == "high":  # in a sandboxed worker process (no network, memory/CPU limits)
+            session = isolated.open(self.root / entry.file.path, backend=entry.backend, output=entry.output,
+                                    optimize=entry.input != "hashed-text")
+        else:
+            session = backends.open_model(entry.backend, self.root / entry.file.path, output=entry.output,
+                                          optimize=entry.input != "hashed-text")
+        try:  # one run on the manifest's input contract before the model is marked ready
+            if entry.input == "hashed-text":
+                feeds = hashed_feeds(*self._featurizer(b"probe"))
+            elif entry.input == "dense-vector":
+                feeds = {"x": np.zeros((1, self._dense.dim), np.float32)}  # the mean window
+            else:
+                feeds = self._adapters[model_id]("probe")
+            probe(session, feeds, len(entry.labels), entry.file.path)
+        except BaseException:
+            session.close()
+            raise
+        return session
 
     # -- running models ------------------------------------------------------------------------
     def _vote(self, model_id: str, text: str, hashed: Feeds | None) -> tuple[Vote, float]:
@@ -526,15 +548,30 @@ def _check_options(deadline_ms: Any, local_only: Any) -> None:
         raise RequestError(f"local_only must be True or False, got {local_only!r}")
 
 
-def open(path: str | Path, **options: Any) -> Ecology:  # noqa: A001 - the public entry point
+def open(path: str | Path, *, trust: Any = None, **options: Any) -> Ecology:  # noqa: A001 - the public entry point
     """Open the ecology bundle at ``path`` (verifying every file's sha256).
 
     Keyword options: ``remote_url``, ``remote_token``, ``remote_protocol`` ("v2" or "openai", overrides
     the manifest's), ``remote_model`` (overrides the manifest's model name), ``budget_bytes``,
-    ``use_native``, ``remote_client`` (any object with ``infer(texts, timeout_s=...)``).
+    ``use_native``, ``remote_client`` (any object with ``infer(texts, timeout_s=...)``); ``trust``: a
+    :class:`edge_eco.signing.Trust` or the path of a trust file / ``.pub`` key: the manifest's Ed25519
+    signature is checked (required unless the trust says otherwise) and, with a signature required,
+    each model file is hashed again when it loads.
 
     Raises:
         ManifestError, IntegrityError: the bundle is malformed, incomplete or corrupt.
+        SignatureError: (an IntegrityError) the signature is missing, untrusted or does not match.
     """
-    root, manifest = read_bundle(path)
-    return Ecology(root, manifest, **options)
+    data, signed = None, False
+    if trust is not None:
+        from .signing import as_trust, verified_manifest
+
+        trust = as_trust(trust)
+        data, signed = verified_manifest(path, trust)
+    root, manifest = read_bundle(path, manifest_bytes=data)
+    eco = Ecology(root, manifest, **options)
+    if signed and trust.require_signature:
+        from .signing import recheck_model_files
+
+        eco.before_load = lambda model_id: recheck_model_files(root, manifest, model_id)
+    return eco

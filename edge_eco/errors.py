@@ -5,6 +5,7 @@
     EdgeEcoError
     ├── ManifestError (ValueError)          malformed ecology.toml, bad field, out-of-range value
     │   └── IntegrityError                  missing file, sha256 mismatch, truncated model
+    │       └── SignatureError              manifest signature missing, untrusted or not matching
     ├── RequestError (ValueError)           a request the runtime refuses (empty, too long, bad UTF-8)
     ├── NativeError                         the C kernel returned an error status
     ├── ResidencyError                      loading/eviction under the memory budget
@@ -35,6 +36,10 @@ class ManifestError(EdgeEcoError, ValueError):
 
 class IntegrityError(ManifestError):
     """A file listed in the manifest is missing, truncated or does not match its sha256."""
+
+
+class SignatureError(IntegrityError):
+    """A bundle's signature is missing, malformed, by an untrusted key, or does not verify."""
 
 
 class RequestError(EdgeEcoError, ValueError):
