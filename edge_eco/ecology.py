@@ -13,9 +13,10 @@ import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -60,8 +61,12 @@ class Ecology:
 
     def __init__(self, root: Path, manifest: Manifest, *, remote_url: str | None = None,
                  remote_token: str | None = None, budget_bytes: int | None = None,
-                 use_native: bool | None = None, remote_client: Any = None) -> None:
+                 use_native: bool | None = None, remote_client: Any = None,
+                 excluded: frozenset[str] = frozenset()) -> None:
         self.root, self.manifest = root, manifest
+        # Models a device plan excludes (edge_eco.plan): a request whose path needs one goes remote.
+        self._excluded = frozenset(excluded)
+        self._pins = ExitStack()
         self.name, self.version = manifest.name, manifest.version
         self.labels = manifest.labels
         self.policy = manifest.policy
@@ -111,7 +116,7 @@ class Ecology:
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
             raise ManifestError(f"budget_bytes must be a non-negative integer (0 = unlimited), got {budget!r}")
         if budget:
-            need = max((self._predict_bytes(m), m) for m in self._entries)
+            need = max((self._predict_bytes(m), m) for m in self._entries if m not in self._excluded)
             if need[0] > budget:
                 raise BudgetError(f"model {need[1]!r} needs {need[0]} bytes; the memory budget of "
                                   f"{budget} bytes cannot hold it")
@@ -167,6 +172,8 @@ class Ecology:
 
     # -- running models ------------------------------------------------------------------------
     def _vote(self, model_id: str, text: str, hashed: Feeds | None) -> tuple[Vote, float]:
+        if model_id in self._excluded:
+            raise _Excluded(model_id)
         entry = self._entries[model_id]
         t0 = time.perf_counter()
         with self.residency.use(model_id) as session:
@@ -200,6 +207,8 @@ class Ecology:
     def _coalition(self, ids: list[str], text: str, hashed: Feeds | None,
                    prov: dict) -> list[Vote]:
         """Run ``ids`` in parallel (the first in this thread) and collect votes within the timeout."""
+        if self._excluded.intersection(ids):
+            raise _Excluded(next(m for m in ids if m in self._excluded))
         futures = [self._pool.submit(self._vote, m, text, hashed) for m in ids[1:]]
         first = self._vote(ids[0], text, hashed)
         done, late = wait(futures, timeout=self.policy.coalition_timeout_ms / 1e3)
@@ -232,7 +241,10 @@ class Ecology:
                 raise EdgeEcoError("ecology is closed")
             self._in_flight += 1
         try:
-            return self._answer(text, deadline_ms, local_only)
+            try:
+                return self._answer(text, deadline_ms, local_only)
+            except _Excluded as exc:
+                return self._answer_excluded(text, exc.args[0], deadline_ms, local_only)
         finally:
             with self._cond:
                 self._in_flight -= 1
@@ -299,6 +311,23 @@ class Ecology:
                               "local": round((t_local - t_route) * 1e6, 1),
                               "total": round((t_end - t0) * 1e6, 1)}
         return Answer(label, conf, path, prov)
+
+    def _answer_excluded(self, text: str | bytes, model_id: str, deadline_ms: float | None,
+                         local_only: bool) -> Answer:
+        """The path needs a model the device plan excludes: ask the remote; without one, the reject
+        label with no confidence (the device does not serve this niche)."""
+        t0 = time.perf_counter()
+        text = text.decode("utf-8") if isinstance(text, bytes) else text
+        prov: dict[str, Any] = {"request_id": f"{self.name}-{next(self._ids)}", "excluded": model_id}
+        none = Vote(model_id, self.manifest.reject_label, 0.0, declined=True)
+        label, conf, path = self._fallback(text, none, "unavailable", prov, local_only, deadline_ms, t0)
+        prov["latency_us"] = {"total": round((time.perf_counter() - t0) * 1e6, 1)}
+        return Answer(label, conf, path, prov)
+
+    def pin(self, model_ids: Sequence[str]) -> None:
+        """Load ``model_ids`` now and keep them resident (never evicted) until :meth:`close`."""
+        for model_id in model_ids:
+            self._pins.enter_context(self.residency.use(model_id))
 
     def _featurize_route(self, data: bytes, deadline_ms: float | None) -> tuple[Feeds | None, Route]:
         """Features and route of one request: one C call when the kernel is compiled."""
@@ -378,6 +407,7 @@ class Ecology:
             self._closed = True
             self._cond.wait_for(lambda: self._in_flight == 0, timeout=drain_timeout_s)
         self._pool.shutdown(wait=True)
+        self._pins.close()
         self.residency.close()
         if self._remote is not None and hasattr(self._remote, "close"):
             self._remote.close()
@@ -387,6 +417,10 @@ class Ecology:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Excluded(EdgeEcoError):
+    """The request's path needs a model the device plan excludes (args[0]: its id)."""
 
 
 def _spec_dict(spec: Any) -> dict:
