@@ -171,9 +171,11 @@ def plot_platforms(curves: dict[str, dict], path: Path, title: str) -> Path:
     fig = Figure(figsize=(8, 5.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    for name, c in curves.items():
-        xs, ys = zip(*sorted(set(c["points"])))
-        line, = ax.plot([100 * x for x in xs], [100 * y for y in ys], label=name, lw=1.5)
+    styles = ["-", "--", "-.", ":"]
+    for k, (name, c) in enumerate(curves.items()):
+        xs, ys = zip(*sorted(set(c["points"])))  # identical plans draw identical lines: styles tell them apart
+        line, = ax.plot([100 * x for x in xs], [100 * y for y in ys], styles[k % len(styles)], label=name,
+                        lw=2.2 - 0.2 * k)
         ax.plot([100 * c["at"][0]], [100 * c["at"][1]], "o" if c["feasible"] else "x", color=line.get_color())
     ax.set_xlabel("remote calls (% of requests)")
     ax.set_ylabel("expected accuracy (%), validation replay")

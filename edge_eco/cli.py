@@ -106,8 +106,9 @@ def _cmd_run_plan(args: argparse.Namespace) -> int:
     if plan:
         e, m = plan.expected, table["all"]
         print(f"plan expected (validation replay): accuracy {e['accuracy']:.2%}, remote rate {e['remote_rate']:.2%}, "
-              f"local p95 {e['local_p95_ms']:.3f} ms; measured here: {m['accuracy']:.2%}, {m['remote_rate']:.2%}, "
-              f"{m['local_ms']['p95']:.3f} ms")
+              f"local p95 {e['local_p95_ms']:.3f} ms on {plan.platform} = {e['local_p95_ms'] / plan.cpu_factor:.3f} ms "
+              f"at this machine's speed (cpu factor {plan.cpu_factor}); measured here: {m['accuracy']:.2%}, "
+              f"{m['remote_rate']:.2%}, {m['local_ms']['p95']:.3f} ms")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(table, indent=1) + "\n")
