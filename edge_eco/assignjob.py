@@ -19,7 +19,7 @@ from .manifest import Manifest
 from .plan import DevicePlan, make_plan
 from .platform import Platform
 from .profile import DeviceProfile
-from .replay import label_niches, model_costs, replay
+from .replay import label_niches, model_costs, niche_values, replay
 
 _SIB_SPLITS = {"train": "train", "val": "dev", "dev": "dev", "test": "test"}
 
@@ -115,7 +115,7 @@ def region_of(manifest: Manifest, niches: Sequence[str] | None) -> frozenset[str
     """
     if not niches:
         return None
-    known = {v for m in manifest.models for v in m.niches.values()}
+    known = {v for m in manifest.models for v in niche_values(m)}
     unknown = sorted(set(niches) - known)
     if unknown:
         raise RequestError(f"--niches: {unknown} are not niches of {manifest.name} (known: {sorted(known)})")

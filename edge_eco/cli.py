@@ -165,7 +165,12 @@ def _cmd_assign(args: argparse.Namespace) -> int:
     examples, niches = assignjob.load_labelled(manifest, data_root(args.data or env), args.requests, args.split,
                                                args.limit)
     default_remote = manifest.remote.model if manifest.remote and manifest.remote.model else "generalist"
-    remote_bundle = args.remote_bundle or (None if args.remote else str(Path(args.ecology).parent / default_remote))
+    remote_bundle = args.remote_bundle
+    if not remote_bundle and not args.remote and not (args.replay and Path(args.replay).is_file()):
+        beside = Path(args.ecology).resolve().parent / default_remote
+        if not (beside / "ecology.toml").is_file():
+            raise CliError(f"no remote generalist bundle at {beside}: give --remote-bundle DIR or --remote URL")
+        remote_bundle = str(beside)
     if args.replay and Path(args.replay).is_file():
         outcomes = assignjob.load_outcomes(manifest, Path(args.replay))
     else:

@@ -16,9 +16,16 @@ from .assign import ModelCost, Outcome
 from .datasets import Example
 from .ecology import Ecology
 from .errors import EdgeEcoError
-from .manifest import Manifest
+from .manifest import Manifest, ModelEntry
 from .profile import DeviceProfile
 from .residency import SESSION_OVERHEAD_BYTES
+
+
+def niche_values(entry: ModelEntry) -> frozenset[str]:
+    """The niche values a model serves: comma-separated lists are split; ``*`` (every niche) gives none,
+    like a generalist."""
+    values = {v.strip() for raw in entry.niches.values() for v in raw.split(",") if v.strip()}
+    return frozenset() if "*" in values else frozenset(values)
 
 
 def label_niches(manifest: Manifest) -> dict[str, str]:
@@ -28,7 +35,7 @@ def label_niches(manifest: Manifest) -> dict[str, str]:
         if m.role == "specialist" and m.niches:
             for label in m.labels:
                 if label != m.decline_label:
-                    seen.setdefault(label, set()).update(m.niches.values())
+                    seen.setdefault(label, set()).update(niche_values(m))
     return {label: next(iter(v)) for label, v in seen.items() if len(v) == 1}
 
 
@@ -91,5 +98,5 @@ def model_costs(root: Path, manifest: Manifest, profile: DeviceProfile | None) -
         else:
             paths = [m.file.path] + [f.path for f in manifest.files if f.path.startswith(m.file.path + ".")]
             size, load_ms = sum((root / x).stat().st_size for x in paths) + SESSION_OVERHEAD_BYTES, m.cost.load_ms
-        out.append(ModelCost(m.id, int(size), float(load_ms), frozenset(m.niches.values())))
+        out.append(ModelCost(m.id, int(size), float(load_ms), niche_values(m)))
     return out

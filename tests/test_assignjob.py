@@ -42,3 +42,14 @@ def test_clinc150_niches_are_the_domains_of_the_gold_intents():
     assert region_of(m, ["banking", "travel"]) == frozenset({"banking", "travel"})
     with pytest.raises(RequestError, match="not niches"):
         region_of(m, ["banking", "cooking"])
+
+
+def test_niche_values_split_lists_and_treat_star_as_every_niche():
+    from dataclasses import replace
+
+    from edge_eco.replay import niche_values
+    _, m = read_bundle(MODELS / "clinc150")
+    assert niche_values(m.model("banking")) == frozenset({"banking"})
+    assert niche_values(m.model("generalist")) == frozenset()  # domain = "*"
+    latn = replace(m.model("banking"), niches={"language": "eng_Latn, fra_Latn"})
+    assert niche_values(latn) == frozenset({"eng_Latn", "fra_Latn"})
