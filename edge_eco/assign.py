@@ -40,6 +40,22 @@ class Outcome:
     local_ms: float          # warm local latency on the profiling machine
     remote_ms: float = 0.0   # the remote generalist's own time (network added per platform)
     niche: str = ""          # the request's niche (domain, language) for per-niche figures
+    stages: tuple[int, ...] = ()  # how many of ``models`` ran at each step (a coalition runs together);
+                                  # empty: one at a time
+
+
+def _touched(o: Outcome, allowed: frozenset[int]) -> tuple[int, ...]:
+    """The models a request loads: all of them when allowed, else the steps before the first step that
+    needs an excluded model (the runtime stops there and sends the request remote)."""
+    stages = o.stages or (1,) * len(o.models)
+    out, at = [], 0
+    for size in stages:
+        step = o.models[at:at + size]
+        if any(m not in allowed for m in step):
+            break
+        out.extend(step)
+        at += size
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -90,16 +106,14 @@ class Plan:
     expected: Expectation
 
 
-def _lru_cold_ms(outcomes: Sequence[Outcome], eligible: np.ndarray, costs: Sequence[ModelCost],
+def _lru_cold_ms(outcomes: Sequence[Outcome], allowed: frozenset[int], costs: Sequence[ModelCost],
                  pinned: frozenset[int], capacity: int) -> tuple[np.ndarray, int, bool]:
     """Cold-load ms per request from an LRU of on-demand models holding ``capacity`` bytes."""
     cold = np.zeros(len(outcomes))
     lru: OrderedDict[int, int] = OrderedDict()
     used, loads, fits = 0, 0, True
     for i, o in enumerate(outcomes):
-        if not eligible[i]:
-            continue
-        for m in o.models:
+        for m in _touched(o, allowed):
             if m in pinned:
                 continue
             if m in lru:
@@ -174,7 +188,7 @@ def _simulate(outcomes: Sequence[Outcome], costs: Sequence[ModelCost], decisions
     if capacity < 0:
         problems.append(f"pinned models need {pinned_bytes} bytes; the budget is {budgets.memory_bytes}")
         violation += -capacity / budgets.memory_bytes
-    cold, loads, fits = _lru_cold_ms(outcomes, eligible, costs, pinned, max(0, capacity))
+    cold, loads, fits = _lru_cold_ms(outcomes, allowed, costs, pinned, max(0, capacity))
     if not fits and capacity >= 0:
         problems.append("a request's on-demand models do not fit beside the pinned ones")
         violation += 0.5

@@ -243,7 +243,8 @@ def load_outcomes(manifest: Manifest, path: Path) -> list[A.Outcome]:
         if d["ecology"] != manifest.name or d["models"] != [m.id for m in manifest.models]:
             raise RequestError(f"{path}: replayed for {d['ecology']} {d['models']}, not this ecology's population")
         return [A.Outcome(tuple(int(m) for m in o["models"]), bool(o["local_ok"]), bool(o["remote_ok"]),
-                          float(o["confidence"]), float(o["local_ms"]), float(o["remote_ms"]), str(o["niche"]))
+                          float(o["confidence"]), float(o["local_ms"]), float(o["remote_ms"]), str(o["niche"]),
+                          tuple(int(x) for x in o.get("stages", ())))
                 for o in d["outcomes"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RequestError(f"{path}: not a replay file of this ecology ({exc})") from exc

@@ -71,12 +71,30 @@ def replay(eco: Ecology, examples: Sequence[Example], remote: Callable[[str], st
         remote_label = remote(ex.text)
         remote_ms = (time.perf_counter() - t0) * 1e3
         models = tuple(index[v[0]] for v in a.provenance.get("votes", ()))
+        direct = eco.route_candidates(ex.text)[1][0] >= eco.policy.direct_threshold
         out.append(Outcome(models=models, local_ok=a.label == ex.label, remote_ok=remote_label == ex.label,
                            confidence=float(a.confidence), local_ms=local_ms,
-                           remote_ms=remote_ms, niche=niche))
+                           remote_ms=remote_ms, niche=niche,
+                           stages=stages(len(models), direct, eco.policy.coalition_size)))
         if progress and (i + 1) % 250 == 0:
             progress(i + 1, len(examples))
     return out
+
+
+def stages(n_models: int, direct: bool, coalition_size: int) -> tuple[int, ...]:
+    """How the request path ran ``n_models`` models: direct = one, then (when it declined) the next
+    ``coalition_size - 1`` together; else the top ``coalition_size`` together; then the generalist."""
+    sizes = [1, coalition_size - 1, 1] if direct else [coalition_size, 1]
+    out, left = [], n_models
+    for size in sizes:
+        if left <= 0:
+            break
+        if min(size, left) > 0:
+            out.append(min(size, left))
+            left -= out[-1]
+    if left > 0:
+        out.append(left)
+    return tuple(out)
 
 
 def model_costs(root: Path, manifest: Manifest, profile: DeviceProfile | None) -> list[ModelCost]:

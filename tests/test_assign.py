@@ -103,3 +103,15 @@ def test_bad_input_is_refused():
         evaluate([], costs, {"a": "pinned"}, Budgets(10, 1.0, 0.0))
     with pytest.raises(ValueError, match="unknown decision"):
         evaluate([Outcome((0,), True, True, 0.5, 0.1)], costs, {"a": "resident"}, Budgets(10, 1.0, 0.0))
+
+
+def test_a_forced_request_loads_the_steps_before_the_excluded_model():
+    from edge_eco.replay import stages
+    assert stages(3, True, 2) == (1, 1, 1) and stages(3, False, 2) == (2, 1) and stages(1, False, 3) == (1,)
+    costs = [ModelCost(f"m{i}", 1000, 2.0) for i in range(3)]
+    b = Budgets(10**6, 1e9, 1.0)
+    decisions = {"m0": "on_demand", "m1": "excluded", "m2": "on_demand"}
+    direct_then_excluded = Outcome((0, 1), True, True, 0.5, 0.1, stages=(1, 1))
+    coalition_with_excluded = Outcome((0, 1), True, True, 0.5, 0.1, stages=(2,))
+    assert evaluate([direct_then_excluded], costs, decisions, b).cold_loads == 1  # m0 ran, then remote
+    assert evaluate([coalition_with_excluded], costs, decisions, b).cold_loads == 0  # refused before running

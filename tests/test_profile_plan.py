@@ -28,7 +28,9 @@ from demo import start_server  # noqa: E402
 # remote call that times out on an overloaded machine is counted, up to 1 %); local p95 as a factor
 # plus slack, a sanity bound only: this shared 2-core machine's scheduling noise is in the measurement
 # but not in the replay (which keeps the fastest of 3 runs).
+# Cold loads counted by the runtime against the plan's LRU simulation: within 10 %.
 ACCURACY_POINTS, REMOTE_POINTS, UNAVAILABLE_SHARE, P95_FACTOR, P95_SLACK_MS = 2.0, 4.0, 0.01, 5.0, 5.0
+LOADS_SHARE = 0.10
 
 
 def test_presets_parse_and_say_where_their_numbers_come_from():
@@ -134,18 +136,23 @@ def test_measured_figures_match_the_plan_on_this_machine(remote_url):
     finally:
         close()
     platform = Platform("tight", 6 << 20, 20.0, network="ethernet", remote_budget_rate=0.2)
-    plan, result = assignjob.assign_one(root, m, platform, outcomes, None, None)
+    profile = profile_ecology(root, m, [x.text for x in examples[::10]], repeats=3, runs=50)
+    plan, result = assignjob.assign_one(root, m, platform, outcomes, profile, None)
     e = result.expected
     assert e.feasible and set(result.decisions.values()) >= {"excluded", "pinned"}
     with open_with_plan(MODELS / "clinc150", plan, remote_url=remote_url) as eco:
         table = assignjob.answer_by_niche(eco, examples, niches)
         assert eco.residency.resident_bytes <= platform.memory_budget_bytes
+        loads = eco.stats()["loads"]
     got = table["all"]
     seen = f"expected {e}, measured {got}"
     assert got["unavailable"] <= UNAVAILABLE_SHARE * got["requests"], seen
     assert abs(100 * got["accuracy"] - 100 * e.accuracy) <= ACCURACY_POINTS, seen
     assert abs(100 * (got["remote_rate"] + got["unavailable"] / got["requests"]) - 100 * e.remote_rate) \
         <= REMOTE_POINTS, seen
+    # the LRU simulation of on-demand models against the runtime's residency manager
+    expected_loads = len(plan.ids("pinned")) + e.cold_loads
+    assert abs(loads - expected_loads) <= LOADS_SHARE * expected_loads, (loads, expected_loads)
     assert got["local_ms"]["p95"] <= P95_FACTOR * e.local_p95_ms + P95_SLACK_MS, seen
-    again = evaluate(outcomes, assignjob.model_costs(root, m, None), result.decisions, assignjob.budgets(platform))
+    again = evaluate(outcomes, assignjob.model_costs(root, m, profile), result.decisions, assignjob.budgets(platform))
     assert again == e  # the plan's figures are a pure function of the replay
