@@ -79,6 +79,9 @@ def load_labelled(manifest: Manifest, data_root: Path, requests: str | None, spl
     examples_niches = [(e, n) for e, n in zip(examples, niches) if e.label is not None]
     if not examples_niches:
         raise RequestError(f"{requests}: no labelled requests in split {split!r}")
+    if not {e.label for e, _ in examples_niches} & set(manifest.labels):
+        raise RequestError(f"{requests}: none of its labels is in {manifest.name}'s label space; "
+                           "is it the data set this ecology was built from?")
     return [e for e, _ in examples_niches], [n for _, n in examples_niches]
 
 

@@ -53,3 +53,9 @@ def test_niche_values_split_lists_and_treat_star_as_every_niche():
     assert niche_values(m.model("generalist")) == frozenset()  # domain = "*"
     latn = replace(m.model("banking"), niches={"language": "eng_Latn, fra_Latn"})
     assert niche_values(latn) == frozenset({"eng_Latn", "fra_Latn"})
+
+
+def test_requests_from_another_data_set_are_refused():
+    _, m = read_bundle(MODELS / "clinc150")
+    with pytest.raises(RequestError, match="label space"):
+        load_labelled(m, DATA, str(SIB), "val")
