@@ -104,10 +104,10 @@ def replay_ecology(path: str | Path, examples: Sequence[Example], niches: Sequen
         return replay(eco, examples, remote, niches, progress)
 
 
-def budgets(p: Platform) -> A.Budgets:
-    """The optimiser's view of a platform."""
-    return A.Budgets(p.memory_budget_bytes, p.latency_budget_ms, p.remote_budget_rate, p.cpu_factor,
-                     p.remote_rtt_ms)
+def budgets(p: Platform, remote_allowed: bool = True) -> A.Budgets:
+    """The optimiser's view of a platform (as offline when the remote is not allowed)."""
+    return A.Budgets(p.memory_budget_bytes, p.latency_budget_ms, p.remote_budget_rate if remote_allowed else 0.0,
+                     p.cpu_factor, p.remote_rtt_ms if remote_allowed else None)
 
 
 def region_of(manifest: Manifest, niches: Sequence[str] | None) -> frozenset[str] | None:
@@ -126,20 +126,27 @@ def region_of(manifest: Manifest, niches: Sequence[str] | None) -> frozenset[str
 
 
 def assign_one(root: Path, manifest: Manifest, platform: Platform, outcomes: list[A.Outcome],
-               profile: DeviceProfile | None, region: frozenset[str] | None) -> tuple[DevicePlan, A.Plan]:
-    """Optimise the ecology's assignment to ``platform``; returns the plan file's content and the result."""
+               profile: DeviceProfile | None, region: frozenset[str] | None,
+               allow_remote: bool = False) -> tuple[DevicePlan, A.Plan]:
+    """Optimise the ecology's assignment to ``platform``; returns the plan file's content and the result.
+
+    The remote is used when the manifest's policy allows it, or when ``allow_remote`` overrides a
+    manifest that forbids it (an ecology shipped without a remote tier, deployed with one).
+    """
+    remote_ok = manifest.policy.remote == "allowed" or allow_remote
     costs = model_costs(root, manifest, profile)
-    result = A.optimise(outcomes, costs, budgets(platform), region)
-    return make_plan(manifest, platform, costs, result.decisions, result.expected, region, len(outcomes)), result
+    result = A.optimise(outcomes, costs, budgets(platform, remote_ok), region)
+    return make_plan(manifest, platform, costs, result.decisions, result.expected, region, len(outcomes),
+                     remote_ok), result
 
 
 def format_plan(plan: DevicePlan, result: A.Plan) -> str:
     """The plan as a table and its expected figures."""
     e = result.expected
+    region = f", region {','.join(plan.region)}" if plan.region else ""
     lines = [f"{plan.ecology} on {plan.platform}: budget {plan.memory_budget_bytes / 2**20:.1f} MiB, latency "
-             f"{plan.latency_budget_ms} ms (local p95), remote <= {plan.remote_budget_rate:.0%}, "
-             f"network {plan.network}, cpu x{plan.cpu_factor}" + (f", region {','.join(plan.region)}" if plan.region
-                                                                  else ""),
+             f"{plan.latency_budget_ms} ms (local p95), remote <= {plan.remote_budget_rate:.0%}, network "
+             f"{plan.network} (remote {plan.remote_policy}), cpu x{plan.cpu_factor}{region}",
              f"{'model':22}{'decision':>11}{'bytes':>12}{'load ms':>10}"]
     for m in plan.models:
         lines.append(f"{m.id:22}{m.decision:>11}{m.resident_bytes:>12}{m.load_ms:>10.3f}")
@@ -147,18 +154,24 @@ def format_plan(plan: DevicePlan, result: A.Plan) -> str:
                  f"{e.remote_rate:.2%} (forced {e.forced_rate:.2%}), local p50/p95 {e.local_p50_ms:.3f}/"
                  f"{e.local_p95_ms:.3f} ms, p95 {e.p95_ms:.3f} ms, cold loads {e.cold_loads}, pinned "
                  f"{e.pinned_bytes / 2**20:.2f} MiB" + ("" if e.feasible else "  INFEASIBLE: " + "; ".join(e.problems)))
+    if plan.remote_policy == "forbidden" and e.forced_rate > 0:
+        lines.append(f"note: no remote on this device ({plan.network} network or the ecology's policy forbids it): the "
+                     f"{e.forced_rate:.1%} of requests needing excluded models get the reject label; --allow-remote "
+                     "deploys with a remote generalist")
     return "\n".join(lines)
 
 
 def platform_curves(root: Path, manifest: Manifest, platforms: Sequence[Platform], outcomes: list[A.Outcome],
-                    profile: DeviceProfile | None, region: frozenset[str] | None) -> dict[str, dict]:
+                    profile: DeviceProfile | None, region: frozenset[str] | None,
+                    allow_remote: bool = False) -> dict[str, dict]:
     """Per platform: its plan's expected accuracy against remote rate as the remote budget varies."""
     costs = model_costs(root, manifest, profile)
+    remote_ok = manifest.policy.remote == "allowed" or allow_remote
     rates = [i / 50 for i in range(51)]
     out = {}
     for p in platforms:
-        result = A.optimise(outcomes, costs, budgets(p), region)
-        pts = A.curve(outcomes, costs, result.decisions, budgets(p), rates, region)
+        result = A.optimise(outcomes, costs, budgets(p, remote_ok), region)
+        pts = A.curve(outcomes, costs, result.decisions, budgets(p, remote_ok), rates, region)
         out[p.name] = {"points": pts, "at": (result.expected.remote_rate, result.expected.accuracy),
                        "feasible": result.expected.feasible}
     return out

@@ -48,6 +48,8 @@ def add_parsers(sub: argparse._SubParsersAction, positive: Callable, device_cmd:
     asg.add_argument("--remote-bundle", help="remote generalist bundle run in-process (default: beside the ecology)")
     asg.add_argument("--remote", help="remote generalist URL (Open Inference Protocol v2)")
     asg.add_argument("--token-env")
+    asg.add_argument("--allow-remote", action="store_true",
+                     help="use a remote generalist although the ecology's policy forbids it (recorded in the plan)")
     asg.add_argument("--replay", help="replay file: read it when it exists, else replay and write it here")
     asg.set_defaults(fn=device_cmd("assign"))
 
@@ -134,7 +136,7 @@ def assign(args: argparse.Namespace, *, token, data_env, out: Emit, err: Emit) -
             close()
         if args.replay:
             assignjob.save_outcomes(outcomes, manifest, Path(args.replay))
-    plan, result = assignjob.assign_one(root, manifest, platform, outcomes, profile, region)
+    plan, result = assignjob.assign_one(root, manifest, platform, outcomes, profile, region, args.allow_remote)
     out(assignjob.format_plan(plan, result))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +144,7 @@ def assign(args: argparse.Namespace, *, token, data_env, out: Emit, err: Emit) -
         out(f"plan written to {args.out}")
     if args.plot:
         platforms = [load_platform(p) for p in preset_paths()]
-        curves = assignjob.platform_curves(root, manifest, platforms, outcomes, profile, region)
+        curves = assignjob.platform_curves(root, manifest, platforms, outcomes, profile, region, args.allow_remote)
         for name, c in curves.items():
             out(f"  {name:20} expected accuracy {c['at'][1]:.2%} at remote rate {c['at'][0]:.2%}"
                 + ("" if c["feasible"] else " (infeasible)"))

@@ -50,6 +50,7 @@ class DevicePlan:
     remote_budget_rate: float
     cpu_factor: float
     network: str
+    remote_policy: str  # "allowed" or "forbidden": what the device may do, decided at assign time
     fallback_threshold: float
     target_remote_rate: float
     region: tuple[str, ...]
@@ -63,12 +64,14 @@ class DevicePlan:
 
 
 def make_plan(manifest: Manifest, platform: Platform, costs: list[ModelCost], decisions: Mapping[str, str],
-              e: Expectation, region: frozenset[str] | None, requests: int) -> DevicePlan:
+              e: Expectation, region: frozenset[str] | None, requests: int,
+              remote_allowed: bool = True) -> DevicePlan:
     """Assemble a plan from the optimiser's result. Pure."""
     return DevicePlan(
         ecology=manifest.name, ecology_version=manifest.version, platform=platform.name,
         memory_budget_bytes=platform.memory_budget_bytes, latency_budget_ms=platform.latency_budget_ms,
         remote_budget_rate=platform.remote_budget_rate, cpu_factor=platform.cpu_factor, network=platform.network,
+        remote_policy="allowed" if remote_allowed and platform.network != "offline" else "forbidden",
         fallback_threshold=round(e.fallback_threshold, 6), target_remote_rate=round(e.cascade_rate, 6),
         region=tuple(sorted(region or ())), requests=requests,
         models=tuple(ModelPlan(c.id, decisions[c.id], c.bytes, round(c.load_ms, 4)) for c in costs),
@@ -113,7 +116,8 @@ def parse_plan(text: str, where: str = "plan") -> DevicePlan:
             ecology=str(d["ecology"]), ecology_version=str(d["ecology_version"]), platform=str(d["platform"]),
             memory_budget_bytes=int(d["memory_budget_bytes"]), latency_budget_ms=float(d["latency_budget_ms"]),
             remote_budget_rate=float(d["remote_budget_rate"]), cpu_factor=float(d["cpu_factor"]),
-            network=str(d["network"]), fallback_threshold=float(d["fallback_threshold"]),
+            network=str(d["network"]), remote_policy=str(d["remote_policy"]),
+            fallback_threshold=float(d["fallback_threshold"]),
             target_remote_rate=float(d["target_remote_rate"]), region=tuple(str(x) for x in d["region"]),
             requests=int(d["requests"]), models=models,
             expected={k: float(d["expected"][k]) for k in EXPECTED_KEYS})
@@ -124,6 +128,8 @@ def parse_plan(text: str, where: str = "plan") -> DevicePlan:
         raise ManifestError(f"{where}: model(s) {bad} have a decision that is not one of {list(DECISIONS)}")
     if not 0.0 <= plan.fallback_threshold <= 1.0 or not 0.0 <= plan.target_remote_rate <= 1.0:
         raise ManifestError(f"{where}: fallback_threshold and target_remote_rate must lie in [0, 1]")
+    if plan.remote_policy not in ("allowed", "forbidden"):
+        raise ManifestError(f"{where}: remote_policy must be 'allowed' or 'forbidden', got {plan.remote_policy!r}")
     if plan.memory_budget_bytes < 0:
         raise ManifestError(f"{where}: memory_budget_bytes must be >= 0")
     return plan
@@ -140,7 +146,7 @@ def read_plan(path: str | Path) -> DevicePlan:
 
 def apply_plan(manifest: Manifest, plan: DevicePlan) -> Manifest:
     """The manifest as the plan runs it: profiled footprints and load times, the plan's cascade
-    threshold and remote-rate target. Pure.
+    threshold, remote-rate target and remote policy (jurisdiction rules stay as they are). Pure.
 
     Raises:
         ManifestError: the plan is for another ecology or does not list exactly its models.
@@ -155,7 +161,7 @@ def apply_plan(manifest: Manifest, plan: DevicePlan) -> Manifest:
                                                     m.cost.p50_us, m.cost.p95_us)) for m in manifest.models)
     policy = dataclasses.replace(manifest.policy, fallback_threshold=plan.fallback_threshold,
                                  target_remote_rate=plan.target_remote_rate,
-                                 remote="forbidden" if plan.network == "offline" else manifest.policy.remote)
+                                 remote=plan.remote_policy)
     return dataclasses.replace(manifest, models=models, policy=policy, budget_bytes=plan.memory_budget_bytes)
 
 

@@ -156,3 +156,14 @@ def test_measured_figures_match_the_plan_on_this_machine(remote_url):
     assert got["local_ms"]["p95"] <= P95_FACTOR * e.local_p95_ms + P95_SLACK_MS, seen
     again = evaluate(outcomes, assignjob.model_costs(root, m, profile), result.decisions, assignjob.budgets(platform))
     assert again == e  # the plan's figures are a pure function of the replay
+
+
+def test_a_plan_forbidding_remote_keeps_excluded_niches_on_the_device(fake_ecology):
+    plan = dataclasses.replace(_fake_plan(fake_ecology, {"money": "pinned", "travel": "excluded",
+                                                         "generalist": "on_demand"}), remote_policy="forbidden")
+    assert parse_plan(plan_to_toml(plan)).remote_policy == "forbidden"
+    with open_with_plan(fake_ecology, plan, remote_client=_Remote()) as eco:
+        a = eco.answer("book a flight to paris")
+        assert (a.label, a.path, a.provenance["remote"]) == ("oos", "unavailable", {"skipped": "policy forbids remote"})
+    with pytest.raises(ManifestError, match="remote_policy"):
+        parse_plan(plan_to_toml(plan).replace('remote_policy = "forbidden"', 'remote_policy = "sometimes"'))
