@@ -254,7 +254,17 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="verify an ecology bundle and list its population")
     info.add_argument("ecology")
     info.set_defaults(fn=_cmd_info)
+    from . import cli_population
+    cli_population.register(sub, _printing)
     return ap
+
+
+def _printing(command):
+    """Wrap a command of cli_population (returns text) so that its text is printed here."""
+    def run(args: argparse.Namespace) -> int:
+        print(command(args, os.environ.get("USER") or os.environ.get("LOGNAME") or "cli"))
+        return 0
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:

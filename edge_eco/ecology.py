@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -125,6 +126,9 @@ class Ecology:
         self._pool = ThreadPoolExecutor(max_workers=max(2, 2 * manifest.policy.coalition_size),
                                         thread_name_prefix="edge_eco-coalition")
         self._ids = itertools.count(1)
+        # Request ids stay unique across restarts (the outcome memory keys on them).
+        self._session = os.urandom(4).hex()
+        self.recorder: Any = None  # set by attach_recorder (edge_eco.outcomes)
         self._remote = remote_client
         spec = manifest.remote or RemoteSpec()
         if self._remote is None and manifest.policy.remote == "allowed":
@@ -245,9 +249,12 @@ class Ecology:
             self._in_flight += 1
         try:
             try:
-                return self._answer(text, deadline_ms, local_only)
+                answer = self._answer(text, deadline_ms, local_only)
             except _Excluded as exc:
-                return self._answer_excluded(text, exc.args[0], deadline_ms, local_only)
+                answer = self._answer_excluded(text, exc.args[0], deadline_ms, local_only)
+            if self.recorder is not None:  # queues the outcome; the write happens off this path
+                self.recorder.record(answer, text)
+            return answer
         finally:
             with self._cond:
                 self._in_flight -= 1
@@ -258,7 +265,7 @@ class Ecology:
         t0 = time.perf_counter()
         data = validate_text(text, self.policy.max_text_bytes)
         text = data.decode("utf-8")
-        prov: dict[str, Any] = {"request_id": f"{self.name}-{next(self._ids)}"}
+        prov: dict[str, Any] = {"request_id": f"{self.name}-{self._session}-{next(self._ids)}"}
         hashed, r = self._featurize_route(data, deadline_ms)
         t_route = time.perf_counter()
         ids = [self._candidates[i] for i in r.order]
@@ -388,6 +395,23 @@ class Ecology:
             prov["remote"]["redacted"] = list(self._redact)
         return reply.label, reply.confidence, "remote"
 
+    def attach_recorder(self, recorder: Any) -> None:
+        """Record every answer with ``recorder.record(answer, text)`` (see edge_eco.outcomes);
+        the ecology closes it on :meth:`close`."""
+        self.recorder = recorder
+
+    def feedback(self, request_id: str, label: str) -> None:
+        """Record the true label of an answered request (needs an attached recorder).
+
+        Raises:
+            RequestError: no recorder is attached, or ``label`` is not in the label space.
+        """
+        if self.recorder is None:
+            raise RequestError("feedback needs an outcome recorder (edge_eco.population.attach)")
+        if label not in self._label_set:
+            raise RequestError(f"feedback label {label!r} is not in the ecology's label space")
+        self.recorder.feedback(request_id, label)
+
     @property
     def remote(self) -> Any:
         """The remote generalist client, or None when there is none (offline or forbidden)."""
@@ -415,6 +439,8 @@ class Ecology:
             self._cond.wait_for(lambda: self._in_flight == 0, timeout=drain_timeout_s)
         self._pool.shutdown(wait=True)
         self._pins.close()
+        if self.recorder is not None:
+            self.recorder.close()
         self.residency.close()
         if self._remote is not None and hasattr(self._remote, "close"):
             self._remote.close()

@@ -142,6 +142,29 @@ class DeferralSpec:
 
 
 @dataclass(frozen=True)
+class Governance:
+    """Population governance (``[governance]``): what the controller may do alone, the promotion
+    rule's thresholds, shadow budget, outcome retention and archive bound. See edge_eco.population."""
+
+    auto_apply: tuple[str, ...] = ("reject",)  # proposal kinds applied without `edge-eco population approve`
+    min_pairs: int = 200
+    looks: int = 5
+    alpha: float = 0.01
+    slice_alpha: float = 0.01
+    min_gain: float = 0.005
+    cooldown_s: float = 86400.0
+    shadow_rate: float = 0.1
+    shadow_cpu_share: float = 0.05
+    store_text: bool = False
+    max_rows: int = 1_000_000
+    max_bytes: int = 256 << 20
+    archive_bytes: int = 64 << 20
+
+
+PROPOSAL_KINDS = ("promote", "reject", "rollback")
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A validated ecology manifest."""
 
@@ -157,6 +180,7 @@ class Manifest:
     files: tuple[FileEntry, ...]
     budget_bytes: int = 0
     deferral: DeferralSpec | None = None
+    governance: Governance = Governance()
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -291,6 +315,32 @@ def _model(raw: Any, i: int) -> ModelEntry:
     return entry
 
 
+def model_entry(raw: Any) -> ModelEntry:
+    """Parse one ``[[models]]`` table (e.g. a challenger's entry). Raises ManifestError."""
+    return _model(raw, 0)
+
+
+def _governance(t: _Table | None) -> Governance:
+    if t is None:
+        return Governance()
+    auto = _strings(t, "auto_apply", ["reject"]) if "auto_apply" in t.data else ("reject",)
+    bad = [k for k in auto if k not in PROPOSAL_KINDS]
+    if bad:
+        raise ManifestError(f"{t.where}.auto_apply: {bad} not among {list(PROPOSAL_KINDS)}")
+    g = Governance(auto_apply=tuple(auto), min_pairs=t.get("min_pairs", int, 200, lo=1, hi=10**9),
+                   looks=t.get("looks", int, 5, lo=1, hi=20), alpha=t.get("alpha", float, 0.01, lo=1e-9, hi=0.5),
+                   slice_alpha=t.get("slice_alpha", float, 0.01, lo=1e-9, hi=0.5),
+                   min_gain=t.get("min_gain", float, 0.005, lo=0.0, hi=1.0),
+                   cooldown_s=t.get("cooldown_s", float, 86400.0, lo=0.0),
+                   shadow_rate=t.get("shadow_rate", float, 0.1, lo=0.0, hi=1.0),
+                   shadow_cpu_share=t.get("shadow_cpu_share", float, 0.05, lo=0.0, hi=1.0),
+                   store_text=t.get("store_text", bool, False), max_rows=t.get("max_rows", int, 1_000_000, lo=0),
+                   max_bytes=t.get("max_bytes", int, 256 << 20, lo=0),
+                   archive_bytes=t.get("archive_bytes", int, 64 << 20, lo=0))
+    t.done()
+    return g
+
+
 def _policy(t: _Table | None) -> Policy:
     if t is None:
         return Policy()
@@ -359,7 +409,7 @@ def parse_manifest(text: str) -> Manifest:
                  description=top.get("description", str, ""), reject_label=top.get("reject_label", str),
                  featurizer=featurizer, policy=_policy(top.table("policy")), remote=remote, router=router,
                  models=models, files=files, budget_bytes=top.get("budget_bytes", int, 0, lo=0),
-                 deferral=deferral)
+                 deferral=deferral, governance=_governance(top.table("governance")))
     top.done()
     _check_references(m)
     return m
