@@ -18,8 +18,8 @@ from .featurizer import FeaturizerSpec
 
 SCHEMA = 1
 ROLES = ("specialist", "generalist")
-BACKENDS = ("ort", "fake")
-INPUTS = ("hashed-text", "text-tokens")
+BACKENDS = ("ort", "tflite", "fake")
+INPUTS = ("hashed-text", "text-tokens", "dense-vector")
 RISKS = ("low", "medium", "high")
 REMOTE_POLICIES = ("allowed", "forbidden")
 REMOTE_PROTOCOLS = ("v2", "openai")
@@ -165,6 +165,18 @@ PROPOSAL_KINDS = ("promote", "reject", "rollback")
 
 
 @dataclass(frozen=True)
+class DenseInput:
+    """The dense featurizer of a sensor ecology (``edge_eco.dense``): window shape, sensor range
+    and the file with the training mean/std used to standardize features."""
+
+    file: FileEntry
+    kind: str
+    samples: int
+    axes: int
+    max_abs: float
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A validated ecology manifest."""
 
@@ -181,6 +193,7 @@ class Manifest:
     budget_bytes: int = 0
     deferral: DeferralSpec | None = None
     governance: Governance = Governance()
+    dense: DenseInput | None = None
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -194,7 +207,7 @@ class Manifest:
     def all_files(self) -> tuple[FileEntry, ...]:
         """Every file the bundle must contain, models and router included."""
         extra = [m.file for m in self.models] + ([self.router.file] if self.router else []) \
-            + ([self.deferral.file] if self.deferral else [])
+            + ([self.deferral.file] if self.deferral else []) + ([self.dense.file] if self.dense else [])
         return tuple(extra) + self.files
 
     def model(self, model_id: str) -> ModelEntry:
@@ -402,6 +415,11 @@ def parse_manifest(text: str) -> Manifest:
         deferral = DeferralSpec(_file(dt), dt.choice("kind", ("gain-loss",)),
                                 dt.get("margin", float, lo=-1.0, hi=1.0))
         dt.done()
+    dense = None
+    if (dn := top.table("dense")) is not None:
+        dense = DenseInput(_file(dn), dn.choice("kind", ("accel-window-v1",)), dn.get("samples", int, lo=2, hi=1 << 16),
+                           dn.get("axes", int, lo=1, hi=64), dn.get("max_abs", float, lo=0.0))
+        dn.done()
     raw_models = top.get("models", list)
     models = tuple(_model(m, i) for i, m in enumerate(raw_models))
     files = tuple(_file_entry(f, i) for i, f in enumerate(top.get("files", list, [])))
@@ -409,7 +427,8 @@ def parse_manifest(text: str) -> Manifest:
                  description=top.get("description", str, ""), reject_label=top.get("reject_label", str),
                  featurizer=featurizer, policy=_policy(top.table("policy")), remote=remote, router=router,
                  models=models, files=files, budget_bytes=top.get("budget_bytes", int, 0, lo=0),
-                 deferral=deferral, governance=_governance(top.table("governance")))
+                 deferral=deferral, governance=_governance(top.table("governance")),
+                 dense=dense)
     top.done()
     _check_references(m)
     return m
@@ -427,6 +446,8 @@ def _check_references(m: Manifest) -> None:
     for x in m.models:
         if x.input == "hashed-text" and m.featurizer is None:
             raise ManifestError(f"model {x.id!r} takes 'hashed-text' but the manifest has no [featurizer]")
+        if x.input == "dense-vector" and m.dense is None:
+            raise ManifestError(f"model {x.id!r} takes 'dense-vector' but the manifest has no [dense]")
         if x.tokenizer and x.tokenizer not in paths:
             raise ManifestError(f"model {x.id!r}: tokenizer {x.tokenizer!r} is not listed in [[files]]")
     if m.policy.remote_rule == "deferral" and m.deferral is None:
@@ -437,7 +458,7 @@ def _check_references(m: Manifest) -> None:
         unknown = [c for c in m.router.candidates if c not in ids]
         if unknown:
             raise ManifestError(f"router.candidates: unknown model id(s) {unknown}")
-        if m.featurizer is None:
-            raise ManifestError("router: needs a [featurizer] to read requests")
+        if m.featurizer is None and m.dense is None:
+            raise ManifestError("router: needs a [featurizer] or [dense] to read requests")
     elif len(m.models) > 1:
         raise ManifestError("ecology.toml: a population of several models needs a [router]")

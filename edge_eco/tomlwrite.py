@@ -84,6 +84,11 @@ def manifest_to_toml(m: Manifest) -> str:
     if m.governance != Governance():
         out += ["", "[governance]"] + [f"{f.name} = {_value(getattr(m.governance, f.name))}"
                                       for f in fields(Governance)]
+    if m.dense is not None:
+        d = m.dense
+        out += ["", "[dense]", f"path = {_value(d.file.path)}", f"sha256 = {_value(d.file.sha256)}",
+                f"kind = {_value(d.kind)}", f"samples = {d.samples}", f"axes = {d.axes}",
+                f"max_abs = {_value(float(d.max_abs))}"]
     for f in m.files:
         out += ["", "[[files]]", f"path = {_value(f.path)}", f"sha256 = {_value(f.sha256)}"]
     for model in m.models:
