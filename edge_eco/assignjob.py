@@ -229,11 +229,12 @@ def answer_by_niche(eco, examples: Sequence[Example], niches: Sequence[str], pro
 def format_by_niche(table: dict[str, dict], title: str) -> str:
     """The per-niche table as text (the "all" row last)."""
     lines = [title, f"{'niche':22}{'requests':>9}{'accuracy':>10}{'remote':>9}{'local p50':>11}{'local p95':>11}"
-             f"{'p95 all':>10}"]
+             f"{'p95 all':>10}{'unavailable':>13}"]
     for key in sorted(table, key=lambda k: (k == "all", k)):
         r = table[key]
         lines.append(f"{key:22}{r['requests']:>9}{r['accuracy']:>10.2%}{r['remote_rate']:>9.2%}"
-                     f"{r['local_ms']['p50']:>9.3f}ms{r['local_ms']['p95']:>9.3f}ms{r['all_ms']['p95']:>8.2f}ms")
+                     f"{r['local_ms']['p50']:>9.3f}ms{r['local_ms']['p95']:>9.3f}ms{r['all_ms']['p95']:>8.2f}ms"
+                     f"{r['unavailable']:>13}")
     return "\n".join(lines)
 
 
