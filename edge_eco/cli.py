@@ -47,7 +47,10 @@ def _positive(kind, *, zero_ok: bool = False):
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a TCP port number: {text!r}") from None
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"a TCP port is 0-65535, got {text}")
     return value
@@ -64,7 +67,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not examples:
         raise CliError(f"{args.requests} holds no requests")
     token = _token(args.token_env)
-    options = {"remote_url": args.remote, "remote_token": token, "remote_protocol": args.remote_protocol}
+    options = {"remote_url": args.remote, "remote_token": token, "remote_protocol": args.remote_protocol,
+               "remote_model": args.remote_model}
     if args.budget_bytes is not None:
         options["budget_bytes"] = args.budget_bytes
     with _ecology.open(args.ecology, **options) as eco:
@@ -113,6 +117,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         except (OSError, ssl.SSLError) as exc:
             raise CliError(f"cannot load the TLS certificate/key: {exc}") from exc
     with _ecology.open(args.ecology, remote_url=None) as eco:
+        from .warmup import warm
+
+        w = warm(eco)  # before the port is bound: ready means the models are loaded
+        print(f"edge-eco serve: warmed {w.models} model(s) in {w.warm_ms:.0f} ms "
+              f"({w.resident_bytes} bytes resident)", file=sys.stderr, flush=True)
+
         def ready(server) -> None:
             print(f"edge-eco serve: {eco.name} v{eco.version} on {server.url}/v2/models/{eco.name}", flush=True)
         serve_forever(eco, args.host, args.port, token=token, on_ready=ready, **options)
@@ -142,10 +152,14 @@ def _cmd_bench_routing(args: argparse.Namespace) -> int:
             remote_eco = _ecology.open(args.remote_bundle)
             remote_label = lambda text: remote_eco.answer(text).label  # noqa: E731
         else:
-            from .fallback import V2Client
-            default = eco.manifest.remote.model if eco.manifest.remote and eco.manifest.remote.model else "generalist"
-            url, model = (args.remote.split("/v2/models/", 1) + [default])[:2]
-            client = V2Client(url, model.strip("/"), token=_token(args.token_env))
+            from .fallback import client_for
+            from .manifest import RemoteSpec
+
+            spec = eco.manifest.remote or RemoteSpec()
+            protocol = args.remote_protocol or spec.protocol
+            client = client_for(protocol, args.remote, args.remote_model or spec.model or "generalist",
+                                labels=eco.labels, token=_token(args.token_env),
+                                **({"logprobs": spec.logprobs} if protocol == "openai" else {}))
             remote_label = lambda text: client.infer([text])[0].label  # noqa: E731
         report = bench_routing(eco, remote_label, examples, seed=args.seed,
                                progress=lambda i, n: print(f"  {i}/{n} requests", file=sys.stderr, flush=True))
@@ -251,6 +265,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+REMOTE_HELP = ("URL of the remote generalist. v2: http://host:port (the model is the manifest's [remote] model "
+               "or --remote-model) or http://host:port/v2/models/NAME; openai: the API base, e.g. "
+               "http://host:8000/v1")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edge-eco", description="Run, serve and inspect small-model ecologies.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -258,9 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("ecology", help="ecology folder (with ecology.toml)")
     run.add_argument("--requests", required=True, help="JSON lines of {text, label?}, or a CLINC150 json with --split")
     run.add_argument("--split", choices=["train", "val", "test"], help="split of a CLINC150 data_*.json")
-    run.add_argument("--remote", help="URL of the remote generalist (Open Inference Protocol v2)")
+    run.add_argument("--remote", help=REMOTE_HELP)
     run.add_argument("--remote-protocol", choices=["v2", "openai"],
                      help="protocol of the remote (default: the manifest's [remote] protocol, else v2)")
+    run.add_argument("--remote-model", help="model name on the remote (default: the manifest's [remote] model)")
     run.add_argument("--token-env", help="environment variable holding the remote's bearer token")
     run.add_argument("--out", help="write the report as JSON here")
     run.add_argument("--limit", type=_positive(int), help="answer only the first N requests")
@@ -291,7 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--requests", required=True)
     br.add_argument("--split", choices=["train", "val", "test"])
     br.add_argument("--remote-bundle", help="remote generalist bundle, run in-process (e.g. models/minilm)")
-    br.add_argument("--remote", help="remote generalist URL (Open Inference Protocol v2)")
+    br.add_argument("--remote", help=REMOTE_HELP)
+    br.add_argument("--remote-protocol", choices=["v2", "openai"],
+                    help="protocol of the remote (default: the manifest's [remote] protocol, else v2)")
+    br.add_argument("--remote-model", help="model name on the remote (default: the manifest's [remote] model)")
     br.add_argument("--token-env")
     br.add_argument("--limit", type=_positive(int))
     br.add_argument("--seed", type=int, default=0, help="seed of the random-router baseline")

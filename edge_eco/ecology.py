@@ -66,7 +66,8 @@ class Ecology:
     def __init__(self, root: Path, manifest: Manifest, *, remote_url: str | None = None,
                  remote_token: str | None = None, budget_bytes: int | None = None,
                  use_native: bool | None = None, remote_client: Any = None,
-                 remote_protocol: str | None = None, excluded: frozenset[str] = frozenset()) -> None:
+                 remote_protocol: str | None = None, remote_model: str | None = None,
+                 excluded: frozenset[str] = frozenset()) -> None:
         self.root, self.manifest = root, manifest
         # Models a device plan excludes (edge_eco.plan): a request whose path needs one goes remote.
         self._excluded = frozenset(excluded)
@@ -144,10 +145,12 @@ class Ecology:
                 from .fallback import client_for
                 from .fallback.retry import RetryPolicy
 
-                self._remote = client_for(remote_protocol or spec.protocol, url, spec.model or "generalist",
+                protocol = remote_protocol or spec.protocol
+                self._remote = client_for(protocol, url, remote_model or spec.model or "generalist",
                                           labels=self.labels, token=remote_token,
                                           default_timeout_s=spec.timeout_ms / 1e3,
-                                          retry=RetryPolicy(attempts=spec.attempts))
+                                          retry=RetryPolicy(attempts=spec.attempts),
+                                          **({"logprobs": spec.logprobs} if protocol == "openai" else {}))
         self._remote_timeout_ms = spec.timeout_ms
         self._redact = spec.redact
         self._closed = False
@@ -254,6 +257,28 @@ class Ecology:
         return [v for v, _ in results]
 
     # -- the request path ----------------------------------------------------------------------
+    @property
+    def feature_dim(self) -> int | None:
+        """Length of a flattened sensor window for a dense ecology (None for a text ecology)."""
+        return None if self._dense is None else self._dense.spec.samples * self._dense.spec.axes
+
+    def answer_features(self, row: Any, *, deadline_ms: float | None = None,
+                        local_only: bool = False) -> Answer:
+        """Answer one flattened sensor window (``feature_dim`` floats, row-major [samples, axes]);
+        what ``edge-eco serve`` calls for an FP32 ``features`` input.
+
+        Raises:
+            RequestError: a text ecology, or a row of the wrong length or with non-finite values.
+        """
+        if self._dense is None:
+            raise RequestError(f"{self.name} takes text, not feature vectors")
+        a = np.asarray(row, dtype=np.float32)
+        if a.shape != (self.feature_dim,):
+            raise RequestError(f"expected {self.feature_dim} features ({self._dense.spec.samples} samples x "
+                               f"{self._dense.spec.axes} axes), got shape {list(a.shape)}")
+        return self.answer(a.reshape(self._dense.spec.samples, self._dense.spec.axes),
+                           deadline_ms=deadline_ms, local_only=local_only)
+
     def answer(self, text: str | bytes, *, deadline_ms: float | None = None,
                local_only: bool = False) -> Answer:
         """Answer one request.
@@ -541,8 +566,8 @@ def open(path: str | Path, **options: Any) -> Ecology:  # noqa: A001 - the publi
     """Open the ecology bundle at ``path`` (verifying every file's sha256).
 
     Keyword options: ``remote_url``, ``remote_token``, ``remote_protocol`` ("v2" or "openai", overrides
-    the manifest's), ``budget_bytes``, ``use_native``, ``remote_client`` (any object with
-    ``infer(texts, timeout_s=...)``).
+    the manifest's), ``remote_model`` (overrides the manifest's model name), ``budget_bytes``,
+    ``use_native``, ``remote_client`` (any object with ``infer(texts, timeout_s=...)``).
 
     Raises:
         ManifestError, IntegrityError: the bundle is malformed, incomplete or corrupt.

@@ -15,6 +15,7 @@
     ├── RoutingError                        no eligible model for a request
     ├── FallbackError                       the remote generalist failed (the runtime answers locally)
     │   ├── RemoteUnavailable               connection refused/reset, timeout, circuit open
+    │   │   └── RemoteTLSError              TLS handshake or certificate check failed (not retried)
     │   └── RemoteProtocolError             malformed or wrong-shaped reply, label outside the label set
     │       └── RemoteStatusError           an HTTP error status (4xx/5xx); ``status`` holds it
     └── StoreError                          outcome memory (SQLite) failures
@@ -74,6 +75,11 @@ class FallbackError(EdgeEcoError):
 
 class RemoteUnavailable(FallbackError):
     """The remote server could not be reached in time (refused, reset, timeout, breaker open)."""
+
+
+class RemoteTLSError(RemoteUnavailable):
+    """TLS with the remote failed: its certificate did not verify or the handshake was refused.
+    Another try would fail the same way, so it is never retried."""
 
 
 class RemoteProtocolError(FallbackError):
