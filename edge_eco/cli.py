@@ -59,6 +59,8 @@ def _port(text: str) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.out and Path(args.out).is_dir():
         raise CliError(f"--out {args.out} is a directory; give a file name")
+    if args.plan or args.by_niche or Path(args.requests).is_dir():
+        return _device_cmd("run_plan")(args)
     examples = load_requests(args.requests, args.split)
     if args.limit:
         examples = examples[: args.limit]
@@ -83,6 +85,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         out.write_text(json.dumps(report, indent=1) + "\n")
         print(f"report written to {out}")
     return 0
+
+
+def _device_cmd(name: str):
+    """`profile`, `assign`, `run --plan`: edge_eco.devicecmd does the work; printing stays here."""
+    def run(args: argparse.Namespace) -> int:
+        from . import devicecmd
+        token = _token(getattr(args, "token_env", None))
+        return getattr(devicecmd, name)(args, token=token, data_env=os.environ.get("EDGE_ECO_DATA"),
+                                        out=print, err=lambda text: print(text, end="", file=sys.stderr, flush=True))
+    return run
 
 
 def _has(eco, model_id: str) -> bool:
@@ -313,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--local-only", action="store_true", help="never send a request off the device")
     run.add_argument("--trust", help="trust file or .pub key: the ecology must carry a valid signature")
     run.add_argument("--no-baselines", action="store_true", help="skip the local and remote baselines")
+    run.add_argument("--plan", help="a device plan from `edge-eco assign`: honour it; prints figures per niche")
+    run.add_argument("--by-niche", action="store_true", help="print accuracy, remote rate and latency per niche")
+    run.add_argument("--stride", type=_positive(int), default=1, help="with --plan/--by-niche: every Nth request")
     run.set_defaults(fn=_cmd_run)
     serve = sub.add_parser("serve", help="serve an ecology over the Open Inference Protocol v2 (REST)")
     serve.add_argument("ecology")
@@ -353,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     bres.add_argument("--out", help="write the report as JSON here")
     bres.add_argument("--plot", help="write a bar chart as PNG here")
     bres.set_defaults(fn=_cmd_bench_residency)
+    from .devicecmd import add_parsers
+    add_parsers(sub, _positive, _device_cmd)
     info = sub.add_parser("info", help="verify an ecology bundle and list its population")
     info.add_argument("ecology")
     info.add_argument("--trust", help="trust file or .pub key: check the ecology's signature too")

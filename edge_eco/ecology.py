@@ -14,9 +14,10 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -67,8 +68,12 @@ class Ecology:
     def __init__(self, root: Path, manifest: Manifest, *, remote_url: str | None = None,
                  remote_token: str | None = None, budget_bytes: int | None = None,
                  use_native: bool | None = None, remote_client: Any = None,
-                 remote_protocol: str | None = None, remote_model: str | None = None) -> None:
+                 remote_protocol: str | None = None, remote_model: str | None = None,
+                 excluded: frozenset[str] = frozenset()) -> None:
         self.root, self.manifest = root, manifest
+        # Models a device plan excludes (edge_eco.plan): a request whose path needs one goes remote.
+        self._excluded = frozenset(excluded)
+        self._pins = ExitStack()
         self.name, self.version = manifest.name, manifest.version
         self.labels = manifest.labels
         self.policy = manifest.policy
@@ -121,7 +126,7 @@ class Ecology:
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
             raise ManifestError(f"budget_bytes must be a non-negative integer (0 = unlimited), got {budget!r}")
         if budget:
-            need = max((self._predict_bytes(m), m) for m in self._entries)
+            need = max((self._predict_bytes(m), m) for m in self._entries if m not in self._excluded)
             if need[0] > budget:
                 raise BudgetError(f"model {need[1]!r} needs {need[0]} bytes; the memory budget of "
                                   f"{budget} bytes cannot hold it")
@@ -221,6 +226,8 @@ class Ecology:
 
     # -- running models ------------------------------------------------------------------------
     def _vote(self, model_id: str, text: str, hashed: Feeds | None) -> tuple[Vote, float]:
+        if model_id in self._excluded:
+            raise _Excluded(model_id)
         entry = self._entries[model_id]
         t0 = time.perf_counter()
         with self.residency.use(model_id) as session:
@@ -259,6 +266,8 @@ class Ecology:
     def _coalition(self, ids: list[str], text: str, hashed: Feeds | None,
                    prov: dict) -> list[Vote]:
         """Run ``ids`` in parallel (the first in this thread) and collect votes within the timeout."""
+        if self._excluded.intersection(ids):
+            raise _Excluded(next(m for m in ids if m in self._excluded))
         futures = [self._pool.submit(self._vote, m, text, hashed) for m in ids[1:]]
         first = self._vote(ids[0], text, hashed)
         done, late = wait(futures, timeout=self.policy.coalition_timeout_ms / 1e3)
@@ -313,7 +322,10 @@ class Ecology:
                 raise EdgeEcoError("ecology is closed")
             self._in_flight += 1
         try:
-            answer = self._answer(text, deadline_ms, local_only)
+            try:
+                answer = self._answer(text, deadline_ms, local_only)
+            except _Excluded as exc:
+                answer = self._answer_excluded(text, exc.args[0], deadline_ms, local_only)
             if self.recorder is not None:  # queues the outcome; the write happens off this path
                 self.recorder.record(answer, text)
             return answer
@@ -391,6 +403,25 @@ class Ecology:
                               "local": round((t_local - t_route) * 1e6, 1),
                               "total": round((t_end - t0) * 1e6, 1)}
         return Answer(label, conf, path, prov)
+
+    def _answer_excluded(self, text: str | bytes, model_id: str, deadline_ms: float | None,
+                         local_only: bool) -> Answer:
+        """The path needs a model the device plan excludes: ask the remote; without one, the reject
+        label with no confidence (the device does not serve this niche)."""
+        t0 = time.perf_counter()
+        text = text.decode("utf-8") if isinstance(text, bytes) else text
+        # The excluded model stands as the voter, so its niches' jurisdiction rules still apply.
+        prov: dict[str, Any] = {"request_id": f"{self.name}-{next(self._ids)}", "excluded": model_id,
+                                "votes": [(model_id, self.manifest.reject_label, 0.0, True)]}
+        none = Vote(model_id, self.manifest.reject_label, 0.0, declined=True)
+        label, conf, path = self._fallback(text, none, "unavailable", prov, local_only, deadline_ms, t0)
+        prov["latency_us"] = {"total": round((time.perf_counter() - t0) * 1e6, 1)}
+        return Answer(label, conf, path, prov)
+
+    def pin(self, model_ids: Sequence[str]) -> None:
+        """Load ``model_ids`` now and keep them resident (never evicted) until :meth:`close`."""
+        for model_id in model_ids:
+            self._pins.enter_context(self.residency.use(model_id))
 
     def _featurize_route(self, data: bytes, deadline_ms: float | None) -> tuple[Feeds | None, Route]:
         """Features and route of one request: one C call when the kernel is compiled."""
@@ -493,6 +524,7 @@ class Ecology:
             self._closed = True
             self._cond.wait_for(lambda: self._in_flight == 0, timeout=drain_timeout_s)
         self._pool.shutdown(wait=True)
+        self._pins.close()
         if self.recorder is not None:
             self.recorder.close()
         self.residency.close()
@@ -532,6 +564,10 @@ def _load_dense(root: Path, manifest: Manifest) -> _Dense | None:
     if mean is None or std is None or mean.shape != (want,) or std.shape != (want,) or not (std > 0).all():
         raise ManifestError(f"{d.file.path}: expected float32 mean and positive std of {want} features")
     return _Dense(DenseSpec(d.kind, d.samples, d.axes, d.max_abs), np.array(mean), np.array(std))
+
+
+class _Excluded(EdgeEcoError):
+    """The request's path needs a model the device plan excludes (args[0]: its id)."""
 
 
 def _spec_dict(spec: Any) -> dict:
