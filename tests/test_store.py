@@ -30,7 +30,7 @@ def _row(i: int, ts: float | None = None) -> tuple:
 def test_wal_mode_and_schema_version(tmp_path):
     with Store(tmp_path / "o.db") as s:
         assert s.query("PRAGMA journal_mode")[0][0] == "wal"
-        assert s.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 2
+        assert s.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 3
 
 
 def test_migrates_a_version_1_database_keeping_its_rows(tmp_path):
@@ -39,7 +39,7 @@ def test_migrates_a_version_1_database_keeping_its_rows(tmp_path):
     conn.execute("INSERT INTO outcomes VALUES (?,?,?,?,?,?,?,?,?,?)", _row(1))
     conn.close()
     with Store(tmp_path / "o.db") as s:
-        assert s.query("PRAGMA user_version")[0][0] == 2
+        assert s.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION
         assert s.query("SELECT request_id FROM outcomes") == [("r1",)]
         assert s.query("SELECT count(*) FROM audit") == [(0,)]  # a version-2 table now exists
 
