@@ -142,3 +142,32 @@ def test_feedback_without_a_recorder_is_a_clear_error():
     with edge_eco.open(ROOT / "models" / "clinc150") as eco:
         with pytest.raises(RequestError, match="recorder"):
             eco.feedback("clinc150-x-1", "balance")
+
+
+def test_the_byte_bound_covers_the_wal(tmp_path):
+    bound = 512 << 10
+    with Store(tmp_path / "o.db", retention=Retention(max_rows=0, max_bytes=bound)) as s:
+        blob = os.urandom(2000)
+        for i in range(2000):  # ~4 MB offered
+            s.submit("outcome", _row(i)[:-1] + (blob,))
+        s.flush()
+        s.enforce_retention()
+        wal = Path(f"{tmp_path / 'o.db'}-wal")
+        on_disk = (tmp_path / "o.db").stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+        assert s.stats()["bytes"] == on_disk
+    assert on_disk <= bound * 1.25, on_disk
+
+
+def test_a_database_damaged_mid_file_is_refused_naming_it(tmp_path):
+    path = tmp_path / "o.db"
+    with Store(path) as s:
+        for i in range(3000):
+            s.submit("outcome", _row(i))
+    data = bytearray(path.read_bytes())
+    assert len(data) > 64 << 10
+    page = 4096
+    mid = (len(data) // page // 2) * page
+    data[mid + 8: mid + page] = os.urandom(page - 8)  # a b-tree page's cells, not its header
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=f"outcome database {path} is corrupt"):
+        Store(path)
