@@ -219,9 +219,13 @@ def _outcome_row(answer: Any, text: str | bytes, ts: float, store_text: bool) ->
 def export_batch(store: Store, after_rowid: int = 0, limit: int = 1000) -> tuple[bytes, int]:
     """A msgpack batch of outcomes (with feedback labels) after ``after_rowid``, for a fleet collector.
 
+    The first batch of an export (``after_rowid == 0``) first runs a full ``quick_check`` of the file.
+
     Returns:
         (the msgpack bytes, the last rowid in the batch: pass it as ``after_rowid`` next time).
     """
+    if after_rowid == 0:
+        store.check()
     rows = store.query(
         "SELECT o.rowid, o.request_id, o.ts, o.path, o.label, o.confidence, o.text_sha256, o.models, o.total_us,"
         " o.provenance, f.label FROM outcomes o LEFT JOIN feedback f USING (request_id)"
