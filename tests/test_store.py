@@ -171,3 +171,16 @@ def test_a_database_damaged_mid_file_is_refused_naming_it(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(StoreError, match=f"outcome database {path} is corrupt"):
         Store(path)
+
+
+def test_feedback_in_the_same_batch_as_its_outcome_is_kept(tmp_path):
+    """A batch may start with a feedback row and hold an outcome and its feedback: none is dropped."""
+    with Store(tmp_path / "o.db", linger_s=0.2) as s:
+        s.submit("outcome", _row(0))
+        s.flush()
+        s.submit("feedback", ("r0", "balance", 0.0))
+        s.submit("outcome", _row(1))
+        s.submit("feedback", ("r1", "balance", 1.0))
+        s.flush()
+        assert s.query("SELECT request_id FROM feedback ORDER BY request_id") == [("r0",), ("r1",)]
+        assert "orphan_feedback" not in s.stats()
