@@ -21,47 +21,22 @@ import shutil
 import time
 import tomllib
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
+from . import evidence
 from .archive import Archive
 from .bundle import MANIFEST_NAME, read_bundle
 from .changes import GovernanceLock, begin, finish_statements, reconcile, sha256_bytes
 from .errors import StoreError
-from .manifest import FileEntry, Manifest, ModelEntry, model_entry
-from .outcomes import Challenger, Recorder, Shadow, decode_vote, right
-from .promotion import Pair, PromotionRule, Verdict, decide
+from .evidence import Proposal, model_files, rule_of  # noqa: F401 (part of this module's API)
+from .manifest import FileEntry, ModelEntry, model_entry
+from .outcomes import Challenger, Recorder, Shadow
+from .promotion import Pair, Verdict, decide
 from .staging import stage
 from .store import Retention, Store
 from .swap import swap_manifest
-
-
-@dataclass(frozen=True)
-class Proposal:
-    """A change the controller proposes."""
-
-    id: int
-    ts: float
-    capability: str
-    kind: str
-    version: str
-    reason: str
-    evidence: dict
-    status: str
-    champion_version: str | None = None
-    champion_sha256: str | None = None
-
-
-def model_files(m: Manifest, entry: ModelEntry) -> tuple[FileEntry, ...]:
-    """The model file of ``entry`` and its companions (``x.onnx.data``) listed in ``m.files``."""
-    return (entry.file,) + tuple(f for f in m.files if f.path.startswith(entry.file.path + "."))
-
-
-def rule_of(m: Manifest) -> PromotionRule:
-    """The promotion rule configured in the manifest's ``[governance]``."""
-    g = m.governance
-    return PromotionRule(g.min_pairs, g.looks, g.alpha, g.slice_alpha, g.min_gain, g.cooldown_s)
 
 
 class Population:
@@ -138,8 +113,7 @@ class Population:
 
     def shadow_errors(self) -> dict[tuple[str, str], tuple[int, str]]:
         """Challenger failures in shadow: (capability, version) -> (count, last error)."""
-        return {(c, v): (n, e) for c, v, n, e in
-                self.store.query("SELECT capability, challenger, count, last_error FROM shadow_errors")}
+        return evidence.shadow_errors(self.store)
 
     def attach(self, eco: Any, *, seed: int = 0) -> Recorder:
         """Record ``eco``'s answers in this bundle's outcome store, with its challengers in shadow.
@@ -158,26 +132,11 @@ class Population:
     # -- evidence and the controller -----------------------------------------------------------
     def pairs(self, ch: Challenger) -> list[Pair]:
         """Feedback-labelled shadow pairs of ``ch`` against the current champion, oldest first."""
-        champ = self.manifest.model(ch.capability)
-        champ_id = f"{champ.version}:{champ.file.sha256[:12]}"
-        rows = self.store.query(
-            "SELECT s.champion_label, s.challenger_label, f.label FROM shadow s JOIN feedback f USING (request_id)"
-            " WHERE s.capability=? AND s.challenger=? AND s.champion=? ORDER BY s.ts, s.rowid",
-            (ch.capability, f"{ch.entry.version}:{ch.entry.file.sha256[:12]}", champ_id))
-        own = set(champ.labels) - {champ.decline_label}
-        out = []
-        for a, b, truth in rows:
-            (la, da), (lb, db) = decode_vote(a), decode_vote(b)
-            out.append(Pair(right(champ, la, da, truth), right(ch.entry, lb, db, truth),
-                            truth if truth in own else "(other niches)"))
-        return out
+        return evidence.pairs(self.store, self.manifest, ch)
 
     def last_change_s(self, capability: str) -> float | None:
-        """Time of the last promote/rollback of ``capability`` (None: never)."""
-        rows = self.store.query("SELECT max(ts) FROM audit WHERE capability=? AND action IN ('promote','rollback')"
-                                " AND state='done'",
-                                (capability,))
-        return rows[0][0]
+        """Time of the last completed promote/rollback of ``capability`` (None: never)."""
+        return evidence.last_change_s(self.store, capability)
 
     def evaluate(self, ch: Challenger, now_s: float) -> Verdict:
         """The promotion rule's verdict on ``ch`` now."""

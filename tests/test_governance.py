@@ -21,11 +21,10 @@ import pytest
 
 import edge_eco
 from conftest import FAKE_MODELS, FAKE_SPEC, _weights
-from edge_eco.archive import entry_to_text
 from edge_eco.bundle import read_bundle, sha256_file
 from edge_eco.cli import main as cli
 from edge_eco.errors import ManifestError, RequestError, StoreError
-from edge_eco.manifest import FileEntry, Governance
+from edge_eco.manifest import Governance
 from edge_eco.population import Population
 from edge_eco.tomlwrite import manifest_to_toml
 
