@@ -21,7 +21,7 @@ import queue
 import random
 import threading
 import time
-from collections import OrderedDict
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,16 +165,19 @@ class Recorder:
                  recent_ids: int = 65_536) -> None:
         self.store, self.shadow, self._store_text = store, shadow, store_text
         # ids recorded lately (their rows may still be queued): feedback for them needs no query
-        self._recent: OrderedDict[str, None] = OrderedDict()
+        self._recent: set[str] = set()
+        self._recent_order: deque[str] = deque()
         self._recent_max = recent_ids
 
     def record(self, answer: Any, text: str | bytes) -> None:
         """Queue one answered request (called by ``Ecology.answer``)."""
         ts = time.time()
         self.store.submit("outcome", lambda: _outcome_row(answer, text, ts, self._store_text))
-        self._recent[answer.provenance["request_id"]] = None
-        if len(self._recent) > self._recent_max:
-            self._recent.popitem(last=False)
+        rid = answer.provenance["request_id"]
+        self._recent.add(rid)
+        self._recent_order.append(rid)
+        if len(self._recent_order) > self._recent_max:
+            self._recent.discard(self._recent_order.popleft())
         if self.shadow is not None:
             self.shadow.offer(answer, text)
 
