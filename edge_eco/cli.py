@@ -409,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except (EdgeEcoError, OSError) as exc:  # OSError: a port in use, an unwritable --out, ...
-        print(f"edge-eco {args.command}: error: {exc}", file=sys.stderr)
+        where = " ".join(filter(None, (args.command, getattr(args, "population", None))))
+        print(f"edge-eco {where}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
