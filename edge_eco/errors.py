@@ -16,7 +16,10 @@
     ├── FallbackError                       the remote generalist failed (the runtime answers locally)
     │   ├── RemoteUnavailable               connection refused/reset, timeout, circuit open
     │   └── RemoteProtocolError             HTTP error status, malformed or wrong-shaped reply
-    └── StoreError                          outcome memory (SQLite) failures
+    ├── StoreError                          outcome memory (SQLite) failures
+    └── BuildError                          `edge-eco build` could not build a bundle
+        ├── RecipeError (ValueError)        malformed recipe TOML, unknown or out-of-range field
+        └── DataError (ValueError)          training data unusable (empty labels, leakage, ...)
 
 Errors from onnxruntime, sqlite3 and the HTTP layer are translated where they are caught
 (``raise ... from exc``), so callers only ever see these types.
@@ -81,3 +84,15 @@ class RemoteProtocolError(FallbackError):
 
 class StoreError(EdgeEcoError):
     """The outcome store failed."""
+
+
+class BuildError(EdgeEcoError):
+    """``edge-eco build`` could not build a bundle (a missing build dependency, a failed step)."""
+
+
+class RecipeError(BuildError, ValueError):
+    """The build recipe is malformed: unknown field, wrong type, value out of range."""
+
+
+class DataError(BuildError, ValueError):
+    """The training data cannot be used as given; found before any training starts."""
