@@ -179,12 +179,22 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+_BAR_OPEN = [False]
+
+
 def _progress(step: str, done: int, total: int) -> None:
     """A one-line stderr progress bar, rewritten in place."""
     width = 30
     fill = int(width * done / max(1, total))
-    end = "\n" if done >= total else ""
-    print(f"\r  {step:18} [{'#' * fill}{'.' * (width - fill)}] {done}/{total}", end=end, file=sys.stderr, flush=True)
+    _BAR_OPEN[0] = done < total
+    print(f"\r  {step:18} [{'#' * fill}{'.' * (width - fill)}] {done}/{total}", end="" if _BAR_OPEN[0] else "\n",
+          file=sys.stderr, flush=True)
+
+
+def _log_line(line: str) -> None:
+    """A log line on stderr, after ending an open progress bar."""
+    print(("\n" if _BAR_OPEN[0] else "") + line, file=sys.stderr, flush=True)
+    _BAR_OPEN[0] = False
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -198,7 +208,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     root = data_root(args.data, os.environ.get("EDGE_ECO_DATA"))
     t0 = time.monotonic()
     report = build(recipe, root, Path(args.out),
-                   log=lambda m: print(f"[build {time.monotonic() - t0:6.1f}s] {m}", file=sys.stderr, flush=True),
+                   log=lambda m: _log_line(f"[build {time.monotonic() - t0:6.1f}s] {m}"),
                    progress=None if args.quiet else _progress)
     t = report["test"]
     print(f"edge-eco build: {recipe.name} -> {args.out} in {time.monotonic() - t0:.1f} s; test accuracy "

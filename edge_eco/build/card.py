@@ -14,13 +14,16 @@ def _pct(x) -> str:
 
 
 def _population(m: Manifest, metrics: dict, out: Path) -> str:
-    rows = ["| model | role | labels | niche | val accuracy | temperature | bytes |", "|---|---|---|---|---|---|---|"]
+    rows = ["| model | role | labels | niche | val accuracy (all / own niche) | temperature | bytes |",
+            "|---|---|---|---|---|---|---|"]
     for e in m.models:
         size = sum((out / f).stat().st_size for f in metrics[e.id]["files"])
         niche = ", ".join(f"{k}={v}" for k, v in e.niches.items())
-        rows.append(f"| {e.id} | {e.role} | {len(e.labels)} | {niche} | {metrics[e.id]['val_accuracy']:.4f} | "
-                    f"{e.calibration.temperature} | {size} |")
-    return "\n".join(rows)
+        own = metrics[e.id].get("val_accuracy_own_niche")
+        rows.append(f"| {e.id} | {e.role} | {len(e.labels)} | {niche} | {metrics[e.id]['val_accuracy']:.4f}"
+                    + (f" / {own:.4f}" if own is not None else "") + f" | {e.calibration.temperature} | {size} |")
+    return "\n".join(rows) + ("\n\nA specialist's val accuracy over all requests counts its decline label as "
+                              "right on other niches' requests; the second figure is on its own niche only.")
 
 
 def _settings(r: Recipe, m: Manifest, metrics: dict) -> str:

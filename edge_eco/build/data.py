@@ -206,7 +206,7 @@ def load_rows(root: Path, spec: DataSpec) -> tuple[list[Row], list[Path], dict[s
 
 def _raise(problems: dict[str, list[str]]) -> None:
     if problems:
-        lines = [f"- {what}: {len(where)} row(s), first at {', '.join(where[:3])}" for what, where in problems.items()]
+        lines = [f"- {what}: {len(where)} (first: {', '.join(where[:3])})" for what, where in problems.items()]
         raise DataError("the training data has problems (nothing was trained):\n" + "\n".join(lines))
 
 
@@ -264,7 +264,7 @@ def prepare(root: Path, spec: DataSpec, split: SplitSpec, *, niche_values: tuple
         if few:
             problems[f"labels with fewer than {split.min_per_label} examples (too few for a train/val/test "
                      "split)"] = [f"{lab!r} ({counts[lab]})" for lab in few]
-        rows = stratified_split(rows, split) if not few else rows
+        rows = stratified_split(rows, split)
     else:
         missing = [r.where for r in rows if r.split is None]
         if missing:

@@ -131,9 +131,14 @@ def build(recipe: Recipe, data_root: Path, out: Path, *, log: Log = lambda m: No
             # a specialist decline many of its own requests.
             mine = y_tr != index[decline]
             weight = np.where(mine, 1.0, mine.sum() / max(1, (~mine).sum()))
-        r = _train_one(sid, labels, y_tr, y(data.val), x_tr, f_va, out, recipe.specialists.model, weight)
-        log(f"{sid}: {len(labels)} labels, val accuracy {r['val_accuracy']:.4f}, T={r['temperature']}")
-        metrics[sid] = {k2: r[k2] for k2 in ("files", "temperature", "val_accuracy")}
+        y_va = y(data.val)
+        r = _train_one(sid, labels, y_tr, y_va, x_tr, f_va, out, recipe.specialists.model, weight)
+        own = np.array([row.niche in values for row in data.val])
+        own_acc = float((r["val_logits"][own].argmax(1) == y_va[own]).mean()) if own.any() else None
+        log(f"{sid}: {len(labels)} labels, val accuracy {r['val_accuracy']:.4f} (own niche {own_acc:.4f}), "
+            f"T={r['temperature']}")
+        metrics[sid] = {"files": r["files"], "temperature": r["temperature"], "val_accuracy": r["val_accuracy"],
+                        "val_accuracy_own_niche": own_acc}
         models.append(ModelEntry(
             id=sid, version=recipe.version, role="specialist", backend="ort", file=FileEntry(r["files"][0], ""),
             input="hashed-text", labels=tuple(labels), decline_label=decline,

@@ -233,7 +233,7 @@ def _data(t: _T) -> DataSpec:
         f.done()
         if fmt == "json-splits" and not key_pairs:
             raise RecipeError(f"data.files[{i}]: format json-splits needs keys = {{train = [...], ...}}")
-    spec = DataSpec(format=fmt, files=tuple(files), text_field=t.get("text_field", str, None),
+    spec = DataSpec(format=fmt, files=tuple(files), text_field=t.get("text_field", str, None if "vector_field" in t.data else "text"),
                     vector_field=t.get("vector_field", str, None), label_field=t.get("label_field", str, "label"),
                     niche_field=t.get("niche_field", str, None), niche_map=t.get("niche_map", str, None),
                     split_field=t.get("split_field", str, None), delimiter=t.get("delimiter", str, None),
