@@ -35,7 +35,9 @@ def _settings(r: Recipe, m: Manifest, metrics: dict) -> str:
         "computed by the C kernel",
         f"- split: {r.split.mode}" + (f" (val {r.split.val_fraction}, test {r.split.test_fraction}, seed "
                                       f"{r.split.seed})" if r.split.mode == "stratified" else " (as given in the data)"),
-        f"- specialists: one per `{r.specialists.niche}` niche, family `{s.family}` (multinomial logistic regression, "
+        f"- specialists: one per `{r.specialists.niche}` "
+        + ("group (the recipe's groups: see the niche column)" if r.specialists.groups else "value")
+        + f", family `{s.family}` (multinomial logistic regression, "
         f"L-BFGS, l2 {s.l2}, {s.max_iter} iterations), its labels + `{r.specialists.decline_label}`"
         + (", decline class re-weighted to balance" if r.specialists.balance_decline else ""),
         f"- generalist `{r.generalist.id}`: family `{g.family}`, l2 {g.l2}, {g.max_iter} iterations"

@@ -125,6 +125,8 @@ def build(recipe: Recipe, data_root: Path, out: Path, *, log: Log = lambda m: No
         y = lambda rows: np.array([index[r.label] if r.niche in values and r.label in index  # noqa: E731
                                    else index[decline] for r in rows])
         y_tr = y(data.train)
+        keep = _decline_sample(y_tr != index[decline], recipe.specialists.max_decline_rows, recipe.seed, k)
+        x_sub, y_tr = (x_tr, y_tr) if keep is None else (x_tr[keep], y_tr[keep])
         weight = None
         if recipe.specialists.balance_decline:
             # Balance "not mine" against the niche's own labels: unweighted, its large prior makes
@@ -132,7 +134,7 @@ def build(recipe: Recipe, data_root: Path, out: Path, *, log: Log = lambda m: No
             mine = y_tr != index[decline]
             weight = np.where(mine, 1.0, mine.sum() / max(1, (~mine).sum()))
         y_va = y(data.val)
-        r = _train_one(sid, labels, y_tr, y_va, x_tr, f_va, out, recipe.specialists.model, weight)
+        r = _train_one(sid, labels, y_tr, y_va, x_sub, f_va, out, recipe.specialists.model, weight)
         own = np.array([row.niche in values for row in data.val])
         own_acc = float((r["val_logits"][own].argmax(1) == y_va[own]).mean()) if own.any() else None
         log(f"{sid}: {len(labels)} labels, val accuracy {r['val_accuracy']:.4f} (own niche {own_acc:.4f}), "
@@ -197,6 +199,16 @@ def build(recipe: Recipe, data_root: Path, out: Path, *, log: Log = lambda m: No
     log(f"policy: direct_threshold={policy.direct_threshold}, fallback_threshold={policy.fallback_threshold}")
     from .finish import finish
     return finish(recipe, data, out, manifest, metrics, log=log, progress=progress)
+
+
+def _decline_sample(mine: np.ndarray, max_rows: int, seed: int, k: int) -> np.ndarray | None:
+    """Row indices that train specialist ``k``: all its own rows and at most ``max_rows`` others,
+    drawn with a seed (None: every row)."""
+    others = np.flatnonzero(~mine)
+    if not max_rows or len(others) <= max_rows:
+        return None
+    picked = np.random.default_rng([seed, k]).choice(others, size=max_rows, replace=False)
+    return np.sort(np.concatenate([np.flatnonzero(mine), picked]))
 
 
 def _featurize(feat: Featurizer, rows: tuple[Row, ...], step: str, progress: Progress | None) -> list:

@@ -82,6 +82,7 @@ class SpecialistSpec:
     niche: str
     decline_label: str = "not_mine"
     balance_decline: bool = True
+    max_decline_rows: int = 0  # 0: every other niche's row trains the decline label; else a seeded sample
     groups: tuple[tuple[str, tuple[str, ...]], ...] = ()  # specialist id -> niche values
     model: ModelFamily = ModelFamily()
 
@@ -287,6 +288,7 @@ def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe:
     spec_model = _family(sp_t.table("model"))
     specialists = SpecialistSpec(niche=sp_t.get("niche", str), decline_label=sp_t.get("decline_label", str, "not_mine"),
                                  balance_decline=sp_t.get("balance_decline", bool, True), groups=groups,
+                                 max_decline_rows=sp_t.get("max_decline_rows", int, 0, 0),
                                  model=spec_model)
     g = top.table("generalist")
     generalist = GeneralistSpec(id=g.get("id", str, "generalist"), reject_floor=g.get("reject_floor", bool, True),
