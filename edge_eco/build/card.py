@@ -73,7 +73,9 @@ def _metrics(r: Recipe, metrics: dict) -> str:
         lines.append(f"- baseline {name}: {_pct(b['accuracy'])}")
     if "apgr" in e:
         lines.append(f"- APGR of the ecology's remote score (RouteLLM; local tier = weak, remote = strong "
-                     f"{_pct(e['remote_accuracy'])}): {e['apgr']}")
+                     f"{_pct(e['remote_accuracy'])}): {e['apgr']}"
+                     + (" (the remote is weaker than the local tier on this split, so PGR's gap reads backwards; "
+                        "compare the accuracies)" if e["remote_accuracy"] < e["local_accuracy"] else ""))
         lines.append("- accuracy at remote rate: " + ", ".join(f"{k}: {_pct(v)}"
                                                               for k, v in e["accuracy_at_remote_rate"].items()))
     else:
