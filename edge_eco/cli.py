@@ -62,7 +62,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not examples:
         raise CliError(f"{args.requests} holds no requests")
     token = _token(args.token_env)
-    options = {"remote_url": args.remote, "remote_token": token}
+    options = {"remote_url": args.remote, "remote_token": token, "remote_protocol": args.remote_protocol}
     if args.budget_bytes is not None:
         options["budget_bytes"] = args.budget_bytes
     with _ecology.open(args.ecology, **options) as eco:
@@ -89,10 +89,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve_forever
 
     token = _token(args.token_env)
+    options = {"max_concurrent": args.max_concurrent, "max_queue": args.max_queue}
+    if args.tls_cert or args.tls_key:
+        import ssl
+
+        if not (args.tls_cert and args.tls_key):
+            raise CliError("give both --tls-cert and --tls-key")
+        options["ssl_context"] = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            options["ssl_context"].load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise CliError(f"cannot load the TLS certificate/key: {exc}") from exc
     with _ecology.open(args.ecology, remote_url=None) as eco:
         def ready(server) -> None:
             print(f"edge-eco serve: {eco.name} v{eco.version} on {server.url}/v2/models/{eco.name}", flush=True)
-        serve_forever(eco, args.host, args.port, token=token, on_ready=ready)
+        serve_forever(eco, args.host, args.port, token=token, on_ready=ready, **options)
     print("edge-eco serve: stopped", flush=True)
     return 0
 
@@ -156,6 +167,55 @@ def _cmd_bench_routing(args: argparse.Namespace) -> int:
         curves = {k: (c["rates"], c["accuracy"]) for k, c in r["curves"].items()}
         plot_curves(curves, r["weak_accuracy"], r["strong_accuracy"], Path(args.plot),
                     f"{r['ecology']}: accuracy vs remote-call rate ({r['requests']} requests)")
+        print(f"plot written to {args.plot}")
+    return 0
+
+
+def _cmd_bench_residency(args: argparse.Namespace) -> int:
+    from .bench_residency import bench_residency
+    from .datasets import data_root, fetch_clinc150, load_clinc150
+    from .har_data import load_har
+
+    for flag, path in (("--out", args.out), ("--plot", args.plot)):
+        if path and Path(path).is_dir():
+            raise CliError(f"{flag} {path} is a directory; give a file name")
+    root = data_root(args.data, os.environ.get("EDGE_ECO_DATA"))
+    clinc_req = [e.text for e in load_clinc150(fetch_clinc150(root) / "data_full.json", "test")][::max(1, args.stride)]
+    har_req = [e.vector for e in load_har(root / "stm32_har", "test")]
+    r = bench_residency(Path(args.clinc), Path(args.har), clinc_req, har_req, cycles=args.cycles,
+                        progress=lambda s: print(f"  {s}", file=sys.stderr, flush=True))
+    print(f"{'trace':10}{'budget':>7}  " + "".join(f"{p + ' cost':>17}" for p in ("cost_aware", "lru", "belady"))
+          + f"{'optimum':>12}{'vs LRU':>8}{'vs opt':>8}{'miss% ours/lru':>16}{'thrash ours/lru':>17}")
+    for name, budgets in r["policies"].items():
+        for b, row in budgets.items():
+            print(f"{name:10}{b:>7}  " + "".join(f"{row[p]['miss_cost_ms']:>17.1f}" for p in ("cost_aware", "lru", "belady"))
+                  + f"{row['optimum']['miss_cost_ms']:>12.1f}{row['cost_vs_lru']:>8.3f}{row['cost_vs_optimum']:>8.3f}"
+                  f"{100 * row['cost_aware']['miss_ratio']:>8.1f}/{100 * row['lru']['miss_ratio']:<6.1f}"
+                  f"{row['cost_aware']['thrash_rate']:>9.3f}/{row['lru']['thrash_rate']:<6.3f}")
+    print(f"worst miss cost vs LRU {r['worst_cost_vs_lru']}, vs optimum {r['worst_cost_vs_optimum']}")
+    for backend, f in r["load_ms"].items():
+        print(f"load {backend}: p50 {f['p50_ms']} ms; fit {f['fit_intercept_ms']} ms + {f['fit_ms_per_mib']} ms/MiB "
+              f"({f['models']} models)")
+    print(f"specialist cold load p50: {r['specialist_cold_load_ms_p50']} ms")
+    print(f"unload growth after {r['unload_cycles']} cycles: {r['unload_growth_bytes']} bytes")
+    for name, rr in r["real_replay"].items():
+        print(f"real replay ({name}): {rr['loads']} loads, {rr['evictions']} evictions, {rr['demotions']} demotions, "
+              f"budget {rr['budget_bytes']} bytes, {rr['samples']} samples, budget_violations "
+              f"{rr['budget_violations']} (worst excess {rr['worst_excess_bytes']} bytes), "
+              f"accounting_error p50 {rr['accounting_error_p50']} p95 {rr['accounting_error_p95']}")
+    print(f"warm p99 {r['isolated_p99_ms']} ms isolated, {r['while_loading_p99_ms']} ms while "
+          f"{r['loads_during']} loads ran: warm_p99_ratio {r['warm_p99_ratio']}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(r, indent=1) + "\n")
+        print(f"report written to {args.out}")
+    if args.plot:
+        from .plot import plot_bars
+        bars = {f"{t} {b}": {p: row[p]["miss_cost_ms"] / max(row["lru"]["miss_cost_ms"], 1e-9)
+                             for p in ("cost_aware", "lru", "belady")} | {
+                    "optimum": row["optimum"]["miss_cost_ms"] / max(row["lru"]["miss_cost_ms"], 1e-9)}
+                for t, budgets in r["policies"].items() for b, row in budgets.items()}
+        plot_bars(bars, Path(args.plot), "miss cost relative to LRU (lower is better)")
         print(f"plot written to {args.plot}")
     return 0
 
@@ -260,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--requests", required=True, help="JSON lines of {text, label?}, or a CLINC150 json with --split")
     run.add_argument("--split", choices=["train", "val", "test"], help="split of a CLINC150 data_*.json")
     run.add_argument("--remote", help="URL of the remote generalist (Open Inference Protocol v2)")
+    run.add_argument("--remote-protocol", choices=["v2", "openai"],
+                     help="protocol of the remote (default: the manifest's [remote] protocol, else v2)")
     run.add_argument("--token-env", help="environment variable holding the remote's bearer token")
     run.add_argument("--out", help="write the report as JSON here")
     run.add_argument("--limit", type=_positive(int), help="answer only the first N requests")
@@ -274,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=_port, default=8000, help="TCP port (0 picks a free one)")
     serve.add_argument("--token-env", help="environment variable holding the bearer token clients must send")
+    serve.add_argument("--max-concurrent", type=_positive(int), default=4, help="infer requests run at once")
+    serve.add_argument("--max-queue", type=_positive(int, zero_ok=True), default=64,
+                       help="infer requests waiting for a slot; more answer 503 at once")
+    serve.add_argument("--tls-cert", help="PEM certificate (chain) to serve https")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     serve.set_defaults(fn=_cmd_serve)
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
@@ -289,6 +356,16 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--out", help="write the report as JSON here")
     br.add_argument("--plot", help="write the curves as PNG here")
     br.set_defaults(fn=_cmd_bench_routing)
+    bres = bench_sub.add_parser("residency", help="eviction policies on traces vs LRU and the offline optimum; "
+                                "load, unload, accounting and warm-latency figures of the residency manager")
+    bres.add_argument("--clinc", default="models/clinc150")
+    bres.add_argument("--har", default="models/har")
+    bres.add_argument("--data", help="data folder (default $EDGE_ECO_DATA or ../shared/data)")
+    bres.add_argument("--stride", type=_positive(int), default=2, help="record every Nth CLINC150 test query")
+    bres.add_argument("--cycles", type=_positive(int), default=1000, help="load/unload cycles per backend")
+    bres.add_argument("--out", help="write the report as JSON here")
+    bres.add_argument("--plot", help="write a bar chart as PNG here")
+    bres.set_defaults(fn=_cmd_bench_residency)
     info = sub.add_parser("info", help="verify an ecology bundle and list its population")
     info.add_argument("ecology")
     info.set_defaults(fn=_cmd_info)
@@ -312,7 +389,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=_positive(int))
     ev.add_argument("--out", help="write the report as JSON here")
     ev.set_defaults(fn=_cmd_eval)
+    from . import cli_population
+    cli_population.register(sub, _printing)
     return ap
+
+
+def _printing(command):
+    """Wrap a command of cli_population (returns text) so that its text is printed here."""
+    def run(args: argparse.Namespace) -> int:
+        print(command(args, os.environ.get("USER") or os.environ.get("LOGNAME") or "cli"))
+        return 0
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,3 +60,15 @@ def write_onnx(weight: np.ndarray, bias: np.ndarray, out: Path, name: str) -> li
     onnx.save_model(model, str(out / f"{name}.onnx"), save_as_external_data=True,
                     all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
     return [f"{name}.onnx", data_name]
+
+
+def onnx_logits(path: Path, feats: list) -> np.ndarray:
+    """Logits [n, C] of a written (quantized) model via ONNX Runtime, exactly as the runtime sees them.
+
+    Args:
+        path: the ``.onnx`` file; feats: featurizer outputs (indices, values), one per row.
+    """
+    from ..backends import open_model
+
+    sess = open_model("ort", path)
+    return np.stack([sess.run({"indices": i, "values": v}) for i, v in feats])

@@ -57,21 +57,13 @@ def population(recipe: Recipe, data: Dataset) -> Population:
     return Population(specs, recipe.generalist.id)
 
 
-def _onnx_logits(path: Path, feats: list) -> np.ndarray:
-    """Logits of a written (quantized) model via ONNX Runtime, exactly as the runtime sees them."""
-    from ..backends import open_model
-
-    sess = open_model("ort", path)
-    return np.stack([sess.run({"indices": i, "values": v}) for i, v in feats])
-
-
 def _train_one(name: str, labels: list[str], y_tr, y_va, x_tr, f_va, out: Path, family, weight=None) -> dict:
-    from .export import write_onnx
+    from .export import onnx_logits, write_onnx
     from .train import fit_softmax, fit_temperature
 
     w, b = fit_softmax(x_tr, y_tr, len(labels), l2=family.l2, max_iter=family.max_iter, sample_weight=weight)
     files = write_onnx(w, b, out, name)
-    logits = _onnx_logits(out / files[0], f_va)
+    logits = onnx_logits(out / files[0], f_va)
     return {"files": files, "temperature": fit_temperature(logits, y_va), "val_logits": logits,
             "val_accuracy": float((logits.argmax(1) == y_va).mean())}
 
