@@ -67,7 +67,8 @@ def _metrics(r: Recipe, metrics: dict) -> str:
     lines = [f"- ecology: accuracy {_pct(t['accuracy'])}"
              + (f" (in scope {_pct(t['in_scope_accuracy'])}, {r.reject_label} recall {_pct(t['oos_recall'])})"
                 if t["oos_recall"] is not None else "")
-             + f", remote rate {_pct(t['remote_rate'])}, paths {t['paths']}",
+             + f", remote rate {_pct(t['remote_rate'])}, paths "
+             + ", ".join(f"{k} {v}" for k, v in sorted(t["paths"].items())),
              f"- local tier alone (router + specialists + generalist, no remote): {_pct(e['local_accuracy'])}"]
     for name, b in t["baselines"].items():
         lines.append(f"- baseline {name}: {_pct(b['accuracy'])}")
