@@ -19,7 +19,10 @@
     │   │   └── RemoteTLSError              TLS handshake or certificate check failed (not retried)
     │   └── RemoteProtocolError             malformed or wrong-shaped reply, label outside the label set
     │       └── RemoteStatusError           an HTTP error status (4xx/5xx); ``status`` holds it
-    └── StoreError                          outcome memory (SQLite) failures
+    ├── StoreError                          outcome memory (SQLite) failures
+    └── BuildError                          `edge-eco build` could not build a bundle
+        ├── RecipeError (ValueError)        malformed recipe TOML, unknown or out-of-range field
+        └── DataError (ValueError)          training data unusable (empty labels, leakage, ...)
 
 Errors from onnxruntime, sqlite3 and the HTTP layer are translated where they are caught
 (``raise ... from exc``), so callers only ever see these types.
@@ -101,3 +104,15 @@ class RemoteStatusError(RemoteProtocolError):
 
 class StoreError(EdgeEcoError):
     """The outcome store failed."""
+
+
+class BuildError(EdgeEcoError):
+    """``edge-eco build`` could not build a bundle (a missing build dependency, a failed step)."""
+
+
+class RecipeError(BuildError, ValueError):
+    """The build recipe is malformed: unknown field, wrong type, value out of range."""
+
+
+class DataError(BuildError, ValueError):
+    """The training data cannot be used as given; found before any training starts."""
