@@ -1,4 +1,3 @@
-# Pending: move to tests/test_sib200_plan.py once models/sib200 (issue 5) is on main; not collected until then.
 """A region on the multilingual SIB-200 ecology: the device keeps the models of its languages, and the
 other languages go to the remote generalist (here the whole SIB-200 ecology served on loopback, as a
 bigger device would serve a smaller one)."""
