@@ -156,7 +156,7 @@ def real_replay(eco: _ecology.Ecology, trace: list, budget: int, demote: bool) -
     base = read_footprint().total_bytes
     res = Residency(eco._load, eco._predict_bytes, budget, measure=read_footprint, policy="cost_aware",
                     cost=lambda m: (res.stats.load_times.get(m, 1.0), 0.0), paths=eco._model_paths,
-                    demote=drop_file_pages if demote else None)
+                    demote=drop_file_pages if demote else None, runtime_of=eco._runtime_of, anon_cap=eco._anon_cap)
     violations, samples, slack, first = 0, 0, 0, set()
     for _, m in trace:
         with res.use(m):

@@ -33,6 +33,7 @@ from .policy import RequestContract, eligible_mask, validate_text
 from .remote_policy import redact, remote_block_reason
 from .residency import SESSION_OVERHEAD_BYTES, Residency
 from .residency.footprint import drop_file_pages, read_footprint
+from .residency.meter import ANON_PER_FILE_BYTE
 from .deferral import Deferral, RemoteRateController
 from .router import DeferralWeights, Route, RouterWeights, route
 from .routerfile import read_router
@@ -125,7 +126,7 @@ class Ecology:
                                   f"{budget} bytes cannot hold it")
         self.residency = Residency(self._load, self._predict_bytes, budget, measure=read_footprint,
                                    policy="cost_aware", cost=self._miss_cost, paths=self._model_paths,
-                                   demote=drop_file_pages)
+                                   demote=drop_file_pages, runtime_of=self._runtime_of, anon_cap=self._anon_cap)
         self._pool = ThreadPoolExecutor(max_workers=max(2, 2 * manifest.policy.coalition_size),
                                         thread_name_prefix="edge_eco-coalition")
         self._ids = itertools.count(1)
@@ -171,12 +172,24 @@ class Ecology:
         entry = self._entries[model_id]
         if entry.cost.resident_bytes:
             return entry.cost.resident_bytes
-        paths = [entry.file.path] + [f.path for f in self.manifest.files
-                                     if f.path.startswith(entry.file.path + ".")]  # x.onnx.data
-        file_bytes = sum((self.root / p).stat().st_size for p in paths)
+        file_bytes = self._file_bytes(model_id)
         # LiteRT's default XNNPACK delegate packs the weights into private memory next to the
         # mapped file (tools/bench_backends.py): reserve both until the first load is measured.
         return file_bytes * (2 if entry.backend == "tflite" else 1) + SESSION_OVERHEAD_BYTES
+
+    def _file_bytes(self, model_id: str) -> int:
+        entry = self._entries[model_id]
+        paths = [entry.file.path] + [f.path for f in self.manifest.files
+                                     if f.path.startswith(entry.file.path + ".")]  # x.onnx.data
+        return sum((self.root / p).stat().st_size for p in paths)
+
+    def _runtime_of(self, model_id: str) -> str:
+        return self._entries[model_id].backend
+
+    def _anon_cap(self, model_id: str) -> int:
+        """The most anonymous bytes one load is charged (residency.meter: weights copied once
+        plus a session's buffers; larger readings are other threads' growth)."""
+        return self._file_bytes(model_id) * ANON_PER_FILE_BYTE + SESSION_OVERHEAD_BYTES
 
     def _model_paths(self, model_id: str) -> set[str]:
         """Absolute paths of a model's files (its graph and any external-data file)."""
@@ -455,7 +468,8 @@ class Ecology:
         """Loads, evictions and resident bytes so far."""
         s = self.residency.stats
         out = {"loads": s.loads, "evictions": s.evictions, "resident_bytes": self.residency.resident_bytes,
-               "resident": self.residency.resident()}
+               "resident": self.residency.resident(), "budget_bytes": self.residency.budget_bytes,
+               "runtime_bytes": {k: v.total_bytes for k, v in self.residency.meter.runtime_bytes.items()}}
         if self.controller is not None:
             c = self.controller
             out["deferral"] = {"margin": round(c.margin, 5), "initial_margin": c.initial, "target": c.target,
