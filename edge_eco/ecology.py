@@ -23,7 +23,7 @@ import numpy as np
 from . import backends
 from ._native import Featurizer, RouterKernel
 from .bundle import read_bundle
-from .errors import (BudgetError, EdgeEcoError, FallbackError, IntegrityError, ManifestError, RequestError,
+from .errors import (BackendError, BudgetError, EdgeEcoError, InferenceError, FallbackError, IntegrityError, ManifestError, RequestError,
                      RoutingError)
 from .dense import DenseSpec, dim as dense_dim, raw_features, standardize, validate_window
 from .inputs import Feeds, hashed_feeds, token_adapter
@@ -220,6 +220,15 @@ class Ecology:
         vote = calibrated_vote(entry, logits, self.manifest.reject_label)
         return vote, (time.perf_counter() - t0) * 1e6
 
+    def _try_vote(self, model_id: str, text: str, hashed: Feeds | None, prov: dict) -> tuple[Vote, float] | None:
+        """``_vote``, but a model that cannot load or run is recorded in ``prov["model_errors"]``
+        and None returned, so the request falls back to the next candidate or the generalist."""
+        try:
+            return self._vote(model_id, text, hashed)
+        except (BackendError, BudgetError) as exc:
+            prov.setdefault("model_errors", {})[model_id] = f"{type(exc).__name__}: {exc}"
+            return None
+
     def predict_with(self, model_id: str, text: str | bytes) -> Vote:
         """One model's calibrated answer to ``text`` (for baselines and diagnostics)."""
         entry = self.manifest.model(model_id)
@@ -251,9 +260,9 @@ class Ecology:
                    prov: dict) -> list[Vote]:
         """Run ``ids`` in parallel (the first in this thread) and collect votes within the timeout."""
         futures = [self._pool.submit(self._vote, m, text, hashed) for m in ids[1:]]
-        first = self._vote(ids[0], text, hashed)
+        first = self._try_vote(ids[0], text, hashed, prov)
         done, late = wait(futures, timeout=self.policy.coalition_timeout_ms / 1e3)
-        results = [first] + [f.result() for f in futures if f in done and f.exception() is None]
+        results = ([first] if first else []) + [f.result() for f in futures if f in done and f.exception() is None]
         errors = [str(f.exception()) for f in done if f.exception() is not None]
         if late or errors:
             prov["coalition_dropped"] = {"late": len(late), "errors": errors}
@@ -332,8 +341,14 @@ class Ecology:
             self.residency.hint(ids[1:self.policy.coalition_size + 1])
         prov["route"] = {"candidates": ids[:self.policy.coalition_size],
                          "probs": [round(p, 4) for p in r.probs[:self.policy.coalition_size]]}
+        first = None
         if r.confidence >= self.policy.direct_threshold or len(ids) == 1:
-            vote, us = self._vote(ids[0], text, hashed)
+            first = self._try_vote(ids[0], text, hashed, prov)
+        if first is None and "model_errors" in prov:  # it failed to load or run: the next candidates
+            rest = ids[1:self.policy.coalition_size + 1]
+            votes, path = (self._coalition(rest, text, hashed, prov) if rest else []), "coalition"
+        elif first is not None:
+            vote, us = first
             prov["model_us"] = {ids[0]: round(us, 1)}
             votes, path = [vote], "direct"
             if vote.declined and len(ids) > 1:  # the confident route was wrong: widen
@@ -341,6 +356,10 @@ class Ecology:
                 path = "coalition"
         else:
             votes, path = self._coalition(ids[:self.policy.coalition_size], text, hashed, prov), "coalition"
+        if not votes and self._generalist and self._generalist not in prov.get("model_errors", {}):
+            votes = [x[0] for x in filter(None, [self._try_vote(self._generalist, text, hashed, prov)])]
+        if not votes:
+            raise InferenceError(f"no model could answer: {prov.get('model_errors') or prov.get('coalition_dropped')}")
         best = judge(votes, self.manifest.reject_label)
         if hashed is not None and "indices" in hashed and not len(hashed["indices"]):
             # No word byte at all (punctuation, symbols): no local model has evidence. Answer the
