@@ -285,7 +285,7 @@ class Ecology:
         """
         if self._dense is None:
             raise RequestError(f"{self.name} takes text, not feature vectors")
-        a = np.asarray(row, dtype=np.float32)
+        a = np.asarray(row)  # dtype checked by validate_window (real numbers only)
         if a.shape != (self.feature_dim,):
             raise RequestError(f"expected {self.feature_dim} features ({self._dense.spec.samples} samples x "
                                f"{self._dense.spec.axes} axes), got shape {list(a.shape)}")
