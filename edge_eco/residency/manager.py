@@ -95,6 +95,11 @@ class Residency:
         with self._lock:
             return [k for k, s in self._slots.items() if s.session is not None and s.cold]
 
+    def resident_set(self) -> frozenset[str]:
+        """Ids of loaded models (hot or cold), as a set."""
+        with self._lock:
+            return frozenset(k for k, s in self._slots.items() if s.session is not None)
+
     def is_resident(self, model_id: str) -> bool:
         with self._lock:
             slot = self._slots.get(model_id)
