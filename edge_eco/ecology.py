@@ -23,7 +23,8 @@ import numpy as np
 from . import backends
 from ._native import Featurizer, RouterKernel
 from .bundle import read_bundle
-from .errors import (BackendError, BudgetError, EdgeEcoError, InferenceError, FallbackError, IntegrityError, ManifestError, RequestError,
+from .errors import (BackendError, BudgetError, EdgeEcoError, FallbackError, InferenceError, IntegrityError,
+                     ManifestError, RequestError,
                      RoutingError)
 from .dense import DenseSpec, dim as dense_dim, raw_features, standardize, validate_window
 from .inputs import Feeds, hashed_feeds, token_adapter
