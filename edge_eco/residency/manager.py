@@ -164,6 +164,7 @@ class Residency:
                 else:
                     slot = self._slots.setdefault(model_id, _Slot())
                     slot.bytes, slot.loading, slot.error = max(need - credit, 0), threading.Event(), None
+                    slot.reserved = need
             if victims is None:
                 event.wait()
                 with self._lock:
@@ -294,10 +295,10 @@ class Residency:
         measured = grown.total_bytes if grown is not None and grown.total_bytes > 0 else slot.bytes
         with self._lock:
             if grown is not None and grown.total_bytes > 0:  # the prediction self-corrects
-                self.stats.accounting_error.append(abs(slot.bytes - measured) / measured)
+                self.stats.accounting_error.append(abs(slot.reserved - measured) / measured)
                 self.stats.measured[model_id] = grown
                 self.meter.record(model_id, measured)
-                if measured > slot.bytes:
+                if measured > slot.reserved:
                     self.stats.overshoots += 1
             victims = self._room_for_excess(model_id, measured - slot.bytes)
             self.stats.loads += 1
