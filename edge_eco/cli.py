@@ -84,7 +84,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1) + "\n")
         print(f"report written to {out}")
-    return 0
+    if report["errors"]:  # every request failed: exit 1 (some failed: 0, the report says how many)
+        print(f"edge-eco run: {report['errors']} of {report['requests']} requests failed; first: "
+              f"{report['first_error']}", file=sys.stderr)
+    return 1 if report["errors"] == report["requests"] else 0
 
 
 def _device_cmd(name: str):

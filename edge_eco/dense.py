@@ -38,16 +38,21 @@ class DenseSpec:
 
 def validate_window(window: object, spec: DenseSpec) -> np.ndarray:
     """The request as float32 [samples, axes], or RequestError naming what is wrong with it."""
+    want = f"[{spec.samples}, {spec.axes}] (samples x axes)"
+    if window is None or isinstance(window, (str, bytes, bytearray, dict)):
+        raise RequestError(f"window must be an array of numbers shaped {want}, got {type(window).__name__}")
     try:
-        a = np.asarray(window, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise RequestError(f"window must be numbers shaped [{spec.samples}, {spec.axes}]: {exc}") from exc
+        raw = np.asarray(window)
+    except (TypeError, ValueError) as exc:  # ragged nested lists
+        raise RequestError(f"window must be an array of numbers shaped {want}: {exc}") from exc
+    if raw.dtype.kind not in "iuf":  # no bool, complex, datetime, strings or objects
+        raise RequestError(f"window must hold real numbers (ints or floats), got dtype {raw.dtype}")
+    a = raw.astype(np.float32, copy=False)
     if a.shape != (spec.samples, spec.axes):
         if a.size == spec.samples * spec.axes and a.ndim == 1:
             a = a.reshape(spec.samples, spec.axes)
         else:
-            raise RequestError(f"window has shape {list(a.shape)}; the ecology expects "
-                               f"[{spec.samples}, {spec.axes}] (samples x axes)")
+            raise RequestError(f"window has shape {list(a.shape)}; the ecology expects {want}")
     if not np.isfinite(a).all():
         raise RequestError("window holds NaN or infinity")
     if np.abs(a).max(initial=0.0) > spec.max_abs:

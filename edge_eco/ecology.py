@@ -26,16 +26,18 @@ from .artifacts import probe
 from .backends import isolated
 from ._native import Featurizer, RouterKernel
 from .bundle import read_bundle
-from .errors import (BudgetError, EdgeEcoError, FallbackError, IntegrityError, ManifestError, RequestError,
+from .errors import (BackendError, BudgetError, EdgeEcoError, FallbackError, InferenceError, IntegrityError,
+                     ManifestError, RequestError,
                      RoutingError)
 from .dense import DenseSpec, dim as dense_dim, raw_features, standardize, validate_window
 from .inputs import Feeds, hashed_feeds, token_adapter
 from .judges import Vote, calibrated_vote, judge, settle
 from .manifest import Manifest, RemoteSpec
-from .policy import RequestContract, eligible_mask, validate_text
+from .policy import RequestContract, deadline_mask, eligible_mask, validate_text
 from .remote_policy import redact, remote_block_reason
 from .residency import SESSION_OVERHEAD_BYTES, Residency
 from .residency.footprint import drop_file_pages, read_footprint
+from .residency.meter import ANON_PER_FILE_BYTE
 from .deferral import Deferral, RemoteRateController
 from .router import DeferralWeights, Route, RouterWeights, route
 from .routerfile import read_router
@@ -122,6 +124,7 @@ class Ecology:
         self._candidate_entries = tuple(self._entries[c] for c in self._candidates)
         self._default_mask = eligible_mask(self._candidate_entries, RequestContract(), frozenset())
         self._default_mask_u8 = self._default_mask.astype(np.uint8)
+        self._candidate_costs = tuple((e.id, e.cost.load_ms, e.cost.p95_us / 1e3) for e in self._candidate_entries)
         budget = manifest.budget_bytes if budget_bytes is None else budget_bytes
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
             raise ManifestError(f"budget_bytes must be a non-negative integer (0 = unlimited), got {budget!r}")
@@ -132,7 +135,7 @@ class Ecology:
                                   f"{budget} bytes cannot hold it")
         self.residency = Residency(self._load, self._predict_bytes, budget, measure=read_footprint,
                                    policy="cost_aware", cost=self._miss_cost, paths=self._model_paths,
-                                   demote=drop_file_pages)
+                                   demote=drop_file_pages, runtime_of=self._runtime_of, anon_cap=self._anon_cap)
         self._pool = ThreadPoolExecutor(max_workers=max(2, 2 * manifest.policy.coalition_size),
                                         thread_name_prefix="edge_eco-coalition")
         self._ids = itertools.count(1)
@@ -179,13 +182,25 @@ class Ecology:
         entry = self._entries[model_id]
         if entry.cost.resident_bytes:
             return entry.cost.resident_bytes
-        paths = [entry.file.path] + [f.path for f in self.manifest.files
-                                     if f.path.startswith(entry.file.path + ".")]  # x.onnx.data
-        file_bytes = sum((self.root / p).stat().st_size for p in paths)
+        file_bytes = self._file_bytes(model_id)
         # LiteRT's default XNNPACK delegate packs the weights into private memory next to the
         # mapped file (tools/bench_backends.py): reserve both until the first load is measured.
         return file_bytes * (2 if entry.backend == "tflite" else 1) + SESSION_OVERHEAD_BYTES \
             + (isolated.WORKER_OVERHEAD_BYTES if entry.risk == "high" else 0)
+
+    def _file_bytes(self, model_id: str) -> int:
+        entry = self._entries[model_id]
+        paths = [entry.file.path] + [f.path for f in self.manifest.files
+                                     if f.path.startswith(entry.file.path + ".")]  # x.onnx.data
+        return sum((self.root / p).stat().st_size for p in paths)
+
+    def _runtime_of(self, model_id: str) -> str:
+        return self._entries[model_id].backend
+
+    def _anon_cap(self, model_id: str) -> int:
+        """The most anonymous bytes one load is charged (residency.meter: weights copied once
+        plus a session's buffers; larger readings are other threads' growth)."""
+        return self._file_bytes(model_id) * ANON_PER_FILE_BYTE + SESSION_OVERHEAD_BYTES
 
     def _model_paths(self, model_id: str) -> set[str]:
         """Absolute paths of a model's files (its graph and any external-data file)."""
@@ -236,6 +251,15 @@ class Ecology:
         vote = calibrated_vote(entry, logits, self.manifest.reject_label)
         return vote, (time.perf_counter() - t0) * 1e6
 
+    def _try_vote(self, model_id: str, text: str, hashed: Feeds | None, prov: dict) -> tuple[Vote, float] | None:
+        """``_vote``, but a model that cannot load or run is recorded in ``prov["model_errors"]``
+        and None returned, so the request falls back to the next candidate or the generalist."""
+        try:
+            return self._vote(model_id, text, hashed)
+        except (BackendError, BudgetError) as exc:
+            prov.setdefault("model_errors", {})[model_id] = f"{type(exc).__name__}: {exc}"
+            return None
+
     def predict_with(self, model_id: str, text: str | bytes) -> Vote:
         """One model's calibrated answer to ``text`` (for baselines and diagnostics)."""
         entry = self.manifest.model(model_id)
@@ -269,9 +293,9 @@ class Ecology:
         if self._excluded.intersection(ids):
             raise _Excluded(next(m for m in ids if m in self._excluded))
         futures = [self._pool.submit(self._vote, m, text, hashed) for m in ids[1:]]
-        first = self._vote(ids[0], text, hashed)
+        first = self._try_vote(ids[0], text, hashed, prov)
         done, late = wait(futures, timeout=self.policy.coalition_timeout_ms / 1e3)
-        results = [first] + [f.result() for f in futures if f in done and f.exception() is None]
+        results = ([first] if first else []) + [f.result() for f in futures if f in done and f.exception() is None]
         errors = [str(f.exception()) for f in done if f.exception() is not None]
         if late or errors:
             prov["coalition_dropped"] = {"late": len(late), "errors": errors}
@@ -294,7 +318,7 @@ class Ecology:
         """
         if self._dense is None:
             raise RequestError(f"{self.name} takes text, not feature vectors")
-        a = np.asarray(row, dtype=np.float32)
+        a = np.asarray(row)  # dtype checked by validate_window (real numbers only)
         if a.shape != (self.feature_dim,):
             raise RequestError(f"expected {self.feature_dim} features ({self._dense.spec.samples} samples x "
                                f"{self._dense.spec.axes} axes), got shape {list(a.shape)}")
@@ -353,8 +377,14 @@ class Ecology:
             self.residency.hint(ids[1:self.policy.coalition_size + 1])
         prov["route"] = {"candidates": ids[:self.policy.coalition_size],
                          "probs": [round(p, 4) for p in r.probs[:self.policy.coalition_size]]}
+        first = None
         if r.confidence >= self.policy.direct_threshold or len(ids) == 1:
-            vote, us = self._vote(ids[0], text, hashed)
+            first = self._try_vote(ids[0], text, hashed, prov)
+        if first is None and "model_errors" in prov:  # it failed to load or run: the next candidates
+            rest = ids[1:self.policy.coalition_size + 1]
+            votes, path = (self._coalition(rest, text, hashed, prov) if rest else []), "coalition"
+        elif first is not None:
+            vote, us = first
             prov["model_us"] = {ids[0]: round(us, 1)}
             votes, path = [vote], "direct"
             if vote.declined and len(ids) > 1:  # the confident route was wrong: widen
@@ -362,6 +392,10 @@ class Ecology:
                 path = "coalition"
         else:
             votes, path = self._coalition(ids[:self.policy.coalition_size], text, hashed, prov), "coalition"
+        if not votes and self._generalist and self._generalist not in prov.get("model_errors", {}):
+            votes = [x[0] for x in filter(None, [self._try_vote(self._generalist, text, hashed, prov)])]
+        if not votes:
+            raise InferenceError(f"no model could answer: {prov.get('model_errors') or prov.get('coalition_dropped')}")
         best = judge(votes, self.manifest.reject_label)
         if hashed is not None and "indices" in hashed and not len(hashed["indices"]):
             # No word byte at all (punctuation, symbols): no local model has evidence. Answer the
@@ -436,11 +470,12 @@ class Ecology:
 
     def _mask(self, deadline_ms: float) -> np.ndarray:
         # A model that is not resident costs its cold load: the measured one once it has loaded
-        # (and still the manifest's before), so a deadline can rule out a cold model.
-        times = self.residency.stats.load_times
-        entries = [e if e.id not in times else replace(e, cost=replace(e.cost, load_ms=max(e.cost.load_ms, times[e.id])))
-                   for e in self._candidate_entries]
-        return eligible_mask(entries, RequestContract(deadline_ms=deadline_ms), frozenset(self.residency.resident()))
+        # (and still the manifest's before), so a deadline can rule out a cold model. The static
+        # parts (risk, manifest costs) are computed once (was ~50-60 us a request, rebuilt each time).
+        times, resident = self.residency.stats.load_times, self.residency.resident_set()
+        return deadline_mask(self._default_mask, [
+            p95_ms if c in resident else p95_ms + max(load_ms, times.get(c, 0.0))
+            for c, load_ms, p95_ms in self._candidate_costs], deadline_ms)
 
     def _route(self, hashed: Feeds | None, deadline_ms: float | None) -> Route:
         if self._router is None:
@@ -508,7 +543,8 @@ class Ecology:
         """Loads, evictions and resident bytes so far."""
         s = self.residency.stats
         out = {"loads": s.loads, "evictions": s.evictions, "resident_bytes": self.residency.resident_bytes,
-               "resident": self.residency.resident()}
+               "resident": self.residency.resident(), "budget_bytes": self.residency.budget_bytes,
+               "runtime_bytes": {k: v.total_bytes for k, v in self.residency.meter.runtime_bytes.items()}}
         if self.controller is not None:
             c = self.controller
             out["deferral"] = {"margin": round(c.margin, 5), "initial_margin": c.initial, "target": c.target,

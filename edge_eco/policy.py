@@ -64,3 +64,12 @@ def eligible_mask(entries: Sequence[ModelEntry], contract: RequestContract,
     fits = np.array([expected_latency_ms(e, e.id in resident) <= contract.deadline_ms for e in entries])
     both = risk_ok & fits
     return both if both.any() else risk_ok
+
+
+def deadline_mask(risk_ok: np.ndarray, latency_ms: Sequence[float], deadline_ms: float) -> np.ndarray:
+    """``risk_ok`` narrowed to the candidates whose expected latency fits ``deadline_ms``; the
+    per-request form of :func:`eligible_mask` (the risk part computed once). When nothing fits,
+    the deadline is relaxed: ``risk_ok``."""
+    fits = np.fromiter((x <= deadline_ms for x in latency_ms), bool, len(latency_ms))
+    both = risk_ok & fits
+    return both if both.any() else risk_ok

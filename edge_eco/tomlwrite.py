@@ -33,6 +33,17 @@ def _key(k: str) -> str:
     return k if _BARE.fullmatch(k) else _value(k)
 
 
+# Fields added after the first manifests: written only when set, so that rebuilding an ecology
+# whose manifest does not use them gives the same bytes (``make har`` / ``make models``).
+_OPTIONAL = {"jurisdiction", "local_jurisdictions", "attempts", "redact", "logprobs"}
+
+
+def _section(obj, cls) -> list[str]:
+    default = cls()
+    return [f"{f.name} = {_value(getattr(obj, f.name))}" for f in fields(cls)
+            if f.name not in _OPTIONAL or getattr(obj, f.name) != getattr(default, f.name)]
+
+
 def _pairs(obj, defaults) -> list[str]:
     return [f"{f.name} = {_value(getattr(obj, f.name))}" for f in fields(obj)
             if getattr(obj, f.name) != getattr(defaults, f.name) or f.name in ("temperature",)]
@@ -68,10 +79,9 @@ def manifest_to_toml(m: Manifest) -> str:
     if m.featurizer is not None:
         out += ["", "[featurizer]"] + [f"{f.name} = {_value(getattr(m.featurizer, f.name))}"
                                       for f in fields(m.featurizer)]
-    out += ["", "[policy]"] + [f"{f.name} = {_value(getattr(m.policy, f.name))}" for f in fields(Policy)]
+    out += ["", "[policy]"] + _section(m.policy, Policy)
     if m.remote is not None:
-        out += ["", "[remote]"] + [f"{f.name} = {_value(getattr(m.remote, f.name))}"
-                                  for f in fields(RemoteSpec)]
+        out += ["", "[remote]"] + _section(m.remote, RemoteSpec)
     if m.router is not None:
         r = m.router
         out += ["", "[router]", f"path = {_value(r.file.path)}", f"sha256 = {_value(r.file.sha256)}",

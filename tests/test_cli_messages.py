@@ -54,3 +54,15 @@ def test_a_wrong_model_name_says_which_model_the_server_has_and_how_to_name_it()
     message = str(err.value)
     assert "HTTP 404" in message and "this server has model 'intents'" in message
     assert f"{srv.url}/v2/models/intents" in message and "--remote-model intents" in message
+
+
+def test_run_exits_1_when_every_request_failed(tmp_path, capsys):
+    """Found by a fresh-clone trial: `edge-eco run` exited 0 with 0 requests answered."""
+    from conftest import MODELS
+
+    pytest.importorskip("ai_edge_litert", reason="needs ai-edge-litert (litert extra)")
+    reqs = tmp_path / "r.jsonl"
+    reqs.write_text("".join(json.dumps({"text": f"walk {i}", "label": "walking"}) + "\n" for i in range(3)))
+    assert main(["run", str(MODELS / "har"), "--requests", str(reqs), "--no-baselines"]) == 1
+    err = capsys.readouterr().err
+    assert "3 of 3 requests failed; first: " in err and "window must be" in err

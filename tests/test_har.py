@@ -47,11 +47,24 @@ def test_answers_carry_provenance_and_calibrated_confidence(har_test):
 
 @pytest.mark.parametrize("window, why", [
     (np.zeros((51, 3)), "shape"), (np.full((52, 3), np.nan), "NaN"), (np.full((52, 3), 5000.0), "range"),
-    ("walking", "numbers"), ([[1, 2]] * 52, "shape")])
+    ("walking", "numbers"), ([[1, 2]] * 52, "shape"),
+    # found by a fresh-clone trial: these were accepted (or, for None, called "shape []")
+    (np.ones((52, 3), np.complex64), "real numbers.*complex"), (np.ones((52, 3), bool), "real numbers.*bool"),
+    (np.zeros((52, 3), "datetime64[s]"), "real numbers.*datetime64"),
+    (np.full((52, 3), "12"), "real numbers.*<U2"), ([["1", "2", "3"]] * 52, "real numbers"),
+    (None, "array of numbers.*NoneType"), ([[1, 2, 3]] * 51 + [[1, 2]], "array of numbers|real numbers"),
+    ([[1, None, 3]] * 52, "real numbers.*object")])
 def test_malformed_windows_are_refused(window, why):
     with edge_eco.open(MODELS / "har") as eco:
         with pytest.raises(RequestError, match=why):
             eco.answer(window)
+
+
+def test_integer_windows_are_accepted_like_floats(har_test):
+    w = np.rint(har_test[0].vector).astype(np.int16)
+    with edge_eco.open(MODELS / "har") as eco:
+        a, b = eco.answer(w), eco.answer(w.astype(np.float32))
+    assert (a.label, a.confidence) == (b.label, b.confidence)
 
 
 def test_features_are_deterministic_and_finite():

@@ -584,3 +584,16 @@ def test_manifest_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         m.name = "other"  # type: ignore[misc]
     assert isinstance(m, Manifest) and re.fullmatch(r"[0-9a-f]{64}", m.router.file.sha256)
+
+
+@pytest.mark.parametrize("name", ["har", "clinc150"])
+def test_the_shipped_manifests_are_what_the_writer_writes(name):
+    """``make har`` / ``make models`` rewrite ecology.toml with manifest_to_toml: a rebuild must be
+    byte-identical (found by a fresh-clone trial: defaults of later fields such as
+    ``jurisdiction = ""`` were written into [policy])."""
+    from pathlib import Path
+
+    from edge_eco.tomlwrite import manifest_to_toml
+
+    text = (Path(__file__).resolve().parent.parent / "models" / name / "ecology.toml").read_text()
+    assert manifest_to_toml(parse_manifest(text)) == text

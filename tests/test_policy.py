@@ -195,3 +195,21 @@ def test_mask_properties(deadline, risk, resident, candidates):
             assert out == risk_ok
     else:
         assert out == risk_ok
+
+
+def test_the_cached_deadline_mask_equals_eligible_mask():
+    """Ecology._mask computes the per-candidate static parts once (deadline_mask); it must agree
+    with eligible_mask over the manifest's entries for every deadline and resident set."""
+    import itertools
+
+    from edge_eco.policy import deadline_mask
+
+    entries = [model(f"m{i}", r, l, p) for i, (r, l, p) in
+               enumerate([("low", 5.0, 100.0), ("high", 1.0, 50.0), ("medium", 20.0, 2000.0), ("low", 0.5, 9000.0)])]
+    risk_ok = eligible_mask(entries, RequestContract(), frozenset())
+    for deadline in (0.1, 1.0, 3.0, 6.0, 10.0, 25.0):
+        for k in range(len(entries) + 1):
+            for resident in itertools.combinations([e.id for e in entries], k):
+                lat = [e.cost.p95_us / 1e3 + (0.0 if e.id in resident else e.cost.load_ms) for e in entries]
+                assert np.array_equal(deadline_mask(risk_ok, lat, deadline),
+                                      eligible_mask(entries, RequestContract(deadline_ms=deadline), frozenset(resident)))

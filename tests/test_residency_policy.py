@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from edge_eco.residency.policy import Entry, ModelCost, choose_victims, decayed, miss_cost_ms, on_access
@@ -35,6 +35,8 @@ entries_st = st.dictionaries(st.sampled_from(MODELS), st.tuples(st.floats(0, 10)
 
 
 @given(entries_st, st.sets(st.sampled_from(MODELS)), st.integers(0, 2000), st.integers(0, 300))
+# found by hypothesis on main: equal priorities taken least recently used first chose e (loss 2) over d (loss 1)
+@example({"a": (0.0, 364), "e": (1.0, 2), "b": (0.0, 1), "c": (0.0, 255), "d": (1.0, 1)}, set(), 621, 0)
 def test_victims_are_idle_free_enough_and_lowest_priority(raw, pinned, need, free):
     entries = {k: Entry(p, 1.0) for k, (p, _) in raw.items()}
     sizes = {k: s for k, (_, s) in raw.items()}

@@ -70,13 +70,14 @@ class OrtSession:
             opts.add_session_config_entry("session.use_ort_model_bytes_for_initializers", "1")
         try:
             self._sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+            names = [o.name for o in self._sess.get_outputs()]
+            inputs = [(i.name, i.type, list(i.shape)) for i in self._sess.get_inputs()]
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/RuntimeError types
             raise ModelLoadError(f"onnxruntime refused {path.name}: {str(exc).strip()[:300]}") from exc
-        names = [o.name for o in self._sess.get_outputs()]
         if output not in names:
             raise ModelLoadError(f"{path.name}: no output named {output!r} (outputs: {names})")
         self._output = [output]
-        self._contract = [(i.name, _DTYPES.get(i.type), list(i.shape)) for i in self._sess.get_inputs()]
+        self._contract = [(name, _DTYPES.get(kind), shape) for name, kind, shape in inputs]
 
     def warm(self) -> None:
         """Run once on zeros of the declared input shapes (symbolic dims as 1), so that the pages

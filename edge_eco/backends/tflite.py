@@ -121,14 +121,16 @@ class TfliteSession:
         lit = _runtime()
         validate_tflite(path)
         resolver = lit.OpResolverType.AUTO if optimize else lit.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-        try:
+        try:  # any exception from the interpreter (a corrupt name raises UnicodeDecodeError)
             self._it = lit.Interpreter(model_path=str(path), num_threads=threads,
                                        experimental_op_resolver_type=resolver)
             self._it.allocate_tensors()
-        except (ValueError, RuntimeError) as exc:
-            raise ModelLoadError(f"LiteRT refused {path.name}: {str(exc).strip()[:300]}") from exc
+            outs = {d["name"]: d for d in self._it.get_output_details()}
+            self._inputs = self._it.get_input_details()
+            self._specs = [self._prepare(d) for d in self._inputs]
+        except Exception as exc:  # noqa: BLE001 - the runtime's errors are not a documented set
+            raise ModelLoadError(f"LiteRT refused {path.name}: {type(exc).__name__}: {str(exc).strip()[:300]}") from exc
         self._lock = threading.Lock()
-        outs = {d["name"]: d for d in self._it.get_output_details()}
         if output not in outs:
             raise ModelLoadError(f"{path.name}: no output named {output!r} (outputs: {sorted(outs)})")
         out = outs[output]
@@ -136,8 +138,6 @@ class TfliteSession:
         scale, zero = out["quantization"]
         quant = out["dtype"] in (np.int8, np.uint8) and scale
         self._out_scale, self._out_zero = (np.float32(scale), np.float32(zero)) if quant else (None, None)
-        self._inputs = self._it.get_input_details()
-        self._specs = [self._prepare(d) for d in self._inputs]
 
     def _prepare(self, d: dict) -> tuple:
         """Per input, computed once: index, name, shape, and the float -> int quantization."""
@@ -179,8 +179,8 @@ class TfliteSession:
                     self._it.set_tensor(index, a)
                 self._it.invoke()
                 out = self._it.get_tensor(self._out_index)
-            except (ValueError, RuntimeError) as exc:
-                raise InferenceError(f"LiteRT run failed: {str(exc).strip()[:300]}") from exc
+            except Exception as exc:  # noqa: BLE001 - the runtime's errors are not a documented set
+                raise InferenceError(f"LiteRT run failed: {type(exc).__name__}: {str(exc).strip()[:300]}") from exc
         if self._out_scale is not None:
             return (out.reshape(-1).astype(np.float32) - self._out_zero) * self._out_scale
         return np.array(out, dtype=np.float32).reshape(-1)

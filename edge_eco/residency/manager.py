@@ -26,7 +26,8 @@ from ..backends import Session
 from ..errors import BudgetError
 from . import policy as pol
 from .state import ResidencyStats, _Busy, _Slot
-from .footprint import Footprint, mapped_bytes
+from .footprint import Footprint
+from .meter import Meter
 
 SESSION_OVERHEAD_BYTES = 350_000  # measured per live ORT session of a small model (MEASURED.md)
 
@@ -45,6 +46,9 @@ class Residency:
         cost: model id -> (load_ms, fallback_ms) for the cost-aware policy.
         paths: model id -> absolute paths of its files (for demotion to cold); None: no demotion.
         demote: drop a model's file pages (footprint.drop_file_pages).
+        runtime_of: model id -> its runtime's name; the first load per runtime is preceded by
+            an unmeasured probe (its one-time start-up is not charged to a model; see .meter).
+        anon_cap: model id -> the most anonymous bytes one load of it is charged.
     """
 
     def __init__(self, loader: Callable[[str], Session], predict_bytes: Callable[[str], int],
@@ -52,7 +56,9 @@ class Residency:
                  wait_s: float = 30.0, policy: str = "lru",
                  cost: Callable[[str], tuple[float, float]] | None = None,
                  paths: Callable[[str], set[str]] | None = None,
-                 demote: Callable[[set[str]], object] | None = None) -> None:
+                 demote: Callable[[set[str]], object] | None = None,
+                 runtime_of: Callable[[str], str] | None = None,
+                 anon_cap: Callable[[str], int] | None = None) -> None:
         if policy not in ("lru", "cost_aware"):
             raise ValueError(f"policy must be 'lru' or 'cost_aware', got {policy!r}")
         self._loader, self._predict, self._measure = loader, predict_bytes, measure
@@ -63,7 +69,7 @@ class Residency:
         self._lock = threading.Lock()
         self._released = threading.Condition(self._lock)
         self._load_lock = threading.Lock()  # loads one at a time, so footprint deltas are attributable
-        self._measured: dict[str, int] = {}
+        self.meter = Meter(measure, paths, runtime_of, anon_cap)
         self._entries: dict[str, pol.Entry] = {}
         self._ghost: dict[str, tuple[float, int]] = {}
         self._requests = 0
@@ -88,6 +94,11 @@ class Residency:
         """Ids of loaded models whose file pages were dropped."""
         with self._lock:
             return [k for k, s in self._slots.items() if s.session is not None and s.cold]
+
+    def resident_set(self) -> frozenset[str]:
+        """Ids of loaded models (hot or cold), as a set."""
+        with self._lock:
+            return frozenset(k for k, s in self._slots.items() if s.session is not None)
 
     def is_resident(self, model_id: str) -> bool:
         with self._lock:
@@ -130,8 +141,9 @@ class Residency:
                     if loaded and not slot.cold:
                         self._touch(model_id, slot)
                         return slot.session
-                    if loaded or slot is None or slot.loading is None:
-                        need = slot.file_bytes if loaded else (self._measured.get(model_id) or self._predict(model_id))
+                    if slot is None or slot.loading is None:
+                        need = slot.file_bytes if loaded else self.meter.reservation(
+                            model_id, self._predict(model_id), self.budget_bytes)
                         victims, demoted, credit = self._make_room(model_id, need)
                     else:
                         victims = None
@@ -146,12 +158,13 @@ class Residency:
                 if victims is None:
                     event = slot.loading
                 elif loaded:  # cold -> hot: the file bytes are charged again before any page faults
-                    slot.bytes += need - credit
+                    slot.bytes += max(need - credit, 0)  # never below what is alive (victims not yet closed)
                     slot.users += 1
-                    slot.cold = False
+                    slot.loading = threading.Event()  # others wait: no page faults before the room is made
                 else:
                     slot = self._slots.setdefault(model_id, _Slot())
-                    slot.bytes, slot.loading, slot.error = need - credit, threading.Event(), None
+                    slot.bytes, slot.loading, slot.error = max(need - credit, 0), threading.Event(), None
+                    slot.reserved = need
             if victims is None:
                 event.wait()
                 with self._lock:
@@ -161,9 +174,17 @@ class Residency:
             self._free(demoted, victims, slot, credit)
             if loaded:
                 with self._lock:
+                    slot.bytes -= max(credit - need, 0)  # the surplus of the victims' bytes is free now
+                    slot.cold = False
                     self._touch(model_id, slot, count_user=False)
+                    slot.loading.set()
+                    slot.loading = None
                 return slot.session
-            return self._load(model_id, slot)
+            session = self._load(model_id, slot)
+            if session is not None:
+                return session
+            # Its measured footprint beat the reservation and no idle model could make room: it
+            # was unloaded; try again, reserving the measurement (waits for releases as any miss).
 
     def _touch(self, model_id: str, slot: _Slot, count_user: bool = True) -> None:
         """Record a request (caller holds the lock)."""
@@ -180,7 +201,7 @@ class Residency:
     def _model_cost(self, model_id: str) -> pol.ModelCost:
         load_ms, fallback_ms = self._cost(model_id) if self._cost else (1.0, 0.0)
         slot = self._slots.get(model_id)
-        size = slot.bytes if slot is not None and slot.bytes else self._measured.get(model_id) or self._predict(model_id)
+        size = slot.bytes if slot is not None and slot.bytes else self.meter.reservation(model_id, self._predict(model_id), 0)
         return pol.ModelCost(size, load_ms, fallback_ms)
 
     # -- making room -----------------------------------------------------------------------------
@@ -195,7 +216,8 @@ class Residency:
         free = self.budget_bytes - self._ledger()
         if need <= free:
             return [], [], 0
-        idle = [k for k, s in self._slots.items() if k != model_id and s.session is not None and s.users == 0]
+        idle = [k for k, s in self._slots.items()
+                if k != model_id and s.session is not None and s.users == 0 and s.loading is None]
         order = self._order(idle)
         demoted, credit = [], 0
         if self._demote is not None:
@@ -256,22 +278,12 @@ class Residency:
             slot.bytes += credit
 
     # -- loading ---------------------------------------------------------------------------------
-    def _read(self) -> Footprint | None:
-        if self._measure is None:
-            return None
-        v = self._measure()
-        return Footprint(v, 0) if isinstance(v, int) else v
-
-    def _load(self, model_id: str, slot: _Slot) -> Session:
+    def _load(self, model_id: str, slot: _Slot) -> Session | None:
+        """Load into ``slot`` (its reservation is charged). Returns the session, held for the
+        caller; None when the measured footprint did not fit (the model is unloaded again)."""
         try:
             with self._load_lock:
-                before = self._read()
-                t0 = time.perf_counter()
-                session = self._loader(model_id)
-                load_ms = (time.perf_counter() - t0) * 1e3
-                if hasattr(session, "warm"):
-                    session.warm()  # the first run's pages and buffers belong to the footprint
-                after = self._read()
+                session, load_ms, grown, paths = self.meter.load(model_id, self._loader)
         except BaseException as exc:
             with self._lock:
                 slot.error = exc
@@ -280,49 +292,60 @@ class Residency:
                 slot.loading = None
                 self._released.notify_all()
             raise
-        grown = after - before if before is not None and after is not None else None
-        paths = frozenset(self._paths(model_id)) if self._paths else frozenset()
-        if grown is not None and paths:
-            # Pages of a mapped model file become resident as requests touch them (a sparse text
-            # model touches a few rows per request): charge the whole mapping, not what warm() touched.
-            grown = Footprint(grown.anon_bytes, max(grown.file_bytes, mapped_bytes(set(paths))))
+        measured = grown.total_bytes if grown is not None and grown.total_bytes > 0 else slot.bytes
         with self._lock:
             if grown is not None and grown.total_bytes > 0:  # the prediction self-corrects
-                measured = grown.total_bytes
-                self.stats.accounting_error.append(abs(slot.bytes - measured) / measured)
+                self.stats.accounting_error.append(abs(slot.reserved - measured) / measured)
                 self.stats.measured[model_id] = grown
-                # Reserve the largest footprint seen plus 1/64: reloads measure a few KiB apart
-                # (heap noise), and a reservation under the truth would overshoot the budget.
-                self._measured[model_id] = max(self._measured.get(model_id, 0), measured + -(-measured // 64))
-                if measured > slot.bytes:
+                self.meter.record(model_id, measured)
+                if measured > slot.reserved:
                     self.stats.overshoots += 1
-                slot.bytes, slot.file_bytes = measured, max(grown.file_bytes, 0)
-            slot.paths = paths
-            slot.session = session
+            victims = self._room_for_excess(model_id, measured - slot.bytes)
             self.stats.loads += 1
             self.stats.load_ms.append(load_ms)
             self.stats.load_times[model_id] = load_ms
+        if victims is None:  # does not fit: unload before anyone sees it; the ledger never moved
+            with self._load_lock:  # not during another load's measurement
+                session.close()
+            with self._lock:
+                self._slots.pop(model_id, None)
+                slot.loading.set()
+                slot.loading = None
+                self._released.notify_all()
+            return None
+        # Their bytes pass to this slot only once they are closed (the ledger never moves up).
+        self._free([], victims, slot, sum(v.bytes for _, v in victims))
+        with self._lock:
+            slot.bytes = measured
+            slot.file_bytes = grown.file_bytes if grown is not None else 0
+            slot.paths = paths
+            slot.session = session
             self._touch(model_id, slot)
             slot.loading.set()
             slot.loading = None
-            over = self._over_budget(model_id)
-        self._free([], over, _Slot(), sum(v.bytes for _, v in over))
         return session
 
-    def _over_budget(self, model_id: str) -> list[tuple[str, _Slot]]:
-        """When a measured footprint beat its reservation, evict idle models to get back under the
-        budget (caller holds the lock)."""
-        if not self.budget_bytes:
+    def _room_for_excess(self, model_id: str, excess: int) -> list[tuple[str, _Slot]] | None:
+        """Idle victims whose bytes cover ``excess`` (popped, moved to unloading); [] when the
+        budget already has room; None when it cannot be made now (caller holds the lock)."""
+        if excess <= 0 or not self.budget_bytes:
             return []
-        excess = self._ledger() - self.budget_bytes
+        short = self._ledger() + excess - self.budget_bytes
+        if short <= 0:
+            return []
         chosen = []
         for key in self._order([k for k, s in self._slots.items()
-                                if k != model_id and s.session is not None and s.users == 0]):
-            if excess <= 0:
+                                if k != model_id and s.session is not None and s.users == 0
+                                and s.loading is None]):
+            if short <= 0:
                 break
             chosen.append(key)
-            excess -= self._slots[key].bytes
+            short -= self._slots[key].bytes
+        if short > 0:
+            return None
         victims = [(k, self._slots.pop(k)) for k in chosen]
+        for k, _ in victims:
+            self._entries.pop(k, None)
         self._unloading += sum(v.bytes for _, v in victims)
         return victims
 

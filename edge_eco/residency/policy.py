@@ -91,8 +91,24 @@ def choose_victims(entries: dict[str, Entry], sizes: dict[str, int], pinned: Ite
     if sum(sizes[k] for _, _, k in idle) < short:
         return None
     loss = {k: entries[k].priority * sizes[k] for _, _, k in idle}
+    # Greedy by priority, ties broken least recently used first and, again, smallest first (equal
+    # loss per byte: the smaller ones overshoot less); the cheaper of the two sets wins.
+    options = [_greedy([k for _, _, k in sorted(idle)], sizes, loss, short),
+               _greedy([k for *_, k in sorted((p, sizes[k], i, k) for p, i, k in idle)], sizes, loss, short)]
+    chosen = min(options, key=lambda ks: sum(loss[k] for k in ks))
+    singles = [k for _, _, k in sorted(idle) if sizes[k] >= short]
+    if singles:
+        best = min(singles, key=lambda k: loss[k])
+        if loss[best] < sum(loss[k] for k in chosen):
+            return [best]
+    return chosen
+
+
+def _greedy(order: list[str], sizes: dict[str, int], loss: dict[str, float], short: int) -> list[str]:
+    """Take models in ``order`` until ``short`` bytes are freed, then drop those not needed
+    (the most costly first)."""
     chosen, got = [], 0
-    for _, _, k in sorted(idle):
+    for k in order:
         chosen.append(k)
         got += sizes[k]
         if got >= short:
@@ -101,11 +117,6 @@ def choose_victims(entries: dict[str, Entry], sizes: dict[str, int], pinned: Ite
         if len(chosen) > 1 and got - sizes[k] >= short:
             chosen.remove(k)
             got -= sizes[k]
-    singles = [k for _, _, k in sorted(idle) if sizes[k] >= short]
-    if singles:
-        best = min(singles, key=lambda k: loss[k])
-        if loss[best] < sum(loss[k] for k in chosen):
-            return [best]
     return chosen
 
 

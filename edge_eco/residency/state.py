@@ -18,6 +18,7 @@ class _Busy(BudgetError):
 class _Slot:
     session: Session | None = None
     bytes: int = 0            # charged to the ledger now
+    reserved: int = 0         # what the last load reserved (the prediction the measurement checks)
     file_bytes: int = 0       # of which file-backed (freed by demotion)
     cold: bool = False
     users: int = 0
