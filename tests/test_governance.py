@@ -252,6 +252,8 @@ def test_read_commands_work_on_a_read_only_bundle(fake_ecology, tmp_path):
             os.chmod(base, 0o755)
             for p in [base / "fake", *(base / "fake").rglob("*")]:
                 os.chmod(p, 0o755 if p.is_dir() else 0o644)
+            # Import what the commands use first: nobody may not read root's Python installation.
+            script += "edge_eco.cli.build_parser(); import edge_eco.store, edge_eco.cli_population\n"
             script += "os.setgid(65534); os.setuid(65534)\n"
         else:
             for p in [*(base / "fake").rglob("*"), base / "fake"][::-1]:
