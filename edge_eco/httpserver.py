@@ -119,7 +119,8 @@ class _Handler(BaseHTTPRequestHandler):
         except TimeoutError:  # raised while reading the headers (the request line's is caught by the stdlib)
             self.close_connection = True
         if self.clock.expired and not self.answered:
-            self.requestline = getattr(self, "requestline", "")
+            self.requestline = getattr(self, "requestline", "")  # unset when the request line never ended
+            self.request_version = getattr(self, "request_version", "HTTP/1.1")
             try:
                 self.send_error(408, f"request not received within {self.clock.request_s:g} s")
             except OSError:
