@@ -32,9 +32,10 @@ from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 from edge_eco import __version__
-from edge_eco.errors import EdgeEcoError, RequestError
+from edge_eco.admission import Admission
 from edge_eco.clientguard import ClientGuard
-from edge_eco.httpserver import Admission, Body, HttpError, HTTPServer
+from edge_eco.errors import EdgeEcoError, RequestError
+from edge_eco.httpserver import Body, HttpError, HTTPServer
 from edge_eco.ratelimit import BucketConfig
 from edge_eco.v2_request import InferRequest, parse_infer_request
 
