@@ -85,7 +85,7 @@ def test_one_slow_address_cannot_starve_other_clients():
     """The slow address gets only max_client_connections; every other client is answered 200
     quickly while it trickles, and the trickling connections get 408 once request_timeout_s passes."""
     with edge_eco.open(MODELS / "clinc150") as eco, \
-            InferenceServer(eco, max_connections=32, max_client_connections=8, request_timeout_s=2.0) as srv:
+            InferenceServer(eco, max_connections=32, max_client_connections=8, request_timeout_s=3.0) as srv:
         _status(srv.port, "127.0.0.60")  # warm
         slow = Slowloris(srv.port, "127.0.0.50", 32)
         try:
@@ -96,7 +96,8 @@ def test_one_slow_address_cannot_starve_other_clients():
                 status, reply = _status(srv.port, f"127.0.0.{51 + i % 3}")
                 worst_ms = max(worst_ms, (time.monotonic() - t) * 1e3)
                 assert status == 200 and b'"balance"' in reply
-            assert time.monotonic() - t0 < 1.9  # all of it while every slow connection is still open
+            cut_early = [r for r in slow.replies.values() if r.startswith(b"HTTP/1.1 408")]
+            assert not cut_early and time.monotonic() - t0 < 2.9  # all while the held ones were still held
             assert worst_ms < 1000, worst_ms
             deadline = time.monotonic() + 6
             while len(slow.replies) < 32 and time.monotonic() < deadline:
