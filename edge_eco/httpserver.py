@@ -104,7 +104,7 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.server.track(self.request, add=True)
         if isinstance(self.request, ssl.SSLSocket):
-            self.request.settimeout(self.timeout)
+            self.request.settimeout(min(self.timeout, self.server.request_timeout_s))  # bounds the whole handshake
             self.request.do_handshake()  # raises on a bad handshake: the connection just ends
         super().setup()
         self.key = client_key(self.client_address[0])
