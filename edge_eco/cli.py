@@ -108,7 +108,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve_forever
 
     token = _token(args.token_env)
-    options = {"max_concurrent": args.max_concurrent, "max_queue": args.max_queue}
+    options = {"max_concurrent": args.max_concurrent, "max_queue": args.max_queue,
+               "max_client_connections": args.max_client_connections, "request_timeout_s": args.request_timeout,
+               "rate_limit_per_s": args.rate_limit, "burst": args.burst}
+    if args.burst is not None and args.rate_limit is None:
+        raise CliError("--burst needs --rate-limit")
     if args.tls_cert or args.tls_key:
         import ssl
 
@@ -414,6 +418,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-concurrent", type=_positive(int), default=4, help="infer requests run at once")
     serve.add_argument("--max-queue", type=_positive(int, zero_ok=True), default=64,
                        help="infer requests waiting for a slot; more answer 503 at once")
+    serve.add_argument("--max-client-connections", type=_positive(int), default=16,
+                       help="open connections one client (IPv4 address, IPv6 /64) may hold; more get 429")
+    serve.add_argument("--request-timeout", type=_positive(float), default=10.0,
+                       help="seconds for a request's line, headers and body to arrive (else 408)")
+    serve.add_argument("--rate-limit", type=_positive(float), default=None,
+                       help="requests/s per client (token bucket; default: no rate limit); more get 429")
+    serve.add_argument("--burst", type=_positive(int), default=None,
+                       help="with --rate-limit: requests a client may send at once (default 2 x rate)")
     serve.add_argument("--tls-cert", help="PEM certificate (chain) to serve https")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     serve.set_defaults(fn=_cmd_serve)

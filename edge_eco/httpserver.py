@@ -1,9 +1,12 @@
-"""HTTP layer of ``edge-eco serve``: connections, keep-alive, TLS, connection and admission limits,
-in-flight tracking for a draining shutdown. Standard library only; the v2 routes live in serve.py."""
+"""HTTP layer of ``edge-eco serve``: connections, keep-alive, TLS, the connection limit, and the calls into
+the per-client limits (clientguard.py: connections per client, rate limit, whole-request deadline).
+Standard library only; the v2 routes live in serve.py, admission and in-flight counting in admission.py."""
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import re
 import socket
 import ssl
@@ -12,14 +15,19 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
+
+from edge_eco.admission import InFlight
+from edge_eco.clientguard import ClientGuard, RequestClock, client_key
 
 _IDLE_TIMEOUT_S = 30.0  # an idle keep-alive connection is dropped after this
+_HEALTH = ("/v2/health/live", "/v2/health/ready")  # never rate limited
 
 
 class HttpError(Exception):
     """An HTTP error reply: status and message (internal to this module)."""
 
-    def __init__(self, status: int, message: str, *, allow: str = "", retry_after: bool = False):
+    def __init__(self, status: int, message: str, *, allow: str = "", retry_after: int = 0):
         super().__init__(message)
         self.status, self.message, self.allow, self.retry_after = status, message, allow, retry_after
 
@@ -71,7 +79,11 @@ class Body:
         if self._expect_100:
             self._handler.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self._expect_100 = False
-        data = self._handler.rfile.read(self.length)
+        try:
+            data = self._handler.rfile.read(self.length)
+        except TimeoutError as exc:
+            raise HttpError(408, f"request not received within {self._handler.clock.request_s:g} s "
+                                 f"(request_timeout_s)") from exc
         if len(data) != self.length:
             raise HttpError(400, f"body ended after {len(data)} of {self.length} bytes")
         self.done = True
@@ -92,9 +104,29 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.server.track(self.request, add=True)
         if isinstance(self.request, ssl.SSLSocket):
-            self.request.settimeout(self.timeout)
+            self.request.settimeout(min(self.timeout, self.server.request_timeout_s))  # bounds the whole handshake
             self.request.do_handshake()  # raises on a bad handshake: the connection just ends
         super().setup()
+        self.key = client_key(self.client_address[0])
+        self.clock = RequestClock(self.connection, self.timeout, self.server.request_timeout_s)
+        self.rfile = io.BufferedReader(self.clock)  # the whole request within request_timeout_s
+        self.answered = False
+
+    def handle_one_request(self) -> None:
+        """One request; one whose line, headers or body trickle in past request_timeout_s gets 408."""
+        self.clock.reset()
+        self.answered = False
+        try:
+            super().handle_one_request()
+        except TimeoutError:  # raised while reading the headers (the request line's is caught by the stdlib)
+            self.close_connection = True
+        if self.clock.expired and not self.answered:
+            self.requestline = getattr(self, "requestline", "")  # unset when the request line never ended
+            self.request_version = getattr(self, "request_version", "HTTP/1.1")
+            try:
+                self.send_error(408, f"request not received within {self.clock.request_s:g} s")
+            except OSError:
+                pass
 
     def finish(self) -> None:
         try:
@@ -123,10 +155,17 @@ class _Handler(BaseHTTPRequestHandler):
         body = None
         try:
             expect = self.headers.get("Expect", "").lower() == "100-continue" and self.request_version != "HTTP/1.0"
+            guard = self.server.guard
+            if guard.rate is not None and urlsplit(self.path).path not in _HEALTH:
+                wait_s = guard.admit(self.key)
+                if wait_s > 0:
+                    r = guard.rate
+                    raise HttpError(429, f"rate limit: {r.rate_per_s:g} requests/s, burst {r.burst}, per client; "
+                                         f"retry in {wait_s:.2f} s", retry_after=math.ceil(wait_s))
             body = Body(self, body_length(self.headers, method), expect)
             status, payload = self.server.app.handle_request("GET" if head else method, self.path,
                                                              self.headers, body)
-            allow, retry_after = "", False
+            allow, retry_after = "", 0
         except HttpError as err:
             status, payload, allow, retry_after = err.status, {"error": err.message}, err.allow, err.retry_after
         if body is None or not body.done:
@@ -135,9 +174,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _dispatch
 
-    def _reply(self, status: int, payload: dict, *, allow: str = "", retry_after: bool = False,
+    def _reply(self, status: int, payload: dict, *, allow: str = "", retry_after: int = 0,
                head: bool = False) -> None:
         body = json.dumps(payload, separators=(",", ":")).encode()
+        self.answered = True
+        self.connection.settimeout(self.timeout)  # the read deadline does not bound the reply
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -146,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
         if status == 401:
             self.send_header("WWW-Authenticate", "Bearer")
         if retry_after:
-            self.send_header("Retry-After", "1")
+            self.send_header("Retry-After", str(int(retry_after)))
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
@@ -154,60 +195,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
 
-class InFlight:
-    """Counts requests being handled, so shutdown can wait for them to finish."""
-
-    def __init__(self) -> None:
-        self._n, self._cond = 0, threading.Condition()
-
-    def __enter__(self) -> None:
-        with self._cond:
-            self._n += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._cond:
-            self._n -= 1
-            self._cond.notify_all()
-
-    def wait_idle(self, timeout_s: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self._n == 0, timeout=timeout_s)
-
-
-class Admission:
-    """At most ``running`` requests at once and ``waiting`` more in line; the rest are turned away."""
-
-    def __init__(self, running: int, waiting: int) -> None:
-        self._slots = threading.Semaphore(running)
-        self._lock = threading.Lock()
-        self._admitted, self.running, self.waiting = 0, running, waiting
-
-    def enter(self, wait_s: float) -> str | None:
-        """Take a slot, waiting at most ``wait_s`` in line.
-
-        Returns:
-            None when a slot was taken; "full" when ``running`` + ``waiting`` requests are already
-            admitted; "timeout" when no slot came free within ``wait_s``.
-        """
-        with self._lock:
-            if self._admitted >= self.running + self.waiting:
-                return "full"
-            self._admitted += 1
-        if self._slots.acquire(timeout=max(wait_s, 0.0)):
-            return None
-        with self._lock:
-            self._admitted -= 1
-        return "timeout"
-
-    def leave(self) -> None:
-        self._slots.release()
-        with self._lock:
-            self._admitted -= 1
-
-
 _BUSY_BODY = b'{"error":"too many connections; try again later"}'
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
          b"Connection: close\r\nContent-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY)
+_MINE_BODY = b'{"error":"too many connections from this client (max_client_connections); close some"}'
+_MINE = (b"HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+         b"Connection: close\r\nContent-Length: " + str(len(_MINE_BODY)).encode() + b"\r\n\r\n" + _MINE_BODY)
 
 
 def _family(addr: tuple[str, int]) -> socket.AddressFamily:
@@ -226,8 +219,8 @@ class HTTPServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, addr: tuple[str, int], app: "InferenceServer", max_connections: int,
-                 ssl_context: ssl.SSLContext | None):
-        self.app = app
+                 ssl_context: ssl.SSLContext | None, guard: ClientGuard, request_timeout_s: float):
+        self.app, self.guard, self.request_timeout_s = app, guard, request_timeout_s
         self.in_flight = InFlight()
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
@@ -241,16 +234,27 @@ class HTTPServer(ThreadingHTTPServer):
         the connection's own thread, so a slow client cannot stall accept()."""
         with self._conns_lock:
             busy = len(self._conns) >= self._max_connections
-        if busy:
+        key = client_key(client_address[0])
+        if busy or not self.guard.connect(key):
             try:
-                request.sendall(_BUSY)
+                request.sendall(_BUSY if busy else _MINE)
             except OSError:
                 pass
             self.shutdown_request(request)
             return
-        if self._ssl_context is not None:
-            request = self._ssl_context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
-        super().process_request(request, client_address)
+        try:
+            if self._ssl_context is not None:
+                request = self._ssl_context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+            super().process_request(request, client_address)
+        except BaseException:
+            self.guard.disconnect(key)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.guard.disconnect(client_key(client_address[0]))
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Stay quiet when a client goes away mid-reply; report anything else (a bug) as usual."""

@@ -15,7 +15,10 @@ most ``queue_timeout_s``); past that the server answers 503 with ``Retry-After``
 of queueing forever. A request's ``parameters.deadline_ms`` bounds its queueing and its compute
 together: checked before each text of a batch, a request past it answers 504 (queued too long,
 or the batch did not finish in time); texts are not answered partially. Connections past ``max_connections`` get a
-503 and are closed. Limits on body bytes, batch size and text bytes answer 413/400.
+503 and are closed. Limits on body bytes, batch size and text bytes answer 413/400. Per client (clientguard.py):
+connections past ``max_client_connections`` get a 429 and are closed, a request not fully received within
+``request_timeout_s`` of its first byte gets a 408, and with ``rate_limit_per_s`` requests past the client's token
+bucket get a 429 with ``Retry-After`` (health probes are exempt).
 """
 
 from __future__ import annotations
@@ -29,8 +32,11 @@ from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
 from edge_eco import __version__
+from edge_eco.admission import Admission
+from edge_eco.clientguard import ClientGuard
 from edge_eco.errors import EdgeEcoError, RequestError
-from edge_eco.httpserver import Admission, Body, HttpError, HTTPServer
+from edge_eco.httpserver import Body, HttpError, HTTPServer
+from edge_eco.ratelimit import BucketConfig
 from edge_eco.v2_request import InferRequest, parse_infer_request
 
 __all__ = ["InferenceServer", "serve_forever"]
@@ -41,7 +47,9 @@ class InferenceServer:
     def __init__(self, eco: Any, host: str = "127.0.0.1", port: int = 0, *,
                  max_body_bytes: int = 1 << 20, max_batch: int = 64, max_text_bytes: int = 16384,
                  max_concurrent: int = 4, max_queue: int = 64, queue_timeout_s: float = 5.0,
-                 max_connections: int = 512, token: str | None = None, ssl_context: ssl.SSLContext | None = None):
+                 max_connections: int = 512, token: str | None = None, ssl_context: ssl.SSLContext | None = None,
+                 max_client_connections: int = 16, request_timeout_s: float = 10.0,
+                 rate_limit_per_s: float | None = None, burst: int | None = None, rate_limit_clients: int = 4096):
         """Bind the listening socket (port 0 picks a free port); call start() to serve.
 
         Args:
@@ -56,6 +64,11 @@ class InferenceServer:
             max_connections: open connections past this get a 503 and are closed.
             token: when set, every request but the health probes needs ``Authorization: Bearer <token>``.
             ssl_context: a server-side TLS context (certificate loaded) to serve https.
+            max_client_connections: open connections one client (IPv4 address, IPv6 /64) may hold; more get 429.
+            request_timeout_s: a request's line, headers and body must arrive within this of its first byte (408).
+            rate_limit_per_s: per-client requests/s (token bucket), or None for no rate limit.
+            burst: the bucket's size (default: max(1, 2 x rate_limit_per_s)); needs rate_limit_per_s.
+            rate_limit_clients: buckets kept (least recently seen clients are forgotten past this).
         Raises:
             RequestError: a limit is not positive.
             OSError: the address cannot be bound (raised by the caller's choice of port).
@@ -63,13 +76,24 @@ class InferenceServer:
         limits = (max_body_bytes, max_batch, max_text_bytes, max_concurrent, max_connections)
         if min(limits) <= 0 or max_queue < 0 or not queue_timeout_s > 0:
             raise RequestError("server limits must be positive (max_queue may be 0)")
+        if burst is not None and rate_limit_per_s is None:
+            raise RequestError("burst needs rate_limit_per_s")
+        if not request_timeout_s > 0:
+            raise RequestError(f"request_timeout_s must be positive, got {request_timeout_s!r}")
+        try:
+            rate = None if rate_limit_per_s is None else BucketConfig(
+                float(rate_limit_per_s), burst if burst is not None else max(1, round(2 * rate_limit_per_s)),
+                rate_limit_clients)
+            guard = ClientGuard(max_client_connections, rate)
+        except ValueError as exc:
+            raise RequestError(str(exc)) from exc
         self.eco, self.max_body_bytes, self.max_batch = eco, max_body_bytes, max_batch
         self.max_text_bytes, self.queue_timeout_s = max_text_bytes, float(queue_timeout_s)
         self._feature_dim = getattr(eco, "feature_dim", None) if hasattr(eco, "answer_features") else None
         self._admission = Admission(max_concurrent, max_queue)
         self._token = token.encode() if token else None
         self._scheme = "https" if ssl_context is not None else "http"
-        self._httpd = HTTPServer((host, port), self, max_connections, ssl_context)
+        self._httpd = HTTPServer((host, port), self, max_connections, ssl_context, guard, float(request_timeout_s))
         self._thread: threading.Thread | None = None
 
     @property

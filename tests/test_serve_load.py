@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -230,3 +231,34 @@ def test_a_failed_certificate_check_is_not_retried(self_signed):
     message = str(err.value)
     assert "certificate verify failed" in message.lower() or "CERTIFICATE_VERIFY_FAILED" in message
     assert "tries" not in message  # one try: the same certificate would fail again
+
+
+def test_a_trickled_tls_handshake_is_cut_at_the_request_timeout(self_signed):
+    """A client that sends its TLS ClientHello a byte at a time (each gap far under the idle timeout)
+    is disconnected once request_timeout_s has passed, and the server keeps serving."""
+    cert, key = self_signed
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    with InferenceServer(VecEco(), ssl_context=server_ctx, request_timeout_s=1.0) as srv:
+        hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(256)) * 2
+        t0 = time.monotonic()
+        closed_after_s = None
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+            for b in hello:
+                try:
+                    s.sendall(bytes([b]))
+                    s.settimeout(0.2)
+                    if s.recv(1) == b"":
+                        closed_after_s = time.monotonic() - t0
+                        break
+                except TimeoutError:
+                    continue
+                except OSError:
+                    closed_after_s = time.monotonic() - t0
+                    break
+                if time.monotonic() - t0 > 5:
+                    break
+        trusting = ssl.create_default_context(cafile=str(cert))
+        with V2Client(srv.url, "vec", ssl_context=trusting) as c:
+            assert c.infer(["still serving"])[0].label == "long"
+    assert closed_after_s is not None and 0.9 < closed_after_s < 2.5, closed_after_s

@@ -125,3 +125,129 @@ def test_many_bad_requests_on_one_keep_alive_connection(server):
         while chunk := s.recv(65536):
             reply += chunk
     assert reply.count(b"HTTP/1.1 400") == 20 and reply.count(b"HTTP/1.1 200") == 1
+
+
+# -- per-client limits: rate limit, connections per client, whole-request deadline ----------------
+# Each row runs as its own client address on loopback (127.0.0.0/8 all reaches the server), so the
+# rows do not share buckets or connection counts.
+
+LIMITED = {"rate_limit_per_s": 5.0, "burst": 2, "max_client_connections": 3, "request_timeout_s": 1.0}
+MODEL = "/v2/models/clinc150"
+
+
+@pytest.fixture(scope="module")
+def limited():
+    with edge_eco.open(MODELS / "clinc150") as eco, InferenceServer(eco, token=TOKEN, **LIMITED) as srv:
+        yield srv
+
+
+def _conn(server, src: str, timeout_s: float = 10.0) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=timeout_s, source_address=(src, 0))
+
+
+def _reply(s: socket.socket) -> bytes:
+    chunks = []
+    while chunk := s.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _one(server, src: str, data: bytes) -> bytes:
+    with _conn(server, src) as s:
+        s.sendall(data)
+        return _reply(s)
+
+
+def _burst_then(last: bytes, *, first: bytes = _request("GET", MODEL)):
+    def run(server, src):
+        for _ in range(LIMITED["burst"]):
+            assert _one(server, src, first).split(b" ", 2)[1] in (b"200", b"401")
+        return _one(server, src, last)
+    return run
+
+
+def _other_client_after_burst(server, src):
+    _burst_then(_request("GET", MODEL))(server, src)
+    return _one(server, src[:-1] + str(int(src[-1]) + 1 if src[-1] != "9" else 0), _request("GET", MODEL))
+
+
+def _extra_connection(server, src):
+    held = [_conn(server, src) for _ in range(LIMITED["max_client_connections"])]
+    try:
+        for s in held:
+            s.sendall(b"GET /v2 HTTP/1.1\r\n")  # partial: each holds its handler
+        return _one(server, src, _request("GET", "/v2/health/live"))
+    finally:
+        for s in held:
+            s.close()
+
+
+def _trickle(head: bytes, tail: bytes, gap_s: float = 0.15):
+    """Send ``head``, then ``tail`` one byte every ``gap_s`` (each gap well under the idle timeout)
+    until the server answers and closes."""
+    def run(server, src):
+        with _conn(server, src) as s:
+            s.sendall(head)
+            for b in tail:
+                try:
+                    s.sendall(bytes([b]))
+                except OSError:
+                    break
+                s.settimeout(gap_s)
+                try:
+                    if s.recv(1, socket.MSG_PEEK):
+                        break
+                except TimeoutError:
+                    pass
+            s.settimeout(10)
+            return _reply(s)
+    return run
+
+
+LIMIT_MATRIX = [
+    # (case, scenario(server, client address) -> reply bytes, expected status)
+    ("rate limit: request past the burst", _burst_then(_request("GET", MODEL)), 429),
+    ("rate limit: wrong tokens spend the bucket too", _burst_then(_request("GET", MODEL), first=_request(
+        "GET", MODEL, auth=b"Bearer nope")), 429),
+    ("rate limit: health probes exempt", _burst_then(_request("GET", "/v2/health/ready")), 200),
+    ("rate limit: other clients unaffected", _other_client_after_burst, 200),
+    ("connection past max_client_connections", _extra_connection, 429),
+    ("request line trickled past request_timeout_s", _trickle(b"G", b"ET /v2/health/live HTTP/1.1\r\n" * 4), 408),
+    ("headers trickled past request_timeout_s", _trickle(b"GET /v2 HTTP/1.1\r\n", b"X-Slow: " + b"a" * 200), 408),
+    ("body trickled past request_timeout_s", _trickle(_request("POST", INFER, length=str(len(GOOD)).encode()),
+                                                      GOOD), 408),
+]
+
+
+@pytest.mark.parametrize("row", range(len(LIMIT_MATRIX)), ids=[m[0] for m in LIMIT_MATRIX])
+def test_limits_matrix(limited, row):
+    case, scenario, status = LIMIT_MATRIX[row]
+    src = f"127.0.0.{20 + 2 * row}"
+    reply = scenario(limited, src)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert int(head.split(b" ", 2)[1]) == status, (case, reply[:300])
+    if status >= 400:
+        assert "error" in json.loads(body), case
+    if status == 429:
+        assert int(dict(h.split(b": ", 1) for h in head.split(b"\r\n")[1:])[b"Retry-After"]) >= 1, case
+    # the server keeps serving a fresh client after every row
+    ok = _one(limited, f"127.0.0.{21 + 2 * row}", _request("POST", INFER, GOOD))
+    assert ok.startswith(b"HTTP/1.1 200") and b'"balance"' in ok, case
+
+
+def test_bearer_token_is_compared_with_hmac_compare_digest(server, monkeypatch):
+    """The token check goes through hmac.compare_digest (constant time), for right and wrong
+    tokens alike, with the whole given token and the whole expected one."""
+    import hmac
+
+    calls = []
+    real = hmac.compare_digest
+
+    def spy(a, b):
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    assert _raw(server, _request("POST", INFER, GOOD))[0] == 200
+    assert _raw(server, _request("POST", INFER, GOOD, auth=b"Bearer " + TOKEN[:5].encode()))[0] == 401
+    assert calls == [(TOKEN.encode(), TOKEN.encode()), (TOKEN[:5].encode(), TOKEN.encode())]
