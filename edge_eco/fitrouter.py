@@ -1,0 +1,255 @@
+"""``edge-eco fit-router``: fit the per-model correctness router from validation outcomes.
+
+For every router candidate (specialists and the local generalist) the validation split is run
+through the model and labelled right or wrong (a decline counts as the reject label). One logistic
+predictor per candidate learns P(this model answers this request correctly) from the featurizer's
+sparse output, stacked on the bundle's domain router: logit_c = a_c * z_c(x) + w_c . x + b_c, where
+z_c is the domain router's logit for c (fitted on the much larger training split) and w_c an
+L2-regularised sparse correction learned from the outcomes. Because z_c is linear in x the result
+is one linear layer again, quantized to int8 per candidate and ranked in the C kernel by
+utility = p - lambda x cost. The cost is the candidate's size in MiB (model file + external data):
+for these linear int8 models it tracks both residency and compute, and unlike a timing it is
+deterministic, so the same data and bundle give the same router bytes. Measured inference
+milliseconds are reported beside it.
+
+Build-time only: scipy is imported inside the functions (the ``build`` extra); the runtime reads
+the result through :mod:`edge_eco.routerfile` like any router.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .bundle import read_bundle, sha256_file
+from .datasets import Example
+from .errors import ManifestError
+from .manifest import FileEntry, Manifest, RouterSpec
+from .router import DeferralWeights, RouterWeights, linear_logits, route_reference
+from .routerfile import read_router, write_router
+
+FILE_NAME = "correctness.bin"
+L2 = 1e-3
+MAX_ITER = 400
+THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # 0.50 .. 0.95
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Validation outcomes: per request the features, per candidate right/wrong and latency."""
+
+    features: list[tuple[np.ndarray, np.ndarray]]
+    correct: np.ndarray      # bool [n, K]
+    offsets: np.ndarray      # float64 [n, K] domain-router logits
+    cost_ms: np.ndarray      # float32 [K] median inference milliseconds (reported only)
+
+
+def domain_router(root: Path, manifest: Manifest) -> tuple[str, RouterWeights]:
+    """The linear-softmax router the correctness router is stacked on (path, weights)."""
+    spec = manifest.router
+    if spec is None:
+        raise ManifestError("fit-router: the ecology has no [router] to stack on")
+    path = spec.file.path
+    if spec.kind == "correctness":
+        header, _ = read_router(root / path)
+        path = header.get("stacked_on", {}).get("path", "")
+        if not path:
+            raise ManifestError(f"{spec.file.path} does not name the domain router it was stacked on")
+    header, arrays = read_router(root / path)
+    if header.get("kind") != "linear-softmax":
+        raise ManifestError(f"{path}: expected a linear-softmax router, found {header.get('kind')!r}")
+    return path, RouterWeights(arrays["weight"], arrays["scale"], arrays["bias"], spec.temperature)
+
+
+def collect(eco, base: RouterWeights, examples: Sequence[Example],
+            progress: Callable[[int, int], None] | None = None) -> Outcomes:
+    """Run every candidate on every example (the real models, through the runtime)."""
+    candidates = eco.manifest.router.candidates
+    reject = eco.manifest.reject_label
+    feats, correct, offsets = [], [], []
+    times = [[] for _ in candidates]
+    for i, ex in enumerate(examples):
+        idx, val = eco._featurizer(ex.text.encode("utf-8"))
+        feats.append((idx, val))
+        offsets.append(linear_logits(base, idx, val).astype(np.float64))
+        row = []
+        for c, model_id in enumerate(candidates):
+            t0 = time.perf_counter()
+            vote = eco.predict_with(model_id, ex.text)
+            times[c].append((time.perf_counter() - t0) * 1e3)
+            row.append((reject if vote.declined else vote.label) == ex.label)
+        correct.append(row)
+        if progress and (i + 1) % 500 == 0:
+            progress(i + 1, len(examples))
+    return Outcomes(feats, np.array(correct, bool), np.array(offsets),
+                    np.array([np.median(t) for t in times], np.float32))
+
+
+def _csr(features, dim: int):
+    import scipy.sparse as sp
+
+    indptr = np.cumsum([0] + [len(i) for i, _ in features])
+    idx = np.concatenate([i for i, _ in features]) if features else np.zeros(0, np.int32)
+    val = np.concatenate([v for _, v in features]) if features else np.zeros(0, np.float32)
+    return sp.csr_matrix((val.astype(np.float64), idx, indptr), shape=(len(features), dim))
+
+
+def fit_stacked(x, z: np.ndarray, y: np.ndarray, l2: float = L2,
+                sample_weight: np.ndarray | None = None) -> tuple[float, float, np.ndarray]:
+    """Logistic regression of y on a * z + x . w + b with L2 on w (full-batch L-BFGS, deterministic).
+
+    Returns (a, b, w).
+    """
+    from scipy.optimize import minimize
+    from scipy.special import expit
+
+    n, d = x.shape
+    sw = np.ones(n) if sample_weight is None else sample_weight * (n / sample_weight.sum())
+    sign = np.where(y, 1.0, -1.0)
+    xt = x.T.tocsr()
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        a, b, w = theta[0], theta[1], theta[2:]
+        m = sign * (a * z + b + x @ w)
+        g = -sign * sw * expit(-m) / n
+        value = float((sw * np.logaddexp(0.0, -m)).mean() + 0.5 * l2 * (w @ w))
+        return value, np.concatenate([[g @ z, g.sum()], xt @ g + l2 * w])
+
+    theta0 = np.zeros(d + 2)
+    theta0[0] = 1.0
+    res = minimize(loss, theta0, jac=True, method="L-BFGS-B", options={"maxiter": MAX_ITER})
+    return float(res.x[0]), float(res.x[1]), res.x[2:]
+
+
+def model_mib(root: Path, manifest: Manifest) -> np.ndarray:
+    """float32 [K] size in MiB of each router candidate's files (x.onnx and x.onnx.data)."""
+    out = []
+    for model_id in manifest.router.candidates:
+        path = manifest.model(model_id).file.path
+        paths = [path] + [f.path for f in manifest.files if f.path.startswith(path + ".")]
+        out.append(sum((root / p).stat().st_size for p in paths) / 2**20)
+    return np.round(np.array(out), 4).astype(np.float32)
+
+
+def fit(base: RouterWeights, o: Outcomes, dim: int, cost_mib: np.ndarray, l2: float = L2,
+        sample_weight: np.ndarray | None = None) -> DeferralWeights:
+    """One stacked predictor per candidate, folded into one int8 linear layer."""
+    x = _csr(o.features, dim)
+    deq = base.weight.astype(np.float64) * base.scale.astype(np.float64)  # float weight = int8 x scale
+    cols, bias = [], []
+    for c in range(o.correct.shape[1]):
+        a, b, w = fit_stacked(x, o.offsets[:, c], o.correct[:, c], l2, sample_weight)
+        cols.append(a * deq[:, c] + w)
+        bias.append(a * float(base.bias[c]) + b)
+    cols = np.stack(cols, axis=1)
+    scale = np.maximum(np.abs(cols).max(axis=0), 1e-12) / 127.0
+    q = np.clip(np.rint(cols / scale), -127, 127).astype(np.int8)
+    return DeferralWeights(q, scale.astype(np.float32), np.array(bias, np.float32), cost_mib)
+
+
+def predicted(w: DeferralWeights, o: Outcomes) -> np.ndarray:
+    """float64 [n, K] predicted correctness, as the runtime computes it."""
+    return np.array([1.0 / (1.0 + np.exp(-linear_logits(w, i, v).astype(np.float64))) for i, v in o.features])
+
+
+def prior_weights(examples: Sequence[Example], reject_label: str, reject_share: float | None) -> np.ndarray:
+    """Sample weights that give requests labelled ``reject_label`` the declared share of traffic.
+
+    A validation split rarely has the deployment's share of out-of-scope requests (CLINC150's val:
+    3 %; its test: 18 %); fitted on the raw split, the predictors learn that the generalist is
+    almost always right, which out-of-scope traffic contradicts.
+    """
+    oos = np.array([ex.label == reject_label for ex in examples])
+    if reject_share is None or not oos.any() or oos.all():
+        return np.ones(len(examples))
+    share = oos.mean()
+    return np.where(oos, reject_share / share, (1 - reject_share) / (1 - share))
+
+
+def choose_direct_threshold(eco, examples: Sequence[Example], weights: np.ndarray) -> tuple[float, dict]:
+    """Replay ``examples`` through the local tier for each threshold; the most accurate wins
+    (ties: the higher threshold is passed over for the lower, which sends more requests direct)."""
+    results = {}
+    original = eco.policy
+    try:
+        for t in THRESHOLDS:
+            eco.policy = replace(original, direct_threshold=t)
+            answers = [eco.answer(ex.text, local_only=True) for ex in examples]
+            results[t] = (float(np.average([a.label == ex.label for a, ex in zip(answers, examples)],
+                                           weights=weights)),
+                          float(np.mean([a.path == "direct" for a in answers])))
+    finally:
+        eco.policy = original
+    best = max(THRESHOLDS, key=lambda t: (results[t][0], results[t][1]))
+    return best, {str(t): {"accuracy": round(a, 5), "direct": round(d, 4)} for t, (a, d) in results.items()}
+
+
+def install(folder: Path, manifest: Manifest, w: DeferralWeights, base_path: str, lam: float) -> Manifest:
+    """Write ``correctness.bin`` and point the manifest's [router] at it (the domain router stays
+    in the bundle as a verified file, to refit from)."""
+    spec = manifest.router
+    write_router(folder / FILE_NAME, "deferral-linear",
+                 {"weight": w.weight, "scale": w.scale, "bias": w.bias, "cost": w.cost},
+                 {"dim": int(w.weight.shape[0]), "candidates": list(spec.candidates),
+                  "featurizer_spec": {f: getattr(manifest.featurizer, f)
+                                      for f in manifest.featurizer.__dataclass_fields__},
+                  "cost_unit": "MiB", "stacked_on": {"path": base_path,
+                                                    "sha256": sha256_file(folder / base_path)}})
+    files = tuple(f for f in manifest.files if f.path not in (base_path, FILE_NAME))
+    files += (FileEntry(base_path, sha256_file(folder / base_path)),)
+    router = RouterSpec(FileEntry(FILE_NAME, sha256_file(folder / FILE_NAME)), "correctness",
+                        spec.candidates, 1.0, lam)
+    return replace(manifest, router=router, files=tuple(sorted(files, key=lambda f: f.path)))
+
+
+def route_all(w: DeferralWeights, o: Outcomes, lam: float) -> np.ndarray:
+    """Index of the top-utility candidate per request (numpy reference), for reports."""
+    mask = np.ones(w.weight.shape[1], bool)
+    return np.array([route_reference(w, i, v, mask, lam).order[0] for i, v in o.features])
+
+
+def fit_router(folder: Path, examples: Sequence[Example], *, lam: float = 0.0, l2: float = L2,
+               reject_share: float | None = None, progress: Callable[[int, int], None] | None = None) -> dict:
+    """Fit, install and threshold the correctness router of the bundle at ``folder``.
+
+    Rewrites ``correctness.bin`` and ``ecology.toml`` (direct_threshold re-chosen by replaying
+    ``examples``); returns a report of what was fitted and measured.
+    """
+    from . import ecology
+
+    t0 = time.perf_counter()
+    root, manifest = read_bundle(folder)
+    base_path, base = domain_router(root, manifest)
+    with ecology.open(root) as eco:
+        o = collect(eco, base, examples, progress)
+    weights = prior_weights(examples, manifest.reject_label, reject_share)
+    w = fit(base, o, manifest.featurizer.dim, model_mib(root, manifest), l2, weights)
+    p = predicted(w, o)
+    top = route_all(w, o, lam)
+    top_ok = np.average(o.correct[np.arange(len(top)), top], weights=weights)
+    new = install(root, manifest, w, base_path, lam)
+    (root / "ecology.toml").write_text(_toml(new))
+    with ecology.open(root) as eco:
+        threshold, replay = choose_direct_threshold(eco, examples, weights)
+    new = replace(new, policy=replace(new.policy, direct_threshold=threshold))
+    (root / "ecology.toml").write_text(_toml(new))
+    conf = p[np.arange(len(top)), top]
+    return {"requests": len(examples), "candidates": list(manifest.router.candidates),
+            "val_accuracy_per_candidate": {c: round(float(o.correct[:, i].mean()), 4)
+                                           for i, c in enumerate(manifest.router.candidates)},
+            "cost_ms": {c: round(float(v), 4) for c, v in zip(manifest.router.candidates, o.cost_ms)},
+            "cost_mib": {c: float(v) for c, v in zip(manifest.router.candidates, w.cost)},
+            "lambda": lam, "l2": l2, "reject_share": reject_share, "top_choice_correct": round(float(top_ok.mean()), 4),
+            "oracle_any_correct": round(float(o.correct.any(axis=1).mean()), 4),
+            "top_confidence_mean": round(float(conf.mean()), 4), "direct_threshold": threshold,
+            "replay": replay, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _toml(m: Manifest) -> str:
+    from .tomlwrite import manifest_to_toml
+
+    return manifest_to_toml(m)
