@@ -6,8 +6,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= $(if $(EDGE_ECO_DATA),$(EDGE_ECO_DATA),../shared/data)
 STAMP  := $(VENV)/.installed-stamp
+# Real serving engines the interop tests talk to (MLServer, tritonclient), in a venv of their own.
+PEERS  ?= .venv-peers
+PEERS_STAMP := $(PEERS)/.installed-stamp
 
-.PHONY: demo test install models minilm clean
+.PHONY: demo test install peers models minilm clean
 
 install: $(STAMP)
 
@@ -25,8 +28,16 @@ models/minilm/minilm.onnx:
 demo: $(STAMP) models/minilm/minilm.onnx
 	$(PY) tools/demo.py --data $(DATA) --out build/demo-report.json
 
-test: $(STAMP)
-	EDGE_ECO_DATA=$(DATA) $(PY) -m pytest -q
+peers: $(PEERS_STAMP)
+
+$(PEERS_STAMP): tests/peers/requirements.txt
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS)/bin/python -m pip install --quiet -r tests/peers/requirements.txt
+	touch $(PEERS_STAMP)
+
+test: $(STAMP) $(PEERS_STAMP)
+	EDGE_ECO_DATA=$(DATA) EDGE_ECO_PEERS_PYTHON=$(abspath $(PEERS))/bin/python $(PY) -m pytest -q
 
 # Rebuild the shipped ecologies from ../shared/data (needs the build extra: torch, onnx, ...).
 models: $(STAMP)
@@ -39,4 +50,4 @@ minilm: $(STAMP)
 	$(PY) tools/build_minilm.py --data $(DATA) --out models/minilm
 
 clean:
-	rm -rf build $(VENV) edge_eco/*.so
+	rm -rf build $(VENV) $(PEERS) edge_eco/*.so

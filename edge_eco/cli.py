@@ -62,7 +62,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not examples:
         raise CliError(f"{args.requests} holds no requests")
     token = _token(args.token_env)
-    options = {"remote_url": args.remote, "remote_token": token}
+    options = {"remote_url": args.remote, "remote_token": token, "remote_protocol": args.remote_protocol}
     if args.budget_bytes is not None:
         options["budget_bytes"] = args.budget_bytes
     with _ecology.open(args.ecology, **options) as eco:
@@ -89,10 +89,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve_forever
 
     token = _token(args.token_env)
+    options = {"max_concurrent": args.max_concurrent, "max_queue": args.max_queue}
+    if args.tls_cert or args.tls_key:
+        import ssl
+
+        if not (args.tls_cert and args.tls_key):
+            raise CliError("give both --tls-cert and --tls-key")
+        options["ssl_context"] = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            options["ssl_context"].load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise CliError(f"cannot load the TLS certificate/key: {exc}") from exc
     with _ecology.open(args.ecology, remote_url=None) as eco:
         def ready(server) -> None:
             print(f"edge-eco serve: {eco.name} v{eco.version} on {server.url}/v2/models/{eco.name}", flush=True)
-        serve_forever(eco, args.host, args.port, token=token, on_ready=ready)
+        serve_forever(eco, args.host, args.port, token=token, on_ready=ready, **options)
     print("edge-eco serve: stopped", flush=True)
     return 0
 
@@ -214,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--requests", required=True, help="JSON lines of {text, label?}, or a CLINC150 json with --split")
     run.add_argument("--split", choices=["train", "val", "test"], help="split of a CLINC150 data_*.json")
     run.add_argument("--remote", help="URL of the remote generalist (Open Inference Protocol v2)")
+    run.add_argument("--remote-protocol", choices=["v2", "openai"],
+                     help="protocol of the remote (default: the manifest's [remote] protocol, else v2)")
     run.add_argument("--token-env", help="environment variable holding the remote's bearer token")
     run.add_argument("--out", help="write the report as JSON here")
     run.add_argument("--limit", type=_positive(int), help="answer only the first N requests")
@@ -228,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=_port, default=8000, help="TCP port (0 picks a free one)")
     serve.add_argument("--token-env", help="environment variable holding the bearer token clients must send")
+    serve.add_argument("--max-concurrent", type=_positive(int), default=4, help="infer requests run at once")
+    serve.add_argument("--max-queue", type=_positive(int, zero_ok=True), default=64,
+                       help="infer requests waiting for a slot; more answer 503 at once")
+    serve.add_argument("--tls-cert", help="PEM certificate (chain) to serve https")
+    serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
     serve.set_defaults(fn=_cmd_serve)
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)

@@ -26,8 +26,9 @@ from .errors import (BudgetError, EdgeEcoError, FallbackError, IntegrityError, M
                      RoutingError)
 from .inputs import Feeds, hashed_feeds, token_adapter
 from .judges import Vote, calibrated_vote, judge, settle
-from .manifest import Manifest
+from .manifest import Manifest, RemoteSpec
 from .policy import RequestContract, eligible_mask, validate_text
+from .remote_policy import redact, remote_block_reason
 from .residency import SESSION_OVERHEAD_BYTES, Residency
 from .deferral import Deferral, RemoteRateController
 from .router import DeferralWeights, Route, RouterWeights, route, route_reference
@@ -60,7 +61,8 @@ class Ecology:
 
     def __init__(self, root: Path, manifest: Manifest, *, remote_url: str | None = None,
                  remote_token: str | None = None, budget_bytes: int | None = None,
-                 use_native: bool | None = None, remote_client: Any = None) -> None:
+                 use_native: bool | None = None, remote_client: Any = None,
+                 remote_protocol: str | None = None) -> None:
         self.root, self.manifest = root, manifest
         self.name, self.version = manifest.name, manifest.version
         self.labels = manifest.labels
@@ -132,17 +134,19 @@ class Ecology:
                                         thread_name_prefix="edge_eco-coalition")
         self._ids = itertools.count(1)
         self._remote = remote_client
+        spec = manifest.remote or RemoteSpec()
         if self._remote is None and manifest.policy.remote == "allowed":
-            url = remote_url or (manifest.remote.url if manifest.remote else "")
+            url = remote_url or spec.url
             if url:
-                from .fallback import V2Client
+                from .fallback import client_for
+                from .fallback.retry import RetryPolicy
 
-                model = manifest.remote.model if manifest.remote and manifest.remote.model else "generalist"
-                if "/v2/models/" in url:  # a model URL names its model: http://host:port/v2/models/NAME
-                    url, model = url.split("/v2/models/", 1)
-                    model = model.strip("/")
-                self._remote = V2Client(url, model, token=remote_token)
-        self._remote_timeout_ms = manifest.remote.timeout_ms if manifest.remote else 2000.0
+                self._remote = client_for(remote_protocol or spec.protocol, url, spec.model or "generalist",
+                                          labels=self.labels, token=remote_token,
+                                          default_timeout_s=spec.timeout_ms / 1e3,
+                                          retry=RetryPolicy(attempts=spec.attempts))
+        self._remote_timeout_ms = spec.timeout_ms
+        self._redact = spec.redact
         self._closed = False
         self._in_flight = 0
         self._cond = threading.Condition()
@@ -342,11 +346,10 @@ class Ecology:
     def _fallback(self, text: str, best: Vote, path: str, prov: dict, local_only: bool,
                   deadline_ms: float | None, t0: float) -> tuple[str, float, str]:
         """Ask the remote generalist; on any failure keep the best local answer."""
-        if local_only:
-            prov["remote"] = {"skipped": "local_only"}
-            return best.label, best.confidence, path
-        if self.policy.remote != "allowed":
-            prov["remote"] = {"skipped": "policy forbids remote"}
+        voters = prov.get("votes", ())
+        blocked = remote_block_reason(self.policy, local_only, (self._entries[v[0]].niches for v in voters))
+        if blocked is not None:
+            prov["remote"] = {"skipped": blocked}
             return best.label, best.confidence, path
         if self._remote is None:
             prov["remote"] = {"error": "no remote generalist configured (offline)"}
@@ -358,8 +361,9 @@ class Ecology:
             prov["remote"] = {"error": "deadline leaves no time for the remote call"}
             return best.label, best.confidence, "unavailable"
         t = time.perf_counter()
+        sent = redact(text, self._redact) if self._redact else text
         try:
-            reply = self._remote.infer([text], timeout_s=timeout_ms / 1e3)[0]
+            reply = self._remote.infer([sent], timeout_s=timeout_ms / 1e3)[0]
             if reply.label not in self._label_set:
                 raise FallbackError(f"remote answered {reply.label!r}, which is not in the label set")
         except FallbackError as exc:
@@ -367,7 +371,9 @@ class Ecology:
                               "ms": round((time.perf_counter() - t) * 1e3, 2)}
             return best.label, best.confidence, "unavailable"
         prov["remote"] = {"model": reply.model, "version": reply.model_version,
-                          "ms": round((time.perf_counter() - t) * 1e3, 2)}
+                          "ms": round((time.perf_counter() - t) * 1e3, 2), "tries": getattr(reply, "attempts", 1)}
+        if self._redact:
+            prov["remote"]["redacted"] = list(self._redact)
         return reply.label, reply.confidence, "remote"
 
     @property
@@ -424,7 +430,9 @@ def _check_options(deadline_ms: Any, local_only: Any) -> None:
 def open(path: str | Path, **options: Any) -> Ecology:  # noqa: A001 - the public entry point
     """Open the ecology bundle at ``path`` (verifying every file's sha256).
 
-    Keyword options: ``remote_url``, ``remote_token``, ``budget_bytes``, ``use_native``.
+    Keyword options: ``remote_url``, ``remote_token``, ``remote_protocol`` ("v2" or "openai", overrides
+    the manifest's), ``budget_bytes``, ``use_native``, ``remote_client`` (any object with
+    ``infer(texts, timeout_s=...)``).
 
     Raises:
         ManifestError, IntegrityError: the bundle is malformed, incomplete or corrupt.

@@ -15,7 +15,8 @@
     ├── RoutingError                        no eligible model for a request
     ├── FallbackError                       the remote generalist failed (the runtime answers locally)
     │   ├── RemoteUnavailable               connection refused/reset, timeout, circuit open
-    │   └── RemoteProtocolError             HTTP error status, malformed or wrong-shaped reply
+    │   └── RemoteProtocolError             malformed or wrong-shaped reply, label outside the label set
+    │       └── RemoteStatusError           an HTTP error status (4xx/5xx); ``status`` holds it
     └── StoreError                          outcome memory (SQLite) failures
 
 Errors from onnxruntime, sqlite3 and the HTTP layer are translated where they are caught
@@ -77,6 +78,14 @@ class RemoteUnavailable(FallbackError):
 
 class RemoteProtocolError(FallbackError):
     """The remote server answered, but with an error status or a malformed reply."""
+
+
+class RemoteStatusError(RemoteProtocolError):
+    """The remote server answered with an HTTP error status (kept in ``status``)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class StoreError(EdgeEcoError):

@@ -22,6 +22,8 @@ BACKENDS = ("ort", "fake")
 INPUTS = ("hashed-text", "text-tokens")
 RISKS = ("low", "medium", "high")
 REMOTE_POLICIES = ("allowed", "forbidden")
+REMOTE_PROTOCOLS = ("v2", "openai")
+REDACTIONS = ("digits", "emails")
 _SHA_HEX = frozenset("0123456789abcdef")
 
 
@@ -90,16 +92,29 @@ class Policy:
     target_remote_rate: float = 0.0
     controller_gain: float = 0.01
     max_adjust: float = 0.5
+    # The ecology's own jurisdiction, and the jurisdictions whose requests never leave the device:
+    # remote is off when the ecology's jurisdiction, or a niche ``jurisdiction`` of a model that
+    # answered the request, is listed in local_jurisdictions.
+    jurisdiction: str = ""
+    local_jurisdictions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class RemoteSpec:
-    """Where the remote generalist lives (the URL can be overridden at open time)."""
+    """Where the remote generalist lives and how to talk to it (the URL can be overridden at open time).
+
+    ``protocol``: "v2" (Open Inference Protocol REST) or "openai" (chat completions; ``url`` is the
+    API base, e.g. ``http://host:8000/v1``). ``attempts``: tries per call (retries with jitter while
+    the deadline allows). ``redact``: masks applied to the text before it is sent ("digits": every
+    run of digits becomes ``<num>``; "emails": every e-mail address becomes ``<email>``).
+    """
 
     protocol: str = "v2"
     url: str = ""
     model: str = ""
     timeout_ms: float = 2000.0
+    attempts: int = 2
+    redact: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -294,7 +309,9 @@ def _policy(t: _Table | None) -> Policy:
                remote_rule=t.choice("remote_rule", ("cascade", "deferral"), "cascade"),
                target_remote_rate=t.get("target_remote_rate", float, 0.0, lo=0.0, hi=1.0),
                controller_gain=t.get("controller_gain", float, 0.01, lo=0.0, hi=1.0),
-               max_adjust=t.get("max_adjust", float, 0.5, lo=0.0, hi=2.0))
+               max_adjust=t.get("max_adjust", float, 0.5, lo=0.0, hi=2.0),
+               jurisdiction=t.get("jurisdiction", str, ""),
+               local_jurisdictions=_strings(t, "local_jurisdictions", []))
     t.done()
     return p
 
@@ -324,8 +341,12 @@ def parse_manifest(text: str) -> Manifest:
         featurizer = FeaturizerSpec(**kwargs)
     remote = None
     if (rt := top.table("remote")) is not None:
-        remote = RemoteSpec(rt.choice("protocol", ("v2",), "v2"), rt.get("url", str, ""),
-                            rt.get("model", str, ""), rt.get("timeout_ms", float, 2000.0, lo=1, hi=600000))
+        remote = RemoteSpec(rt.choice("protocol", REMOTE_PROTOCOLS, "v2"), rt.get("url", str, ""),
+                            rt.get("model", str, ""), rt.get("timeout_ms", float, 2000.0, lo=1, hi=600000),
+                            rt.get("attempts", int, 2, lo=1, hi=10), _strings(rt, "redact", []))
+        unknown = [r for r in remote.redact if r not in REDACTIONS]
+        if unknown:
+            raise ManifestError(f"ecology.toml.remote.redact: unknown mask(s) {unknown}; known: {list(REDACTIONS)}")
         rt.done()
     router = None
     if (rr := top.table("router")) is not None:

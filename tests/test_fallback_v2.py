@@ -14,6 +14,7 @@ import pytest
 
 from edge_eco.errors import ManifestError, RemoteProtocolError, RemoteUnavailable, RequestError
 from edge_eco.fallback import RemoteAnswer, V2Client
+from edge_eco.fallback.retry import RetryPolicy
 from edge_eco.serve import InferenceServer
 
 
@@ -76,9 +77,9 @@ def test_infer_single_and_batch(client):
 
 def test_keep_alive_connection_is_reused(client):
     client.infer(["a"])
-    sock = client._local.conn.sock
+    sock = client.transport.connection().sock
     client.infer(["b"])
-    assert sock is not None and client._local.conn.sock is sock
+    assert sock is not None and client.transport.connection().sock is sock
 
 
 def test_ready(server, client, make):
@@ -104,7 +105,7 @@ def test_threads_get_their_own_connections(client):
 
     def work(i: int) -> None:
         results[i] = [a.label for a in client.infer(["x" * i] * 3)]
-        conns[i] = client._local.conn
+        conns[i] = client.transport.connection()
         barrier.wait()  # keep every thread (and its connection) alive until all have answered
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(1, 9)]
@@ -134,7 +135,7 @@ def test_dead_port_is_unavailable_quickly(make):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
-    c = make(f"http://127.0.0.1:{port}", "m")
+    c = make(f"http://127.0.0.1:{port}", "m", retry=RetryPolicy(attempts=1))
     t0 = time.monotonic()
     with pytest.raises(RemoteUnavailable, match="cannot reach") as info:
         c.infer(["a"])
