@@ -182,6 +182,7 @@ def _cmd_fit_router(args: argparse.Namespace) -> int:
     except ImportError:
         raise CliError("fit-router needs scipy: pip install 'edge_eco[build]'") from None
     report = fit_router(Path(args.ecology), examples, lam=args.lam, l2=args.l2, reject_share=args.reject_share,
+                        include_generalist=args.include_generalist,
                         progress=lambda i, n: print(f"  {i}/{n} requests", file=sys.stderr, flush=True))
     print(f"fitted {len(report['candidates'])} correctness predictors on {report['requests']} requests "
           f"in {report['seconds']} s")
@@ -271,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     fr.add_argument("--reject-share", type=float, default=None,
                     help="expected share of requests whose answer is the reject label (out of scope); the "
                          "validation outcomes are re-weighted to it (default: as in the data)")
+    fr.add_argument("--include-generalist", action="store_true",
+                    help="route to the local generalist directly too (default: it is asked when every "
+                         "specialist declines)")
     fr.add_argument("--out", help="write the fitting report as JSON here")
     fr.set_defaults(fn=_cmd_fit_router)
     info = sub.add_parser("info", help="verify an ecology bundle and list its population")
