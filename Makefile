@@ -10,14 +10,14 @@ STAMP  := $(VENV)/.installed-stamp
 PEERS  ?= .venv-peers
 PEERS_STAMP := $(PEERS)/.installed-stamp
 
-.PHONY: demo test install peers models minilm clean
+.PHONY: demo test install peers models minilm har clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml setup.py native/edge_eco.h native/featurize.c native/router.c native/build_native.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip "setuptools>=77" wheel
-	$(PY) -m pip install --quiet -e ".[remote,dev]"
+	$(PY) -m pip install --quiet -e ".[remote,dev,litert]"
 	$(PY) -c "import edge_eco._native as n; assert n.available(), 'compiled kernel missing'"
 	touch $(STAMP)
 
@@ -48,6 +48,10 @@ models: $(STAMP)
 minilm: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[build,remote,dev]"
 	$(PY) tools/build_minilm.py --data $(DATA) --out models/minilm
+
+har: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[build,litert,remote,dev]"
+	$(PY) tools/build_har.py --data $(DATA) --out models/har
 
 clean:
 	rm -rf build $(VENV) $(PEERS) edge_eco/*.so

@@ -199,6 +199,55 @@ def _cmd_fit_router(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_residency(args: argparse.Namespace) -> int:
+    from .bench_residency import bench_residency
+    from .datasets import data_root, fetch_clinc150, load_clinc150
+    from .har_data import load_har
+
+    for flag, path in (("--out", args.out), ("--plot", args.plot)):
+        if path and Path(path).is_dir():
+            raise CliError(f"{flag} {path} is a directory; give a file name")
+    root = data_root(args.data, os.environ.get("EDGE_ECO_DATA"))
+    clinc_req = [e.text for e in load_clinc150(fetch_clinc150(root) / "data_full.json", "test")][::max(1, args.stride)]
+    har_req = [e.vector for e in load_har(root / "stm32_har", "test")]
+    r = bench_residency(Path(args.clinc), Path(args.har), clinc_req, har_req, cycles=args.cycles,
+                        progress=lambda s: print(f"  {s}", file=sys.stderr, flush=True))
+    print(f"{'trace':10}{'budget':>7}  " + "".join(f"{p + ' cost':>17}" for p in ("cost_aware", "lru", "belady"))
+          + f"{'optimum':>12}{'vs LRU':>8}{'vs opt':>8}{'miss% ours/lru':>16}{'thrash ours/lru':>17}")
+    for name, budgets in r["policies"].items():
+        for b, row in budgets.items():
+            print(f"{name:10}{b:>7}  " + "".join(f"{row[p]['miss_cost_ms']:>17.1f}" for p in ("cost_aware", "lru", "belady"))
+                  + f"{row['optimum']['miss_cost_ms']:>12.1f}{row['cost_vs_lru']:>8.3f}{row['cost_vs_optimum']:>8.3f}"
+                  f"{100 * row['cost_aware']['miss_ratio']:>8.1f}/{100 * row['lru']['miss_ratio']:<6.1f}"
+                  f"{row['cost_aware']['thrash_rate']:>9.3f}/{row['lru']['thrash_rate']:<6.3f}")
+    print(f"worst miss cost vs LRU {r['worst_cost_vs_lru']}, vs optimum {r['worst_cost_vs_optimum']}")
+    for backend, f in r["load_ms"].items():
+        print(f"load {backend}: p50 {f['p50_ms']} ms; fit {f['fit_intercept_ms']} ms + {f['fit_ms_per_mib']} ms/MiB "
+              f"({f['models']} models)")
+    print(f"specialist cold load p50: {r['specialist_cold_load_ms_p50']} ms")
+    print(f"unload growth after {r['unload_cycles']} cycles: {r['unload_growth_bytes']} bytes")
+    for name, rr in r["real_replay"].items():
+        print(f"real replay ({name}): {rr['loads']} loads, {rr['evictions']} evictions, {rr['demotions']} demotions, "
+              f"budget {rr['budget_bytes']} bytes, {rr['samples']} samples, budget_violations "
+              f"{rr['budget_violations']} (worst excess {rr['worst_excess_bytes']} bytes), "
+              f"accounting_error p50 {rr['accounting_error_p50']} p95 {rr['accounting_error_p95']}")
+    print(f"warm p99 {r['isolated_p99_ms']} ms isolated, {r['while_loading_p99_ms']} ms while "
+          f"{r['loads_during']} loads ran: warm_p99_ratio {r['warm_p99_ratio']}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(r, indent=1) + "\n")
+        print(f"report written to {args.out}")
+    if args.plot:
+        from .plot import plot_bars
+        bars = {f"{t} {b}": {p: row[p]["miss_cost_ms"] / max(row["lru"]["miss_cost_ms"], 1e-9)
+                             for p in ("cost_aware", "lru", "belady")} | {
+                    "optimum": row["optimum"]["miss_cost_ms"] / max(row["lru"]["miss_cost_ms"], 1e-9)}
+                for t, budgets in r["policies"].items() for b, row in budgets.items()}
+        plot_bars(bars, Path(args.plot), "miss cost relative to LRU (lower is better)")
+        print(f"plot written to {args.plot}")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     root, m = read_bundle(args.ecology)
     with _ecology.open(args.ecology):  # every check open() makes: router and deferral headers, budget
@@ -277,10 +326,30 @@ def build_parser() -> argparse.ArgumentParser:
                          "specialist declines)")
     fr.add_argument("--out", help="write the fitting report as JSON here")
     fr.set_defaults(fn=_cmd_fit_router)
+    bres = bench_sub.add_parser("residency", help="eviction policies on traces vs LRU and the offline optimum; "
+                                "load, unload, accounting and warm-latency figures of the residency manager")
+    bres.add_argument("--clinc", default="models/clinc150")
+    bres.add_argument("--har", default="models/har")
+    bres.add_argument("--data", help="data folder (default $EDGE_ECO_DATA or ../shared/data)")
+    bres.add_argument("--stride", type=_positive(int), default=2, help="record every Nth CLINC150 test query")
+    bres.add_argument("--cycles", type=_positive(int), default=1000, help="load/unload cycles per backend")
+    bres.add_argument("--out", help="write the report as JSON here")
+    bres.add_argument("--plot", help="write a bar chart as PNG here")
+    bres.set_defaults(fn=_cmd_bench_residency)
     info = sub.add_parser("info", help="verify an ecology bundle and list its population")
     info.add_argument("ecology")
     info.set_defaults(fn=_cmd_info)
+    from . import cli_population
+    cli_population.register(sub, _printing)
     return ap
+
+
+def _printing(command):
+    """Wrap a command of cli_population (returns text) so that its text is printed here."""
+    def run(args: argparse.Namespace) -> int:
+        print(command(args, os.environ.get("USER") or os.environ.get("LOGNAME") or "cli"))
+        return 0
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import RequestError
 
@@ -27,6 +28,12 @@ class Example:
 
     text: str
     label: str | None = None
+    vector: Any = None  # a dense request (e.g. an accelerometer window); ``text`` then names its source
+
+    @property
+    def request(self) -> Any:
+        """What the ecology answers: the vector when there is one, else the text."""
+        return self.text if self.vector is None else self.vector
 
 
 def data_root(explicit: str | Path | None = None, env: str | None = None) -> Path:
@@ -79,12 +86,17 @@ def load_clinc150(path: Path, split: str) -> list[Example]:
 
 
 def load_requests(path: str | Path, split: str | None = None) -> list[Example]:
-    """Requests from JSON lines (``{"text": ..., "label"?: ...}`` per line) or a CLINC150 JSON file.
+    """Requests from JSON lines (``{"text": ..., "label"?: ...}`` per line), a CLINC150 JSON file,
+    or the stm32_har folder (accelerometer windows of ``split``, default test).
 
     Raises:
         RequestError: unreadable file, a line that is not a JSON object with a string ``text``.
     """
     path = Path(path)
+    if path.is_dir():
+        from .har_data import is_har_folder, load_har
+        if is_har_folder(path):
+            return load_har(path, split or "test")
     if not path.is_file():
         raise RequestError(f"requests file {path} does not exist or is not a file")
     if split is not None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,12 +25,14 @@ from ._native import Featurizer, RouterKernel
 from .bundle import read_bundle
 from .errors import (BudgetError, EdgeEcoError, FallbackError, IntegrityError, ManifestError, RequestError,
                      RoutingError)
+from .dense import DenseSpec, dim as dense_dim, raw_features, standardize, validate_window
 from .inputs import Feeds, hashed_feeds, token_adapter
 from .judges import Vote, calibrated_vote, judge, settle
 from .manifest import Manifest, RemoteSpec
 from .policy import RequestContract, eligible_mask, validate_text
 from .remote_policy import redact, remote_block_reason
 from .residency import SESSION_OVERHEAD_BYTES, Residency
+from .residency.footprint import drop_file_pages, read_footprint
 from .deferral import Deferral, RemoteRateController
 from .router import DeferralWeights, Route, RouterWeights, route, route_reference
 from .routerfile import read_router
@@ -74,7 +77,9 @@ class Ecology:
         self._featurizer = Featurizer(manifest.featurizer, use_native=use_native) \
             if manifest.featurizer else None
         self._adapters: dict[str, Callable[[str], Feeds]] = {}
-        generalists = [m.id for m in manifest.models if m.role == "generalist" and m.input == "hashed-text"]
+        generalists = [m.id for m in manifest.models
+                       if m.role == "generalist" and m.input in ("hashed-text", "dense-vector")]
+        self._dense = _load_dense(root, manifest)
         self._generalist = generalists[0] if generalists else None
         if manifest.router is not None:
             header, arrays = read_router(root / manifest.router.file.path)
@@ -99,12 +104,13 @@ class Ecology:
                     self._route_mode, self._route_param = 0, manifest.router.temperature
             except KeyError as exc:
                 raise ManifestError(f"router file lacks array {exc}") from exc
-            if self._router.weight.shape != (manifest.featurizer.dim, len(manifest.router.candidates)):
+            in_dim = manifest.featurizer.dim if self._dense is None else self._dense.dim
+            if self._router.weight.shape != (in_dim, len(manifest.router.candidates)):
                 raise ManifestError(f"router weight shape {self._router.weight.shape} does not match "
-                                    f"featurizer dim {manifest.featurizer.dim} x "
+                                    f"featurizer dim {in_dim} x "
                                     f"{len(manifest.router.candidates)} candidates")
             self._candidates = manifest.router.candidates
-            self._kernel = RouterKernel(self._router) if self._featurizer.native else None
+            self._kernel = RouterKernel(self._router) if self._featurizer and self._featurizer.native else None
         else:
             self._router, self._candidates, self._kernel = None, (manifest.models[0].id,), None
             self._route_mode, self._route_param = 0, 1.0
@@ -129,10 +135,15 @@ class Ecology:
             if need[0] > budget:
                 raise BudgetError(f"model {need[1]!r} needs {need[0]} bytes; the memory budget of "
                                   f"{budget} bytes cannot hold it")
-        self.residency = Residency(self._load, self._predict_bytes, budget)
+        self.residency = Residency(self._load, self._predict_bytes, budget, measure=read_footprint,
+                                   policy="cost_aware", cost=self._miss_cost, paths=self._model_paths,
+                                   demote=drop_file_pages)
         self._pool = ThreadPoolExecutor(max_workers=max(2, 2 * manifest.policy.coalition_size),
                                         thread_name_prefix="edge_eco-coalition")
         self._ids = itertools.count(1)
+        # Request ids stay unique across restarts (the outcome memory keys on them).
+        self._session = os.urandom(4).hex()
+        self.recorder: Any = None  # set by attach_recorder (edge_eco.outcomes)
         self._remote = remote_client
         spec = manifest.remote or RemoteSpec()
         if self._remote is None and manifest.policy.remote == "allowed":
@@ -172,7 +183,22 @@ class Ecology:
             return entry.cost.resident_bytes
         paths = [entry.file.path] + [f.path for f in self.manifest.files
                                      if f.path.startswith(entry.file.path + ".")]  # x.onnx.data
-        return sum((self.root / p).stat().st_size for p in paths) + SESSION_OVERHEAD_BYTES
+        file_bytes = sum((self.root / p).stat().st_size for p in paths)
+        # LiteRT's default XNNPACK delegate packs the weights into private memory next to the
+        # mapped file (tools/bench_backends.py): reserve both until the first load is measured.
+        return file_bytes * (2 if entry.backend == "tflite" else 1) + SESSION_OVERHEAD_BYTES
+
+    def _model_paths(self, model_id: str) -> set[str]:
+        """Absolute paths of a model's files (its graph and any external-data file)."""
+        entry = self._entries[model_id]
+        return {str((self.root / p).resolve()) for p in [entry.file.path] + [
+            f.path for f in self.manifest.files if f.path.startswith(entry.file.path + ".")]}
+
+    def _miss_cost(self, model_id: str) -> tuple[float, float]:
+        """(reload ms, fallback ms) of a miss: measured load time when there is one."""
+        times = self.residency.stats.load_times.get(model_id)
+        load_ms = times if times is not None else (self._entries[model_id].cost.load_ms or 1.0)
+        return load_ms, 0.0
 
     def _load(self, model_id: str) -> backends.Session:
         entry = self._entries[model_id]
@@ -186,22 +212,27 @@ class Ecology:
         entry = self._entries[model_id]
         t0 = time.perf_counter()
         with self.residency.use(model_id) as session:
-            feeds = hashed if entry.input == "hashed-text" else self._adapters[model_id](text)
+            feeds = hashed if entry.input in _SHARED_FEEDS else self._adapters[model_id](text)
             logits = session.run(feeds)
         vote = calibrated_vote(entry, logits, self.manifest.reject_label)
         return vote, (time.perf_counter() - t0) * 1e6
 
     def predict_with(self, model_id: str, text: str | bytes) -> Vote:
         """One model's calibrated answer to ``text`` (for baselines and diagnostics)."""
-        data = validate_text(text, self.policy.max_text_bytes)
         entry = self.manifest.model(model_id)
+        if self._dense is not None:
+            return self._vote(model_id, "", self._dense.feeds(text))[0]
+        data = validate_text(text, self.policy.max_text_bytes)
         hashed = hashed_feeds(*self._featurizer(data)) if entry.input == "hashed-text" else None
         return self._vote(model_id, data.decode("utf-8"), hashed)[0]
 
     def model_logits(self, model_id: str, text: str | bytes) -> np.ndarray:
         """One model's raw (uncalibrated) logits for ``text``, in its label order."""
-        data = validate_text(text, self.policy.max_text_bytes)
         entry = self.manifest.model(model_id)
+        if self._dense is not None:
+            with self.residency.use(model_id) as session:
+                return np.asarray(session.run(self._dense.feeds(text))).reshape(-1)
+        data = validate_text(text, self.policy.max_text_bytes)
         hashed = hashed_feeds(*self._featurizer(data)) if entry.input == "hashed-text" else None
         with self.residency.use(model_id) as session:
             feeds = hashed if hashed is not None else self._adapters[model_id](data.decode("utf-8"))
@@ -248,7 +279,10 @@ class Ecology:
                 raise EdgeEcoError("ecology is closed")
             self._in_flight += 1
         try:
-            return self._answer(text, deadline_ms, local_only)
+            answer = self._answer(text, deadline_ms, local_only)
+            if self.recorder is not None:  # queues the outcome; the write happens off this path
+                self.recorder.record(answer, text)
+            return answer
         finally:
             with self._cond:
                 self._in_flight -= 1
@@ -257,12 +291,20 @@ class Ecology:
 
     def _answer(self, text: str | bytes, deadline_ms: float | None, local_only: bool) -> Answer:
         t0 = time.perf_counter()
-        data = validate_text(text, self.policy.max_text_bytes)
-        text = data.decode("utf-8")
-        prov: dict[str, Any] = {"request_id": f"{self.name}-{next(self._ids)}"}
-        hashed, r = self._featurize_route(data, deadline_ms)
+        prov: dict[str, Any] = {"request_id": f"{self.name}-{self._session}-{next(self._ids)}"}
+        if self._dense is not None:  # a sensor window: standardized features, routed in numpy
+            hashed = self._dense.feeds(text)
+            r = route(self._router, self._dense.indices, hashed["x"][0],
+                      self._default_mask if deadline_ms is None else self._mask(deadline_ms))
+            text = ""
+        else:
+            data = validate_text(text, self.policy.max_text_bytes)
+            text = data.decode("utf-8")
+            hashed, r = self._featurize_route(data, deadline_ms)
         t_route = time.perf_counter()
         ids = [self._candidates[i] for i in r.order]
+        if len(ids) > 1:  # the router's runners-up are a look-ahead for the residency policy
+            self.residency.hint(ids[1:self.policy.coalition_size + 1])
         prov["route"] = {"candidates": ids[:self.policy.coalition_size],
                          "probs": [round(p, 4) for p in r.probs[:self.policy.coalition_size]]}
         if r.confidence >= self.policy.direct_threshold or len(ids) == 1:
@@ -275,7 +317,7 @@ class Ecology:
         else:
             votes, path = self._coalition(ids[:self.policy.coalition_size], text, hashed, prov), "coalition"
         best = judge(votes, self.manifest.reject_label)
-        if hashed is not None and not len(hashed["indices"]):
+        if hashed is not None and "indices" in hashed and not len(hashed["indices"]):
             # No word byte at all (punctuation, symbols): no local model has evidence. Answer the
             # reject label with no confidence, so the remote generalist is asked when allowed.
             best = Vote(best.model_id, self.manifest.reject_label, 0.0, declined=True)
@@ -329,8 +371,12 @@ class Ecology:
         return hashed_feeds(idx, val), Route(tuple(order), tuple(probs))
 
     def _mask(self, deadline_ms: float) -> np.ndarray:
-        return eligible_mask(self._candidate_entries, RequestContract(deadline_ms=deadline_ms),
-                             frozenset(self.residency.resident()))
+        # A model that is not resident costs its cold load: the measured one once it has loaded
+        # (and still the manifest's before), so a deadline can rule out a cold model.
+        times = self.residency.stats.load_times
+        entries = [e if e.id not in times else replace(e, cost=replace(e.cost, load_ms=max(e.cost.load_ms, times[e.id])))
+                   for e in self._candidate_entries]
+        return eligible_mask(entries, RequestContract(deadline_ms=deadline_ms), frozenset(self.residency.resident()))
 
     def _route(self, hashed: Feeds | None, deadline_ms: float | None) -> Route:
         if self._router is None:
@@ -376,6 +422,23 @@ class Ecology:
             prov["remote"]["redacted"] = list(self._redact)
         return reply.label, reply.confidence, "remote"
 
+    def attach_recorder(self, recorder: Any) -> None:
+        """Record every answer with ``recorder.record(answer, text)`` (see edge_eco.outcomes);
+        the ecology closes it on :meth:`close`."""
+        self.recorder = recorder
+
+    def feedback(self, request_id: str, label: str) -> None:
+        """Record the true label of an answered request (needs an attached recorder).
+
+        Raises:
+            RequestError: no recorder is attached, or ``label`` is not in the label space.
+        """
+        if self.recorder is None:
+            raise RequestError("feedback needs an outcome recorder (edge_eco.population.attach)")
+        if label not in self._label_set:
+            raise RequestError(f"feedback label {label!r} is not in the ecology's label space")
+        self.recorder.feedback(request_id, label)
+
     @property
     def remote(self) -> Any:
         """The remote generalist client, or None when there is none (offline or forbidden)."""
@@ -402,6 +465,8 @@ class Ecology:
             self._closed = True
             self._cond.wait_for(lambda: self._in_flight == 0, timeout=drain_timeout_s)
         self._pool.shutdown(wait=True)
+        if self.recorder is not None:
+            self.recorder.close()
         self.residency.close()
         if self._remote is not None and hasattr(self._remote, "close"):
             self._remote.close()
@@ -411,6 +476,34 @@ class Ecology:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_SHARED_FEEDS = ("hashed-text", "dense-vector")  # inputs computed once per request for every model
+
+
+class _Dense:
+    """The dense featurizer of a sensor ecology: window -> standardized features (``edge_eco.dense``)."""
+
+    def __init__(self, spec: DenseSpec, mean: np.ndarray, std: np.ndarray) -> None:
+        self.spec, self.mean, self.std = spec, mean, std
+        self.dim = mean.shape[0]
+        self.indices = np.arange(self.dim, dtype=np.int32)  # the router reads a dense vector as all-nonzero
+
+    def feeds(self, window: Any) -> Feeds:
+        a = validate_window(window, self.spec)
+        return {"x": standardize(raw_features(a[None]), self.mean, self.std)}
+
+
+def _load_dense(root: Path, manifest: Manifest) -> _Dense | None:
+    d = manifest.dense
+    if d is None:
+        return None
+    _, arrays = read_router(root / d.file.path)
+    mean, std = arrays.get("mean"), arrays.get("std")
+    want = dense_dim(d.axes)
+    if mean is None or std is None or mean.shape != (want,) or std.shape != (want,) or not (std > 0).all():
+        raise ManifestError(f"{d.file.path}: expected float32 mean and positive std of {want} features")
+    return _Dense(DenseSpec(d.kind, d.samples, d.axes, d.max_abs), np.array(mean), np.array(std))
 
 
 def _spec_dict(spec: Any) -> dict:

@@ -18,8 +18,8 @@ from .featurizer import FeaturizerSpec
 
 SCHEMA = 1
 ROLES = ("specialist", "generalist")
-BACKENDS = ("ort", "fake")
-INPUTS = ("hashed-text", "text-tokens")
+BACKENDS = ("ort", "tflite", "fake")
+INPUTS = ("hashed-text", "text-tokens", "dense-vector")
 RISKS = ("low", "medium", "high")
 REMOTE_POLICIES = ("allowed", "forbidden")
 REMOTE_PROTOCOLS = ("v2", "openai")
@@ -148,6 +148,41 @@ class DeferralSpec:
 
 
 @dataclass(frozen=True)
+class Governance:
+    """Population governance (``[governance]``): what the controller may do alone, the promotion
+    rule's thresholds, shadow budget, outcome retention and archive bound. See edge_eco.population."""
+
+    auto_apply: tuple[str, ...] = ("reject",)  # proposal kinds applied without `edge-eco population approve`
+    min_pairs: int = 200
+    looks: int = 5
+    alpha: float = 0.01
+    slice_alpha: float = 0.01
+    min_gain: float = 0.005
+    cooldown_s: float = 86400.0
+    shadow_rate: float = 0.1
+    shadow_cpu_share: float = 0.05
+    store_text: bool = False
+    max_rows: int = 1_000_000
+    max_bytes: int = 256 << 20
+    archive_bytes: int = 64 << 20
+
+
+PROPOSAL_KINDS = ("promote", "reject", "rollback")
+
+
+@dataclass(frozen=True)
+class DenseInput:
+    """The dense featurizer of a sensor ecology (``edge_eco.dense``): window shape, sensor range
+    and the file with the training mean/std used to standardize features."""
+
+    file: FileEntry
+    kind: str
+    samples: int
+    axes: int
+    max_abs: float
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A validated ecology manifest."""
 
@@ -163,6 +198,8 @@ class Manifest:
     files: tuple[FileEntry, ...]
     budget_bytes: int = 0
     deferral: DeferralSpec | None = None
+    governance: Governance = Governance()
+    dense: DenseInput | None = None
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -176,7 +213,7 @@ class Manifest:
     def all_files(self) -> tuple[FileEntry, ...]:
         """Every file the bundle must contain, models and router included."""
         extra = [m.file for m in self.models] + ([self.router.file] if self.router else []) \
-            + ([self.deferral.file] if self.deferral else [])
+            + ([self.deferral.file] if self.deferral else []) + ([self.dense.file] if self.dense else [])
         return tuple(extra) + self.files
 
     def model(self, model_id: str) -> ModelEntry:
@@ -297,6 +334,32 @@ def _model(raw: Any, i: int) -> ModelEntry:
     return entry
 
 
+def model_entry(raw: Any) -> ModelEntry:
+    """Parse one ``[[models]]`` table (e.g. a challenger's entry). Raises ManifestError."""
+    return _model(raw, 0)
+
+
+def _governance(t: _Table | None) -> Governance:
+    if t is None:
+        return Governance()
+    auto = _strings(t, "auto_apply", ["reject"]) if "auto_apply" in t.data else ("reject",)
+    bad = [k for k in auto if k not in PROPOSAL_KINDS]
+    if bad:
+        raise ManifestError(f"{t.where}.auto_apply: {bad} not among {list(PROPOSAL_KINDS)}")
+    g = Governance(auto_apply=tuple(auto), min_pairs=t.get("min_pairs", int, 200, lo=1, hi=10**9),
+                   looks=t.get("looks", int, 5, lo=1, hi=20), alpha=t.get("alpha", float, 0.01, lo=1e-9, hi=0.5),
+                   slice_alpha=t.get("slice_alpha", float, 0.01, lo=1e-9, hi=0.5),
+                   min_gain=t.get("min_gain", float, 0.005, lo=0.0, hi=1.0),
+                   cooldown_s=t.get("cooldown_s", float, 86400.0, lo=0.0),
+                   shadow_rate=t.get("shadow_rate", float, 0.1, lo=0.0, hi=1.0),
+                   shadow_cpu_share=t.get("shadow_cpu_share", float, 0.05, lo=0.0, hi=1.0),
+                   store_text=t.get("store_text", bool, False), max_rows=t.get("max_rows", int, 1_000_000, lo=0),
+                   max_bytes=t.get("max_bytes", int, 256 << 20, lo=0),
+                   archive_bytes=t.get("archive_bytes", int, 64 << 20, lo=0))
+    t.done()
+    return g
+
+
 def _policy(t: _Table | None) -> Policy:
     if t is None:
         return Policy()
@@ -359,6 +422,11 @@ def parse_manifest(text: str) -> Manifest:
         deferral = DeferralSpec(_file(dt), dt.choice("kind", ("gain-loss",)),
                                 dt.get("margin", float, lo=-1.0, hi=1.0))
         dt.done()
+    dense = None
+    if (dn := top.table("dense")) is not None:
+        dense = DenseInput(_file(dn), dn.choice("kind", ("accel-window-v1",)), dn.get("samples", int, lo=2, hi=1 << 16),
+                           dn.get("axes", int, lo=1, hi=64), dn.get("max_abs", float, lo=0.0))
+        dn.done()
     raw_models = top.get("models", list)
     models = tuple(_model(m, i) for i, m in enumerate(raw_models))
     files = tuple(_file_entry(f, i) for i, f in enumerate(top.get("files", list, [])))
@@ -366,7 +434,8 @@ def parse_manifest(text: str) -> Manifest:
                  description=top.get("description", str, ""), reject_label=top.get("reject_label", str),
                  featurizer=featurizer, policy=_policy(top.table("policy")), remote=remote, router=router,
                  models=models, files=files, budget_bytes=top.get("budget_bytes", int, 0, lo=0),
-                 deferral=deferral)
+                 deferral=deferral, governance=_governance(top.table("governance")),
+                 dense=dense)
     top.done()
     _check_references(m)
     return m
@@ -384,6 +453,8 @@ def _check_references(m: Manifest) -> None:
     for x in m.models:
         if x.input == "hashed-text" and m.featurizer is None:
             raise ManifestError(f"model {x.id!r} takes 'hashed-text' but the manifest has no [featurizer]")
+        if x.input == "dense-vector" and m.dense is None:
+            raise ManifestError(f"model {x.id!r} takes 'dense-vector' but the manifest has no [dense]")
         if x.tokenizer and x.tokenizer not in paths:
             raise ManifestError(f"model {x.id!r}: tokenizer {x.tokenizer!r} is not listed in [[files]]")
     if m.policy.remote_rule == "deferral" and m.deferral is None:
@@ -394,7 +465,7 @@ def _check_references(m: Manifest) -> None:
         unknown = [c for c in m.router.candidates if c not in ids]
         if unknown:
             raise ManifestError(f"router.candidates: unknown model id(s) {unknown}")
-        if m.featurizer is None:
-            raise ManifestError("router: needs a [featurizer] to read requests")
+        if m.featurizer is None and m.dense is None:
+            raise ManifestError("router: needs a [featurizer] or [dense] to read requests")
     elif len(m.models) > 1:
         raise ManifestError("ecology.toml: a population of several models needs a [router]")

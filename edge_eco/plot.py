@@ -63,3 +63,36 @@ def plot_curves(curves: dict[str, tuple[list[float], list[float]]], weak_acc: fl
     out = Path(path)
     fig.savefig(out, format="png")
     return out
+
+
+def plot_bars(groups: dict[str, dict[str, float]], path: str | os.PathLike, title: str) -> Path:
+    """Write a PNG of grouped bars: one group per key of ``groups``, one bar per series in it.
+
+    Raises:
+        EdgeEcoError: matplotlib is not installed.
+        ValueError: no groups.
+    """
+    if not groups:
+        raise ValueError("plot_bars needs at least one group")
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise EdgeEcoError("matplotlib is needed for --plot: pip install 'edge_eco[bench]'") from exc
+    series = list(next(iter(groups.values())))
+    fig = Figure(figsize=(max(7.0, 0.6 * len(groups)), 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / len(series)
+    for j, s in enumerate(series):
+        ax.bar([i + j * width for i in range(len(groups))], [g.get(s, 0.0) for g in groups.values()],
+               width=width, label=s)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))])
+    ax.set_xticklabels(list(groups), rotation=45, ha="right", fontsize="small")
+    ax.axhline(1.0, color="0.3", linewidth=0.8, linestyle="--")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, format="png")
+    return out

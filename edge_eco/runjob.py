@@ -28,7 +28,7 @@ def _timed(fn: Callable[[str], str], examples: Sequence[Example]) -> tuple[list[
     for ex in examples:
         t0 = time.perf_counter()
         try:
-            labels.append(fn(ex.text))
+            labels.append(fn(ex.request))
         except EdgeEcoError as exc:
             labels.append("")
             errors += 1
@@ -46,7 +46,7 @@ def run_job(eco: Ecology, examples: Sequence[Example], opts: RunOptions = RunOpt
     for i, ex in enumerate(examples):
         t0 = time.perf_counter()
         try:
-            a = eco.answer(ex.text, deadline_ms=opts.deadline_ms, local_only=opts.local_only)
+            a = eco.answer(ex.request, deadline_ms=opts.deadline_ms, local_only=opts.local_only)
             predicted.append(a.label)
             paths.append(a.path)
             if a.path == "unavailable":

@@ -9,7 +9,7 @@ import json
 import re
 from dataclasses import asdict, fields
 
-from .manifest import Calibration, Cost, Manifest, ModelEntry, Policy, RemoteSpec
+from .manifest import Calibration, Cost, Governance, Manifest, ModelEntry, Policy, RemoteSpec
 
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -83,6 +83,14 @@ def manifest_to_toml(m: Manifest) -> str:
         d = m.deferral
         out += ["", "[deferral]", f"path = {_value(d.file.path)}", f"sha256 = {_value(d.file.sha256)}",
                 f"kind = {_value(d.kind)}", f"margin = {_value(d.margin)}"]
+    if m.governance != Governance():
+        out += ["", "[governance]"] + [f"{f.name} = {_value(getattr(m.governance, f.name))}"
+                                      for f in fields(Governance)]
+    if m.dense is not None:
+        d = m.dense
+        out += ["", "[dense]", f"path = {_value(d.file.path)}", f"sha256 = {_value(d.file.sha256)}",
+                f"kind = {_value(d.kind)}", f"samples = {d.samples}", f"axes = {d.axes}",
+                f"max_abs = {_value(float(d.max_abs))}"]
     for f in m.files:
         out += ["", "[[files]]", f"path = {_value(f.path)}", f"sha256 = {_value(f.sha256)}"]
     for model in m.models:

@@ -373,7 +373,7 @@ def test_threshold_bounds_are_inclusive(value):
 
 @pytest.mark.parametrize("old, new, field", [
     ('role = "generalist"', 'role = "judge"', "role"),
-    ('backend = "ort"', 'backend = "tflite"', "backend"),
+    ('backend = "ort"', 'backend = "tensorrt"', "backend"),
     ('input = "text-tokens"', 'input = "image"', "input"),
     ('risk = "high"', 'risk = "extreme"', "risk"),
     ('remote = "allowed"', 'remote = "sometimes"', "remote"),

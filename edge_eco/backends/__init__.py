@@ -26,7 +26,7 @@ class Session(Protocol):
         """Release the model's memory; the session is unusable afterwards."""
 
 
-NAMES = ("ort", "fake")
+NAMES = ("ort", "tflite", "fake")
 
 
 def open_model(backend: str, path: Path, *, output: str = "logits", threads: int = 1,

@@ -17,6 +17,14 @@ from ..errors import InferenceError, ModelLoadError
 
 _ort = None
 _import_lock = threading.Lock()
+# Loading modes (tools/bench_backends.py measures them per model size; README "Figures"):
+#   plain            the .onnx as it is (embedded or external-data weights), prepacking on
+#   external-noprepack  external-data weights with session.disable_prepacking=1: weights stay
+#                    shared file pages, but int8 MatMul runs slower
+#   ort-mmap         an .ort file mapped with session.use_memory_mapped_ort_model=1
+# Never: model bytes + use_ort_model_bytes_directly + use_ort_model_bytes_for_initializers (a wrong
+# prediction on one model and a segfault on another, MEASURED.md).
+MODES = ("plain", "external-noprepack", "ort-mmap")
 _DTYPES = {"tensor(float)": np.float32, "tensor(int32)": np.int32, "tensor(int64)": np.int64,
            "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(double)": np.float64}
 
@@ -37,8 +45,13 @@ def _runtime():
 class OrtSession:
     """One ONNX Runtime inference session; ``run`` is thread-safe (ORT sessions are)."""
 
-    def __init__(self, path: Path, output: str, threads: int, optimize: bool) -> None:
+    def __init__(self, path: Path, output: str, threads: int, optimize: bool, mode: str | None = None) -> None:
         ort = _runtime()
+        mode = mode or ("ort-mmap" if path.suffix == ".ort" else "plain")
+        if mode not in MODES:
+            raise ModelLoadError(f"unknown ONNX Runtime loading mode {mode!r} (known: {list(MODES)})")
+        if (mode == "ort-mmap") != (path.suffix == ".ort"):
+            raise ModelLoadError(f"{path.name}: mode {mode!r} needs {'an .ort' if mode == 'ort-mmap' else 'an .onnx'} file")
         opts = ort.SessionOptions()
         if not optimize:
             # Graphs written by tools/ are already minimal: skipping the optimizer makes a cold
@@ -49,7 +62,9 @@ class OrtSession:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.enable_mem_pattern = False
         opts.log_severity_level = 3
-        if path.suffix == ".ort":
+        if mode == "external-noprepack":
+            opts.add_session_config_entry("session.disable_prepacking", "1")
+        if mode == "ort-mmap":
             opts.add_session_config_entry("session.load_model_format", "ORT")
             opts.add_session_config_entry("session.use_memory_mapped_ort_model", "1")
             opts.add_session_config_entry("session.use_ort_model_bytes_for_initializers", "1")
@@ -62,6 +77,13 @@ class OrtSession:
             raise ModelLoadError(f"{path.name}: no output named {output!r} (outputs: {names})")
         self._output = [output]
         self._contract = [(i.name, _DTYPES.get(i.type), list(i.shape)) for i in self._sess.get_inputs()]
+
+    def warm(self) -> None:
+        """Run once on zeros of the declared input shapes (symbolic dims as 1), so that the pages
+        and buffers a first request touches are resident when the footprint is measured."""
+        feeds = {name: np.zeros([d if isinstance(d, int) else 1 for d in shape], dtype or np.float32)
+                 for name, dtype, shape in self._contract}
+        self.run(feeds)
 
     def _check(self, feeds: dict[str, np.ndarray]) -> None:
         """Refuse feeds that do not fit the graph's declared inputs (names, dtypes, ranks, and
@@ -94,6 +116,14 @@ class OrtSession:
         self._sess = None
 
 
-def open(path: Path, *, output: str = "logits", threads: int = 1, optimize: bool = True) -> OrtSession:  # noqa: A001
-    """Load an ONNX (or ORT-format) model from ``path``; raises ModelLoadError."""
-    return OrtSession(path, output, threads, optimize)
+def open(path: Path, *, output: str = "logits", threads: int = 1, optimize: bool = True,  # noqa: A001
+         mode: str | None = None) -> OrtSession:
+    """Load an ONNX (or ORT-format) model from ``path``.
+
+    Args:
+        mode: one of MODES; None picks ``ort-mmap`` for .ort files and ``plain`` otherwise.
+
+    Raises:
+        ModelLoadError: the runtime refused the file, or the mode does not fit it.
+    """
+    return OrtSession(path, output, threads, optimize, mode)

@@ -1,0 +1,335 @@
+"""The residency manager: loads models on demand and keeps their footprint within a byte budget.
+
+Shell (owns sessions, threads and locks). The ledger — bytes charged to resident, loading and
+unloading models — never exceeds the budget: a miss picks its victims and reserves the rest of
+its need at once, under the lock; the victims' bytes stay charged (as *unloading*) until their
+``close()`` has returned, and only then pass to the model being loaded. A model in use is never
+evicted; concurrent misses on one model cause one load (single-flight).
+
+Footprints are measured (``measure`` -> :class:`~.footprint.Footprint`) around each load and its
+first run (``session.warm()``), split into anonymous and file-backed bytes, and replace the
+prediction from then on. A resident model can be *demoted* to cold: its file pages are dropped
+from the process (the session stays; they fault back in from the page cache), which frees its
+file-backed bytes; room is made by demoting first, evicting second. Victims are chosen by the
+cost-aware policy (:mod:`.policy`: expected miss cost per byte) or by LRU.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from ..backends import Session
+from ..errors import BudgetError
+from . import policy as pol
+from .state import ResidencyStats, _Busy, _Slot
+from .footprint import Footprint, mapped_bytes
+
+SESSION_OVERHEAD_BYTES = 350_000  # measured per live ORT session of a small model (MEASURED.md)
+
+
+class Residency:
+    """Loads models on demand and keeps the charged footprint within ``budget_bytes``.
+
+    Args:
+        loader: model id -> a loaded Session (does the actual I/O).
+        predict_bytes: model id -> footprint to reserve before its first measured load.
+        budget_bytes: limit on the ledger (0 = unlimited).
+        measure: this process's footprint now (a Footprint, or total bytes), read around each
+            load and first run; None keeps predictions.
+        wait_s: how long a miss waits for models in use to be released before BudgetError.
+        policy: ``"lru"`` or ``"cost_aware"`` (decayed demand x (reload + fallback ms) / bytes).
+        cost: model id -> (load_ms, fallback_ms) for the cost-aware policy.
+        paths: model id -> absolute paths of its files (for demotion to cold); None: no demotion.
+        demote: drop a model's file pages (footprint.drop_file_pages).
+    """
+
+    def __init__(self, loader: Callable[[str], Session], predict_bytes: Callable[[str], int],
+                 budget_bytes: int = 0, measure: Callable[[], Footprint | int | None] | None = None,
+                 wait_s: float = 30.0, policy: str = "lru",
+                 cost: Callable[[str], tuple[float, float]] | None = None,
+                 paths: Callable[[str], set[str]] | None = None,
+                 demote: Callable[[set[str]], object] | None = None) -> None:
+        if policy not in ("lru", "cost_aware"):
+            raise ValueError(f"policy must be 'lru' or 'cost_aware', got {policy!r}")
+        self._loader, self._predict, self._measure = loader, predict_bytes, measure
+        self.budget_bytes, self.wait_s, self.policy = budget_bytes, wait_s, policy
+        self._cost, self._paths, self._demote = cost, paths, demote
+        self._slots: OrderedDict[str, _Slot] = OrderedDict()
+        self._unloading = 0
+        self._lock = threading.Lock()
+        self._released = threading.Condition(self._lock)
+        self._load_lock = threading.Lock()  # loads one at a time, so footprint deltas are attributable
+        self._measured: dict[str, int] = {}
+        self._entries: dict[str, pol.Entry] = {}
+        self._ghost: dict[str, tuple[float, int]] = {}
+        self._requests = 0
+        self.stats = ResidencyStats()
+
+    # -- views -----------------------------------------------------------------------------------
+    @property
+    def resident_bytes(self) -> int:
+        """The ledger: bytes charged to loaded, loading and unloading models."""
+        with self._lock:
+            return self._ledger()
+
+    def _ledger(self) -> int:
+        return sum(s.bytes for s in self._slots.values()) + self._unloading
+
+    def resident(self) -> list[str]:
+        """Ids of loaded models (hot or cold), least recently used first."""
+        with self._lock:
+            return [k for k, s in self._slots.items() if s.session is not None]
+
+    def cold(self) -> list[str]:
+        """Ids of loaded models whose file pages were dropped."""
+        with self._lock:
+            return [k for k, s in self._slots.items() if s.session is not None and s.cold]
+
+    def is_resident(self, model_id: str) -> bool:
+        with self._lock:
+            slot = self._slots.get(model_id)
+            return slot is not None and slot.session is not None
+
+    # -- requests --------------------------------------------------------------------------------
+    @contextmanager
+    def use(self, model_id: str) -> Iterator[Session]:
+        """Hold ``model_id`` loaded, hot and unevictable for the duration of the block."""
+        session = self._acquire(model_id)
+        try:
+            yield session
+        finally:
+            with self._lock:
+                slot = self._slots.get(model_id)
+                if slot is not None:  # None when close() ran while the model was in use
+                    slot.users -= 1
+                self._released.notify_all()
+
+    def hint(self, model_ids: list[str]) -> None:
+        """Look-ahead from the router: these models are likely to be asked for next."""
+        if self.policy != "cost_aware":
+            return
+        with self._lock:
+            for m in model_ids:
+                if m in self._entries:
+                    demand, seen = self._ghost.get(m, (0.0, self._requests))
+                    e = pol.on_access(pol.decayed(demand, seen, self._requests), self._model_cost(m), weight=0.25)
+                    self._entries[m] = e
+                    self._ghost[m] = (e.demand, self._requests)
+
+    def _acquire(self, model_id: str) -> Session:
+        give_up = time.monotonic() + self.wait_s
+        while True:
+            with self._lock:
+                slot = self._slots.get(model_id)
+                loaded = slot is not None and slot.session is not None
+                try:
+                    if loaded and not slot.cold:
+                        self._touch(model_id, slot)
+                        return slot.session
+                    if loaded or slot is None or slot.loading is None:
+                        need = slot.file_bytes if loaded else (self._measured.get(model_id) or self._predict(model_id))
+                        victims, demoted, credit = self._make_room(model_id, need)
+                    else:
+                        victims = None
+                except _Busy:
+                    # It fits the budget, but the models that would make room are in use: wait for
+                    # a release (a waiting thread holds no model, so this cannot deadlock).
+                    left = give_up - time.monotonic()
+                    if left <= 0:
+                        raise
+                    self._released.wait(min(left, 0.5))
+                    continue
+                if victims is None:
+                    event = slot.loading
+                elif loaded:  # cold -> hot: the file bytes are charged again before any page faults
+                    slot.bytes += need - credit
+                    slot.users += 1
+                    slot.cold = False
+                else:
+                    slot = self._slots.setdefault(model_id, _Slot())
+                    slot.bytes, slot.loading, slot.error = need - credit, threading.Event(), None
+            if victims is None:
+                event.wait()
+                with self._lock:
+                    if slot.error is not None and slot.session is None:
+                        raise slot.error
+                continue
+            self._free(demoted, victims, slot, credit)
+            if loaded:
+                with self._lock:
+                    self._touch(model_id, slot, count_user=False)
+                return slot.session
+            return self._load(model_id, slot)
+
+    def _touch(self, model_id: str, slot: _Slot, count_user: bool = True) -> None:
+        """Record a request (caller holds the lock)."""
+        if count_user:
+            slot.users += 1
+        self._slots.move_to_end(model_id)
+        self._requests += 1
+        if self.policy == "cost_aware":
+            demand, seen = self._ghost.get(model_id, (0.0, self._requests))
+            e = pol.on_access(pol.decayed(demand, seen, self._requests), self._model_cost(model_id))
+            self._entries[model_id] = e
+            self._ghost[model_id] = (e.demand, self._requests)
+
+    def _model_cost(self, model_id: str) -> pol.ModelCost:
+        load_ms, fallback_ms = self._cost(model_id) if self._cost else (1.0, 0.0)
+        slot = self._slots.get(model_id)
+        size = slot.bytes if slot is not None and slot.bytes else self._measured.get(model_id) or self._predict(model_id)
+        return pol.ModelCost(size, load_ms, fallback_ms)
+
+    # -- making room -----------------------------------------------------------------------------
+    def _make_room(self, model_id: str, need: int) -> tuple[list[tuple[str, _Slot]], list[_Slot], int]:
+        """Demote, then pick victims so that ``need`` fits; returns (victims popped from the
+        slots, slots demoted, bytes they free). Caller holds the lock; the freed bytes move to
+        ``_unloading`` so the ledger does not change until they are really released."""
+        if not self.budget_bytes:
+            return [], [], 0
+        if need > self.budget_bytes:
+            raise BudgetError(f"model {model_id!r} needs {need} bytes; the budget is {self.budget_bytes}")
+        free = self.budget_bytes - self._ledger()
+        if need <= free:
+            return [], [], 0
+        idle = [k for k, s in self._slots.items() if k != model_id and s.session is not None and s.users == 0]
+        order = self._order(idle)
+        demoted, credit = [], 0
+        if self._demote is not None:
+            for k in order:
+                s = self._slots[k]
+                if not s.cold and s.file_bytes > 0 and s.paths and need > free + credit:
+                    demoted.append(s)
+                    credit += s.file_bytes
+        frees = {k: self._slots[k].bytes - (self._slots[k].file_bytes if any(self._slots[k] is d for d in demoted)
+                                            else 0) for k in order}
+        if self.policy == "lru":
+            chosen, gain = [], 0
+            for k in order:
+                if need <= free + credit + gain:
+                    break
+                chosen.append(k)
+                gain += frees[k]
+            enough = need <= free + credit + gain
+        else:
+            picked = pol.choose_victims({k: self._entries.get(k, pol.Entry(0.0, 0.0)) for k in order}, frees, (),
+                                        need, free + credit)
+            enough, chosen = picked is not None, picked or []
+        if not enough:
+            raise _Busy(f"model {model_id!r} needs {need} bytes but only {free + credit + sum(frees.values())} can "
+                        "be freed now (other models are in use)")
+        demoted = [s for s in demoted if not any(s is self._slots[k] for k in chosen)]
+        credit = sum(s.file_bytes for s in demoted)
+        victims = [(k, self._slots.pop(k)) for k in chosen]
+        for k, _ in victims:
+            self._entries.pop(k, None)
+        for s in demoted:
+            s.bytes -= s.file_bytes
+            s.cold = True
+        gain = sum(s.bytes for _, s in victims)
+        self._unloading += credit + gain  # still charged until the pages are dropped / sessions closed
+        return victims, demoted, credit + gain
+
+    def _order(self, idle: list[str]) -> list[str]:
+        if self.policy == "lru":
+            return idle  # the slots' order is least recently used first
+        ranked = sorted((self._entries[k].priority if k in self._entries else 0.0, i, k) for i, k in enumerate(idle))
+        return [k for _, _, k in ranked]
+
+    def _free(self, demoted: list[_Slot], victims: list[tuple[str, _Slot]], slot: _Slot, credit: int) -> None:
+        """Drop demoted pages, close victims, then hand their bytes to ``slot`` (ledger unchanged)."""
+        with self._load_lock:  # not during another load's measurement: its delta stays its own
+            for s in demoted:
+                self._demote(set(s.paths))
+            for _, victim in victims:
+                t0 = time.perf_counter()
+                victim.session.close()
+                with self._lock:
+                    self.stats.evictions += 1
+                    self.stats.evict_ms.append((time.perf_counter() - t0) * 1e3)
+        with self._lock:
+            self.stats.demotions += len(demoted)
+            self._unloading -= credit
+            slot.bytes += credit
+
+    # -- loading ---------------------------------------------------------------------------------
+    def _read(self) -> Footprint | None:
+        if self._measure is None:
+            return None
+        v = self._measure()
+        return Footprint(v, 0) if isinstance(v, int) else v
+
+    def _load(self, model_id: str, slot: _Slot) -> Session:
+        try:
+            with self._load_lock:
+                before = self._read()
+                t0 = time.perf_counter()
+                session = self._loader(model_id)
+                load_ms = (time.perf_counter() - t0) * 1e3
+                if hasattr(session, "warm"):
+                    session.warm()  # the first run's pages and buffers belong to the footprint
+                after = self._read()
+        except BaseException as exc:
+            with self._lock:
+                slot.error = exc
+                self._slots.pop(model_id, None)
+                slot.loading.set()
+                slot.loading = None
+                self._released.notify_all()
+            raise
+        grown = after - before if before is not None and after is not None else None
+        paths = frozenset(self._paths(model_id)) if self._paths else frozenset()
+        if grown is not None and paths:
+            # Pages of a mapped model file become resident as requests touch them (a sparse text
+            # model touches a few rows per request): charge the whole mapping, not what warm() touched.
+            grown = Footprint(grown.anon_bytes, max(grown.file_bytes, mapped_bytes(set(paths))))
+        with self._lock:
+            if grown is not None and grown.total_bytes > 0:  # the prediction self-corrects
+                measured = grown.total_bytes
+                self.stats.accounting_error.append(abs(slot.bytes - measured) / measured)
+                self.stats.measured[model_id] = grown
+                # Reserve the largest footprint seen plus 1/64: reloads measure a few KiB apart
+                # (heap noise), and a reservation under the truth would overshoot the budget.
+                self._measured[model_id] = max(self._measured.get(model_id, 0), measured + -(-measured // 64))
+                if measured > slot.bytes:
+                    self.stats.overshoots += 1
+                slot.bytes, slot.file_bytes = measured, max(grown.file_bytes, 0)
+            slot.paths = paths
+            slot.session = session
+            self.stats.loads += 1
+            self.stats.load_ms.append(load_ms)
+            self.stats.load_times[model_id] = load_ms
+            self._touch(model_id, slot)
+            slot.loading.set()
+            slot.loading = None
+            over = self._over_budget(model_id)
+        self._free([], over, _Slot(), sum(v.bytes for _, v in over))
+        return session
+
+    def _over_budget(self, model_id: str) -> list[tuple[str, _Slot]]:
+        """When a measured footprint beat its reservation, evict idle models to get back under the
+        budget (caller holds the lock)."""
+        if not self.budget_bytes:
+            return []
+        excess = self._ledger() - self.budget_bytes
+        chosen = []
+        for key in self._order([k for k, s in self._slots.items()
+                                if k != model_id and s.session is not None and s.users == 0]):
+            if excess <= 0:
+                break
+            chosen.append(key)
+            excess -= self._slots[key].bytes
+        victims = [(k, self._slots.pop(k)) for k in chosen]
+        self._unloading += sum(v.bytes for _, v in victims)
+        return victims
+
+    def close(self) -> None:
+        """Close every loaded model."""
+        with self._lock:
+            slots, self._slots = list(self._slots.values()), OrderedDict()
+        for slot in slots:
+            if slot.session is not None:
+                slot.session.close()

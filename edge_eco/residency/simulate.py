@@ -1,0 +1,146 @@
+"""Replay request traces against eviction policies under a byte budget. Pure: no I/O or clock.
+
+A trace is a sequence of (time_s, model_id). ``replay`` runs an online policy (``lru``, the
+runtime's ``cost_aware`` policy from :mod:`.policy`, or ``belady``: evict the model needed furthest
+in the future, optimal in misses when sizes are equal) and counts misses, missed bytes, miss cost
+and thrash (reloads within ``thrash_window_s`` of the model's eviction). ``optimum_cost`` is the
+exact offline minimum of total miss cost for any sizes and costs (dynamic programming over
+resident sets; demand loading is optimal, so only evictions are chosen), for up to 16 models.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .policy import Entry, ModelCost, belady_victim, choose_victims, decayed, on_access
+
+POLICIES = ("cost_aware", "lru", "belady")
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """Counters of one replay."""
+
+    requests: int
+    misses: int
+    miss_bytes: int
+    request_bytes: int
+    miss_cost_ms: float
+    reloads_in_window: int
+
+    def as_dict(self) -> dict:
+        return {"miss_ratio": round(self.misses / max(self.requests, 1), 5),
+                "byte_miss_ratio": round(self.miss_bytes / max(self.request_bytes, 1), 5),
+                "miss_cost_ms": round(self.miss_cost_ms, 3),
+                "thrash_rate": round(self.reloads_in_window / max(self.misses, 1), 5),
+                "misses": self.misses}
+
+
+def _next_uses(ids: Sequence[str]) -> list[int]:
+    """For each position, the position of the next request of the same model (or 'never')."""
+    nxt, last = [0] * len(ids), {}
+    for i in range(len(ids) - 1, -1, -1):
+        nxt[i] = last.get(ids[i], 1 << 62)
+        last[ids[i]] = i
+    return nxt
+
+
+def replay(trace: Sequence[tuple[float, str]], costs: dict[str, ModelCost], budget_bytes: int,
+           policy: str, thrash_window_s: float = 10.0) -> ReplayResult:
+    """Replay ``trace`` under ``policy``; every model must fit the budget on its own."""
+    if policy not in POLICIES:
+        raise ValueError(f"policy {policy!r} is not one of {POLICIES}")
+    ids = [m for _, m in trace]
+    nxt = _next_uses(ids) if policy == "belady" else None
+    resident: OrderedDict[str, None] = OrderedDict()
+    entries: dict[str, Entry] = {}
+    next_use: dict[str, int] = {}
+    evicted_at: dict[str, float] = {}
+    ghost: dict[str, tuple[float, int]] = {}  # model -> (demand, request number when counted)
+    used = 0
+    misses = miss_bytes = request_bytes = thrash = 0
+    cost_ms = 0.0
+    for i, (t, m) in enumerate(trace):
+        c = costs[m]
+        request_bytes += c.size_bytes
+        if nxt is not None:
+            next_use[m] = nxt[i]
+        demand, seen = ghost.get(m, (0.0, i))
+        hit = m in resident
+        if hit:
+            resident.move_to_end(m)
+            entries[m] = on_access(decayed(demand, seen, i), c)
+            ghost[m] = (entries[m].demand, i)
+            continue
+        misses += 1
+        miss_bytes += c.size_bytes
+        cost_ms += c.miss_cost
+        if m in evicted_at and t - evicted_at[m] <= thrash_window_s:
+            thrash += 1
+        free = budget_bytes - used
+        if policy == "lru":
+            victims = []
+            for k in resident:
+                if free >= c.size_bytes:
+                    break
+                victims.append(k)
+                free += costs[k].size_bytes
+        elif policy == "belady":
+            victims, pool = [], list(resident)
+            while free < c.size_bytes:
+                v = belady_victim(pool, next_use)
+                pool.remove(v)
+                victims.append(v)
+                free += costs[v].size_bytes
+        else:
+            victims = choose_victims({k: entries[k] for k in resident}, {k: costs[k].size_bytes for k in resident},
+                                     (), c.size_bytes, free)
+            if victims is None:
+                raise ValueError(f"model {m!r} does not fit the budget of {budget_bytes} bytes")
+        for v in victims:
+            del resident[v]
+            entries.pop(v, None)
+            used -= costs[v].size_bytes
+            evicted_at[v] = t
+        resident[m] = None
+        used += c.size_bytes
+        entries[m] = on_access(decayed(demand, seen, i), c)
+        ghost[m] = (entries[m].demand, i)
+    return ReplayResult(len(trace), misses, miss_bytes, request_bytes, cost_ms, thrash)
+
+
+def optimum_cost(trace: Sequence[tuple[float, str]], costs: dict[str, ModelCost], budget_bytes: int) -> float:
+    """Exact minimum total miss cost of ``trace`` over all eviction schedules (offline).
+
+    DP over resident sets S: after serving request r, ``D[S] = min(M[S], M[S - r] + cost(r))`` for
+    feasible S holding r, where M is the superset minimum of the previous D (evicting is free).
+    O(len(trace) * n * 2^n); n <= 16 models.
+    """
+    models = sorted({m for _, m in trace})
+    n = len(models)
+    if n > 16:
+        raise ValueError(f"the exact optimum handles at most 16 models, the trace has {n}")
+    bit = {m: i for i, m in enumerate(models)}
+    sets = np.arange(1 << n)
+    size = np.zeros(1 << n)
+    for m, i in bit.items():
+        size += ((sets >> i) & 1) * costs[m].size_bytes
+    feasible = size <= budget_bytes
+    d = np.full(1 << n, np.inf)
+    d[0] = 0.0
+    for _, m in trace:
+        sup = d.copy()
+        for i in range(n):  # superset-min transform: sup[S] = min over P >= S of d[P]
+            v = sup.reshape(-1, 2, 1 << i)
+            np.minimum(v[:, 0, :], v[:, 1, :], out=v[:, 0, :])
+        b = 1 << bit[m]
+        has = (sets & b) != 0
+        new = np.full(1 << n, np.inf)
+        idx = sets[has & feasible]
+        new[idx] = np.minimum(sup[idx], sup[idx ^ b] + costs[m].miss_cost)
+        d = new
+    return float(d.min())

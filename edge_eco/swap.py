@@ -1,0 +1,82 @@
+"""Atomic manifest swaps: the ecology's ``ecology.toml`` is replaced whole or not at all.
+
+A swap writes the new text to a temporary file in the same folder, fsyncs it, renames it over
+``ecology.toml`` (``os.replace``: atomic on POSIX), then fsyncs the folder so the rename itself
+is durable. A crash at any point leaves the old manifest or the new one, never a torn one; at
+worst a stale ``.ecology.toml.*.tmp`` file, which the next swap removes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from .bundle import MANIFEST_NAME, sha256_file
+from .errors import IntegrityError, ManifestError, StoreError
+from .manifest import Manifest, parse_manifest
+from .tomlwrite import manifest_to_toml
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably (temp file, fsync, rename, fsync dir).
+
+    Raises:
+        StoreError: the file system refused a step (the old file is then untouched).
+    """
+    folder = path.parent
+    tmp = folder / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StoreError(f"atomic write of {path} failed: {exc}") from exc
+
+
+def clean_stale(folder: Path) -> None:
+    """Remove temporary files left by a swap that crashed before its rename."""
+    for stale in folder.glob(f".{MANIFEST_NAME}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def swap_manifest(root: Path, new: Manifest) -> tuple[str, str]:
+    """Make ``new`` the manifest of the bundle at ``root``, after checking it opens.
+
+    The new text is re-parsed and every file it lists is verified (present, sha256) before the
+    swap, so a swap can never install a manifest that does not open.
+
+    Returns:
+        (sha256 of the manifest text before, after).
+
+    Raises:
+        ManifestError, IntegrityError: ``new`` is invalid or lists a missing/corrupt file.
+        StoreError: the write failed (the old manifest stands).
+    """
+    text = manifest_to_toml(new)
+    if parse_manifest(text) != new:
+        raise ManifestError("manifest does not survive a write/read round trip")
+    path = root / MANIFEST_NAME
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    clean_stale(root)
+    for entry in new.all_files():  # verified against the new text before the live file is touched
+        f = root / entry.path
+        if not f.is_file() or sha256_file(f) != entry.sha256:
+            raise IntegrityError(f"{entry.path}: missing or does not match its sha256; swap refused")
+    write_atomic(path, text.encode("utf-8"))
+    return before, hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+__all__ = ["write_atomic", "swap_manifest", "clean_stale"]

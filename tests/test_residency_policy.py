@@ -1,0 +1,121 @@
+"""The pure eviction policy and the trace simulator: hypothesis properties and exact small cases."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_eco.residency.policy import Entry, ModelCost, choose_victims, decayed, miss_cost_ms, on_access
+from edge_eco.residency.simulate import optimum_cost, replay
+
+MODELS = "abcde"
+
+
+def test_miss_cost_adds_the_fallback_only_when_the_deadline_breaks():
+    assert miss_cost_ms(5.0, 1.0, 20.0, 50.0) == 5.0
+    assert miss_cost_ms(25.0, 1.0, 20.0, 50.0) == 75.0
+    assert miss_cost_ms(25.0, 1.0, None, 50.0) == 25.0
+
+
+def test_decay_halves_per_half_life():
+    assert decayed(8.0, 0, 2000) == 4.0 and decayed(8.0, 5, 5) == 8.0
+
+
+@given(st.floats(0, 100), st.integers(1, 10 ** 8), st.floats(0.01, 1000))
+def test_priority_grows_with_demand_and_cost_and_falls_with_size(demand, size, cost):
+    base = on_access(demand, ModelCost(size, cost))
+    assert on_access(demand + 1, ModelCost(size, cost)).priority >= base.priority
+    assert on_access(demand, ModelCost(size, cost * 2)).priority >= base.priority
+    assert on_access(demand, ModelCost(size * 2, cost)).priority <= base.priority
+
+
+entries_st = st.dictionaries(st.sampled_from(MODELS), st.tuples(st.floats(0, 10), st.integers(1, 500)), min_size=1)
+
+
+@given(entries_st, st.sets(st.sampled_from(MODELS)), st.integers(0, 2000), st.integers(0, 300))
+def test_victims_are_idle_free_enough_and_lowest_priority(raw, pinned, need, free):
+    entries = {k: Entry(p, 1.0) for k, (p, _) in raw.items()}
+    sizes = {k: s for k, (_, s) in raw.items()}
+    got = choose_victims(entries, sizes, pinned, need, free)
+    idle = [k for k in entries if k not in pinned]
+    if need <= free:
+        assert got == []
+    elif free + sum(sizes[k] for k in idle) < need:
+        assert got is None
+    else:
+        assert got and not set(got) & pinned and len(set(got)) == len(got)
+        assert free + sum(sizes[k] for k in got) >= need
+        assert all(free + sum(sizes[k] for k in got if k != v) < need for v in got)   # none is spare
+        loss = lambda ks: sum(entries[k].priority * sizes[k] for k in ks)  # noqa: E731
+        greedy, freed = [], free
+        for _, k in sorted((entries[k].priority, k) for k in idle):  # plain priority order, for comparison
+            if freed >= need:
+                break
+            greedy.append(k)
+            freed += sizes[k]
+        assert loss(got) <= loss(greedy) + 1e-9
+
+
+traces_st = st.lists(st.sampled_from(MODELS), min_size=1, max_size=40)
+sizes_st = st.fixed_dictionaries({m: st.integers(1, 5) for m in MODELS})
+costs_st = st.fixed_dictionaries({m: st.floats(0.5, 20) for m in MODELS})
+
+
+def brute_force(ids, costs, budget) -> float:
+    """Minimum miss cost by trying every resident set after every request (tiny cases only)."""
+    sets = [frozenset(c) for r in range(len(MODELS) + 1) for c in itertools.combinations(MODELS, r)
+            if sum(costs[m].size_bytes for m in c) <= budget]
+    best = {frozenset(): 0.0}
+    for m in ids:
+        nxt = {}
+        for prev, cost in best.items():
+            paid = cost + (0.0 if m in prev else costs[m].miss_cost)
+            for s in sets:
+                if m in s and s <= prev | {m}:
+                    nxt[s] = min(nxt.get(s, float("inf")), paid)
+        best = nxt
+    return min(best.values())
+
+
+@settings(max_examples=60, deadline=None)
+@given(traces_st, sizes_st, costs_st, st.integers(5, 12))
+def test_optimum_is_exact_and_no_online_policy_beats_it(ids, sizes, loads, budget):
+    costs = {m: ModelCost(sizes[m], loads[m]) for m in MODELS}
+    trace = [(float(i), m) for i, m in enumerate(ids)]
+    opt = optimum_cost(trace, costs, budget)
+    assert abs(opt - brute_force(ids, costs, budget)) < 1e-6
+    for policy in ("cost_aware", "lru", "belady"):
+        assert replay(trace, costs, budget, policy).miss_cost_ms >= opt - 1e-6
+
+
+@settings(max_examples=60, deadline=None)
+@given(traces_st, st.integers(1, 4))
+def test_with_equal_sizes_and_costs_belady_is_the_optimum(ids, slots):
+    costs = {m: ModelCost(1, 1.0) for m in MODELS}
+    trace = [(float(i), m) for i, m in enumerate(ids)]
+    assert replay(trace, costs, slots, "belady").misses == optimum_cost(trace, costs, slots)
+    assert replay(trace, costs, slots, "belady").misses <= replay(trace, costs, slots, "lru").misses
+
+
+def test_thrash_counts_reloads_within_the_window():
+    costs = {m: ModelCost(1, 1.0) for m in "ab"}
+    trace = [(0.0, "a"), (1.0, "b"), (2.0, "a"), (30.0, "b")]
+    r = replay(trace, costs, 1, "lru", thrash_window_s=10.0)
+    assert r.misses == 4 and r.reloads_in_window == 1  # a came back 1 s after its eviction; b after 29 s
+
+
+def test_bench_scores_every_trace_against_lru_and_the_optimum():
+    from edge_eco.bench_residency import score_policies, synthetic_population, synthetic_traces
+
+    pop = synthetic_population(n=6)
+    traces = {k: v[:300] for k, v in synthetic_traces(sorted(pop), n=300).items()}
+    assert set(traces) == {"zipf-0.6", "zipf-0.9", "zipf-1.2", "shift", "scan", "bursts"}
+    out = score_policies(traces, lambda name: pop, (0.3, 0.6))
+    for budgets in out.values():
+        for row in budgets.values():
+            assert row["cost_vs_optimum"] >= 1.0 - 1e-9
+            for p in ("cost_aware", "lru", "belady"):
+                assert {"miss_ratio", "byte_miss_ratio", "miss_cost_ms", "thrash_rate"} <= set(row[p])
+                assert row[p]["miss_cost_ms"] >= row["optimum"]["miss_cost_ms"] - 1e-6
