@@ -17,7 +17,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml setup.py native/edge_eco.h native/featurize.c native/router.c native/build_native.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip "setuptools>=77" wheel
-	$(PY) -m pip install --quiet -e ".[remote,dev,litert]"
+	$(PY) -m pip install --quiet -e ".[remote,dev,litert,signing]"
 	$(PY) -c "import edge_eco._native as n; assert n.available(), 'compiled kernel missing'"
 	touch $(STAMP)
 
@@ -42,8 +42,8 @@ test: $(STAMP) $(PEERS_STAMP)
 # Rebuild the shipped ecologies from ../shared/data (needs the build extra: torch, onnx, ...).
 models: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[build,remote,dev]"
-	$(PY) tools/build_clinc150.py --data $(DATA) --out models/clinc150
-	$(PY) tools/fit_deferral.py --data $(DATA) --ecology models/clinc150 --remote-bundle models/minilm
+	$(VENV)/bin/edge-eco build recipes/clinc150.toml --data $(DATA) --out models/clinc150
+	$(VENV)/bin/edge-eco build recipes/sib200.toml --data $(DATA) --out models/sib200
 
 minilm: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[build,remote,dev]"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import time
 import tomllib
@@ -57,9 +58,13 @@ def entry_from_text(text: str) -> ModelEntry:
 class Archive:
     """The archive of one ecology, in ``folder`` with its index in ``store``."""
 
-    def __init__(self, folder: Path, store: Store, budget_bytes: int) -> None:
+    def __init__(self, folder: Path, store: Store, budget_bytes: int, *, create: bool = True) -> None:
         self.folder, self.store, self.budget_bytes = Path(folder), store, budget_bytes
-        (self.folder / "objects").mkdir(parents=True, exist_ok=True)
+        if create:
+            try:
+                (self.folder / "objects").mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the archive {self.folder}: {exc}") from exc
 
     def put(self, root: Path, entry: ModelEntry, files: tuple[FileEntry, ...], *, lineage: dict[str, Any],
             was_champion: bool, diversity: float | None = None) -> None:
@@ -74,7 +79,7 @@ class Archive:
             total += (root / f.path).stat().st_size
             if obj.is_file():
                 continue
-            tmp = obj.with_suffix(".tmp")
+            tmp = _tmp_name(obj)  # unique: two processes may archive the same object at once
             try:
                 shutil.copyfile(root / f.path, tmp)
                 if sha256_file(tmp) != f.sha256:
@@ -126,9 +131,20 @@ class Archive:
                 if sha256_file(dest) == f.sha256:
                     continue
                 raise StoreError(f"{dest} exists with other content; refusing to overwrite it")
-            tmp = dest.with_name(f".{dest.name}.restore.tmp")
-            shutil.copyfile(self.folder / "objects" / f.sha256, tmp)
-            os.replace(tmp, dest)
+            obj = self.folder / "objects" / f.sha256
+            tmp = _tmp_name(dest)
+            try:
+                if not obj.is_file():
+                    raise StoreError(f"archive object {obj} ({capability} v{version}: {f.path}) is missing")
+                shutil.copyfile(obj, tmp)
+                if sha256_file(tmp) != f.sha256:  # checked on the copy: what gets installed is what was checked
+                    raise StoreError(f"archive object {obj} ({capability} v{version}: {f.path}) is corrupt: "
+                                     "its sha256 does not match; nothing restored")
+                os.replace(tmp, dest)
+            except OSError as exc:
+                raise StoreError(f"restoring {f.path} from archive object {obj} failed: {exc}") from exc
+            finally:
+                tmp.unlink(missing_ok=True)
         return a
 
     def enforce_budget(self, protect: set[tuple[str, str]] = frozenset()) -> list[tuple[str, str]]:
@@ -155,7 +171,13 @@ class Archive:
 
     def bytes_used(self) -> int:
         """Bytes of the object files now in the archive."""
-        return sum(p.stat().st_size for p in (self.folder / "objects").iterdir() if p.is_file())
+        objects = self.folder / "objects"
+        return sum(p.stat().st_size for p in objects.iterdir() if p.is_file()) if objects.is_dir() else 0
+
+
+def _tmp_name(path: Path) -> Path:
+    """A temporary name beside ``path``, unique to this process and call."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
 def _row(r: tuple) -> Archived:

@@ -21,8 +21,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_bundle(folder: str | Path, *, verify: bool = True) -> tuple[Path, Manifest]:
+def read_bundle(folder: str | Path, *, verify: bool = True,
+                manifest_bytes: bytes | None = None) -> tuple[Path, Manifest]:
     """Parse ``folder/ecology.toml`` and check that every file it lists is present and intact.
+
+    ``manifest_bytes``: the manifest's bytes as already read (and signature-checked) by the
+    caller, parsed instead of reading the file again.
 
     Raises:
         ManifestError: no such folder or manifest, or the manifest is invalid.
@@ -32,10 +36,10 @@ def read_bundle(folder: str | Path, *, verify: bool = True) -> tuple[Path, Manif
     path = root / MANIFEST_NAME
     if not root.is_dir():
         raise ManifestError(f"{root} is not an ecology folder (no such directory)")
-    if not path.is_file():
+    if manifest_bytes is None and not path.is_file():
         raise ManifestError(f"{root} has no {MANIFEST_NAME}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8") if manifest_bytes is None else manifest_bytes.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{path}: not UTF-8 text") from exc
     try:
@@ -54,4 +58,26 @@ def read_bundle(folder: str | Path, *, verify: bool = True) -> tuple[Path, Manif
                 raise IntegrityError(f"{root.name}: file {entry.path!r} does not match its sha256 "
                                      f"(expected {entry.sha256[:16]}..., found {digest[:16]}...): "
                                      "truncated, corrupt or replaced")
+        _check_external_data_listed(root, manifest)
     return root, manifest
+
+
+def _check_external_data_listed(root: Path, manifest: Manifest) -> None:
+    """Every weight file an ONNX graph pulls in must be listed (and so hash-checked) too."""
+    from .artifacts import preflight
+    from .errors import ModelLoadError
+
+    listed = {f.path for f in manifest.all_files()}
+    for m in manifest.models:
+        if not m.file.path.endswith(".onnx"):
+            continue
+        try:
+            used = preflight(root / m.file.path)
+        except ModelLoadError:
+            continue  # refused when it loads; the rest of the population still opens
+        folder = m.file.path.rpartition("/")[0]
+        for name in used:
+            rel = f"{folder}/{name}" if folder else name
+            if rel not in listed:
+                raise IntegrityError(f"{root.name}: {m.file.path!r} uses external data {rel!r}, which "
+                                     f"{MANIFEST_NAME} does not list (its sha256 would never be checked)")

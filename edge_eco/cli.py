@@ -47,7 +47,10 @@ def _positive(kind, *, zero_ok: bool = False):
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a TCP port number: {text!r}") from None
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"a TCP port is 0-65535, got {text}")
     return value
@@ -56,13 +59,16 @@ def _port(text: str) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.out and Path(args.out).is_dir():
         raise CliError(f"--out {args.out} is a directory; give a file name")
+    if args.plan or args.by_niche or Path(args.requests).is_dir():
+        return _device_cmd("run_plan")(args)
     examples = load_requests(args.requests, args.split)
     if args.limit:
         examples = examples[: args.limit]
     if not examples:
         raise CliError(f"{args.requests} holds no requests")
     token = _token(args.token_env)
-    options = {"remote_url": args.remote, "remote_token": token, "remote_protocol": args.remote_protocol}
+    options = {"remote_url": args.remote, "remote_token": token, "remote_protocol": args.remote_protocol,
+               "remote_model": args.remote_model, "trust": args.trust}
     if args.budget_bytes is not None:
         options["budget_bytes"] = args.budget_bytes
     with _ecology.open(args.ecology, **options) as eco:
@@ -79,6 +85,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         out.write_text(json.dumps(report, indent=1) + "\n")
         print(f"report written to {out}")
     return 0
+
+
+def _device_cmd(name: str):
+    """`profile`, `assign`, `run --plan`: edge_eco.devicecmd does the work; printing stays here."""
+    def run(args: argparse.Namespace) -> int:
+        from . import devicecmd
+        token = _token(getattr(args, "token_env", None))
+        return getattr(devicecmd, name)(args, token=token, data_env=os.environ.get("EDGE_ECO_DATA"),
+                                        out=print, err=lambda text: print(text, end="", file=sys.stderr, flush=True))
+    return run
 
 
 def _has(eco, model_id: str) -> bool:
@@ -100,7 +116,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             options["ssl_context"].load_cert_chain(args.tls_cert, args.tls_key)
         except (OSError, ssl.SSLError) as exc:
             raise CliError(f"cannot load the TLS certificate/key: {exc}") from exc
-    with _ecology.open(args.ecology, remote_url=None) as eco:
+    with _ecology.open(args.ecology, remote_url=None, trust=args.trust) as eco:
+        from .warmup import warm
+
+        w = warm(eco)  # before the port is bound: ready means the models are loaded
+        print(f"edge-eco serve: warmed {w.models} model(s) in {w.warm_ms:.0f} ms "
+              f"({w.resident_bytes} bytes resident)", file=sys.stderr, flush=True)
+
         def ready(server) -> None:
             print(f"edge-eco serve: {eco.name} v{eco.version} on {server.url}/v2/models/{eco.name}", flush=True)
         serve_forever(eco, args.host, args.port, token=token, on_ready=ready, **options)
@@ -130,10 +152,14 @@ def _cmd_bench_routing(args: argparse.Namespace) -> int:
             remote_eco = _ecology.open(args.remote_bundle)
             remote_label = lambda text: remote_eco.answer(text).label  # noqa: E731
         else:
-            from .fallback import V2Client
-            default = eco.manifest.remote.model if eco.manifest.remote and eco.manifest.remote.model else "generalist"
-            url, model = (args.remote.split("/v2/models/", 1) + [default])[:2]
-            client = V2Client(url, model.strip("/"), token=_token(args.token_env))
+            from .fallback import client_for
+            from .manifest import RemoteSpec
+
+            spec = eco.manifest.remote or RemoteSpec()
+            protocol = args.remote_protocol or spec.protocol
+            client = client_for(protocol, args.remote, args.remote_model or spec.model or "generalist",
+                                labels=eco.labels, token=_token(args.token_env),
+                                **({"logprobs": spec.logprobs} if protocol == "openai" else {}))
             remote_label = lambda text: client.infer([text])[0].label  # noqa: E731
         report = bench_routing(eco, remote_label, examples, seed=args.seed,
                                progress=lambda i, n: print(f"  {i}/{n} requests", file=sys.stderr, flush=True))
@@ -250,7 +276,7 @@ def _cmd_bench_residency(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     root, m = read_bundle(args.ecology)
-    with _ecology.open(args.ecology):  # every check open() makes: router and deferral headers, budget
+    with _ecology.open(args.ecology, trust=args.trust):  # every check open() makes: signature, headers, budget
         pass
     print(f"{m.name} v{m.version}: {m.description}")
     print(f"labels: {len(m.labels)}   reject label: {m.reject_label}   budget: {m.budget_bytes} bytes")
@@ -263,7 +289,120 @@ def _cmd_info(args: argparse.Namespace) -> int:
                                                                        if x.path.startswith(e.file.path)])
         print(f"{e.id:20}{e.role:12}{e.backend:9}{len(e.labels):>7}{size:>12}"
               f"{e.calibration.temperature:>8.3f}  {e.file.path}")
-    print("\nall files present, sha256 verified, the bundle opens")
+    print("\nall files present, sha256 verified" + (", signature verified" if args.trust else "") + ", the bundle opens")
+    return 0
+
+
+def _cmd_fuzz(args: argparse.Namespace) -> int:
+    from .fuzz import run_fuzz
+
+    failed = False
+    for layer in args.layer:
+        r = run_fuzz(layer, args.ecology, args.cases, seed=args.seed, signed=args.signed and layer == "bundle",
+                     plugin=args.plugin,
+                     progress=lambda i, n: print(f"  {i}/{n} cases", file=sys.stderr, flush=True))
+        print(f"fuzz {layer}{' (signed, signature required)' if args.signed and layer == 'bundle' else ''}: {r.cases} cases in {r.seconds:.1f} s: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(r.outcomes.items())) + "; refusals by error: " + ", ".join(
+            f"{k} {v}" for k, v in sorted(r.errors.items())))
+        for line in r.failures[:20] + r.must_refuse_accepted[:20]:
+            print(f"  FAIL {line}")
+        failed |= not r.ok
+    return 1 if failed else 0
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from .signing import generate_key
+
+    if Path(args.out).exists() or Path(f"{args.out}.pub").exists():
+        raise CliError(f"{args.out} or {args.out}.pub already exists; not overwriting a key")
+    generate_key(args.out)
+    print(f"secret key written to {args.out} (mode 0600; keep it off devices), public key to {args.out}.pub")
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from .signing import sign_bundle
+
+    out = sign_bundle(args.ecology, args.key)
+    print(f"signed {args.ecology}/ecology.toml (every file's sha256 verified first): {out}")
+    return 0
+
+
+REMOTE_HELP = ("URL of the remote generalist. v2: http://host:port (the model is the manifest's [remote] model "
+               "or --remote-model) or http://host:port/v2/models/NAME; openai: the API base, e.g. "
+               "http://host:8000/v1")
+
+
+_BAR_OPEN = [False]
+
+
+def _progress(step: str, done: int, total: int) -> None:
+    """A one-line stderr progress bar, rewritten in place."""
+    width = 30
+    fill = int(width * done / max(1, total))
+    _BAR_OPEN[0] = done < total
+    print(f"\r  {step:18} [{'#' * fill}{'.' * (width - fill)}] {done}/{total}", end="" if _BAR_OPEN[0] else "\n",
+          file=sys.stderr, flush=True)
+
+
+def _log_line(line: str) -> None:
+    """A log line on stderr, after ending an open progress bar."""
+    print(("\n" if _BAR_OPEN[0] else "") + line, file=sys.stderr, flush=True)
+    _BAR_OPEN[0] = False
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    import time
+
+    from .build.pipeline import build
+    from .build.recipe import load_recipe
+    from .datasets import data_root
+
+    recipe = load_recipe(args.recipe)
+    root = data_root(args.data, os.environ.get("EDGE_ECO_DATA"))
+    t0 = time.monotonic()
+    report = build(recipe, root, Path(args.out),
+                   log=lambda m: _log_line(f"[build {time.monotonic() - t0:6.1f}s] {m}"),
+                   progress=None if args.quiet else _progress)
+    t = report["test"]
+    print(f"edge-eco build: {recipe.name} -> {args.out} in {time.monotonic() - t0:.1f} s; test accuracy "
+          f"{t['accuracy']}, remote rate {t['remote_rate']}, local tier {t['eval']['local_accuracy']}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaljob import InProcessRemote, eval_bundle, load_labelled
+
+    if args.out and Path(args.out).is_dir():
+        raise CliError(f"--out {args.out} is a directory; give a file name")
+    if args.remote and args.remote_bundle:
+        raise CliError("give the remote generalist at most once: --remote URL or --remote-bundle DIR")
+    examples = load_labelled(args.requests, split=args.split, text_field=args.text_field,
+                             label_field=args.label_field, niche_field=args.niche_field)
+    if args.limit:
+        examples = examples[: args.limit]
+    if not examples:
+        raise CliError(f"{args.requests} holds no labelled requests")
+    remote_eco = _ecology.open(args.remote_bundle) if args.remote_bundle else None
+    try:
+        remote = InProcessRemote(remote_eco) if remote_eco else None
+        with _ecology.open(args.ecology, remote_url=args.remote, remote_token=_token(args.token_env),
+                           remote_client=remote) as eco:
+            label = (lambda t: eco.remote.infer([t])[0].label) if eco.remote is not None else None
+            report = eval_bundle(eco, examples, source=str(args.requests) + (f" [{args.split}]" if args.split else ""),
+                                 remote_label=label, local_only=eco.remote is None,
+                                 progress=lambda i, n: _progress("requests", i, n))
+    finally:
+        if remote_eco is not None:
+            remote_eco.close()
+    print(format_report(report))
+    e = report["eval"]
+    print(f"local tier {100 * e['local_accuracy']:.2f} %, ECE {e['ece_local']}"
+          + (f", remote alone {100 * e['remote_accuracy']:.2f} %, APGR {e['apgr']}" if "apgr" in e else ""))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+        print(f"report written to {args.out}")
     return 0
 
 
@@ -274,9 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("ecology", help="ecology folder (with ecology.toml)")
     run.add_argument("--requests", required=True, help="JSON lines of {text, label?}, or a CLINC150 json with --split")
     run.add_argument("--split", choices=["train", "val", "test"], help="split of a CLINC150 data_*.json")
-    run.add_argument("--remote", help="URL of the remote generalist (Open Inference Protocol v2)")
+    run.add_argument("--remote", help=REMOTE_HELP)
     run.add_argument("--remote-protocol", choices=["v2", "openai"],
                      help="protocol of the remote (default: the manifest's [remote] protocol, else v2)")
+    run.add_argument("--remote-model", help="model name on the remote (default: the manifest's [remote] model)")
     run.add_argument("--token-env", help="environment variable holding the remote's bearer token")
     run.add_argument("--out", help="write the report as JSON here")
     run.add_argument("--limit", type=_positive(int), help="answer only the first N requests")
@@ -284,13 +424,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--budget-bytes", type=_positive(int, zero_ok=True),
                      help="memory budget for resident models, 0 = unlimited (overrides the manifest)")
     run.add_argument("--local-only", action="store_true", help="never send a request off the device")
+    run.add_argument("--trust", help="trust file or .pub key: the ecology must carry a valid signature")
     run.add_argument("--no-baselines", action="store_true", help="skip the local and remote baselines")
+    run.add_argument("--plan", help="a device plan from `edge-eco assign`: honour it; prints figures per niche")
+    run.add_argument("--by-niche", action="store_true", help="print accuracy, remote rate and latency per niche")
+    run.add_argument("--stride", type=_positive(int), default=1, help="with --plan/--by-niche: every Nth request")
     run.set_defaults(fn=_cmd_run)
     serve = sub.add_parser("serve", help="serve an ecology over the Open Inference Protocol v2 (REST)")
     serve.add_argument("ecology")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=_port, default=8000, help="TCP port (0 picks a free one)")
     serve.add_argument("--token-env", help="environment variable holding the bearer token clients must send")
+    serve.add_argument("--trust", help="trust file or .pub key: the ecology must carry a valid signature")
     serve.add_argument("--max-concurrent", type=_positive(int), default=4, help="infer requests run at once")
     serve.add_argument("--max-queue", type=_positive(int, zero_ok=True), default=64,
                        help="infer requests waiting for a slot; more answer 503 at once")
@@ -304,7 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--requests", required=True)
     br.add_argument("--split", choices=["train", "val", "test"])
     br.add_argument("--remote-bundle", help="remote generalist bundle, run in-process (e.g. models/minilm)")
-    br.add_argument("--remote", help="remote generalist URL (Open Inference Protocol v2)")
+    br.add_argument("--remote", help=REMOTE_HELP)
+    br.add_argument("--remote-protocol", choices=["v2", "openai"],
+                    help="protocol of the remote (default: the manifest's [remote] protocol, else v2)")
+    br.add_argument("--remote-model", help="model name on the remote (default: the manifest's [remote] model)")
     br.add_argument("--token-env")
     br.add_argument("--limit", type=_positive(int))
     br.add_argument("--seed", type=int, default=0, help="seed of the random-router baseline")
@@ -336,9 +484,48 @@ def build_parser() -> argparse.ArgumentParser:
     bres.add_argument("--out", help="write the report as JSON here")
     bres.add_argument("--plot", help="write a bar chart as PNG here")
     bres.set_defaults(fn=_cmd_bench_residency)
+    from .devicecmd import add_parsers
+    add_parsers(sub, _positive, _device_cmd)
     info = sub.add_parser("info", help="verify an ecology bundle and list its population")
     info.add_argument("ecology")
+    info.add_argument("--trust", help="trust file or .pub key: check the ecology's signature too")
     info.set_defaults(fn=_cmd_info)
+    kg = sub.add_parser("keygen", help="make an Ed25519 key pair for signing ecologies (FILE, FILE.pub)")
+    kg.add_argument("out", help="secret key file to write (the public key goes to OUT.pub)")
+    kg.set_defaults(fn=_cmd_keygen)
+    sg = sub.add_parser("sign", help="sign an ecology's manifest (which lists every file's sha256)")
+    sg.add_argument("ecology")
+    sg.add_argument("--key", required=True, help="secret key file written by edge-eco keygen")
+    sg.set_defaults(fn=_cmd_sign)
+    fz = sub.add_parser("fuzz", help="damage a bundle's models and manifest many ways; count refusals")
+    fz.add_argument("ecology")
+    fz.add_argument("--layer", nargs="+", default=["bundle", "ort"], help="bundle and/or a backend (ort)")
+    fz.add_argument("--cases", type=_positive(int), default=1000, help="cases per layer")
+    fz.add_argument("--seed", type=int, default=0)
+    fz.add_argument("--signed", action="store_true",
+                    help="bundle layer: sign the copy with a throw-away key and require the signature")
+    fz.add_argument("--plugin", help="module that registers more layers (edge_eco.fuzz.LOADERS, BACKEND_MUTATIONS)")
+    fz.set_defaults(fn=_cmd_fuzz)
+    bld = sub.add_parser("build", help="build an ecology bundle from labelled data and a recipe (needs the build extra)")
+    bld.add_argument("recipe", help="recipe TOML (see recipes/)")
+    bld.add_argument("--out", required=True, help="bundle folder to write")
+    bld.add_argument("--data", help="data folder the recipe's paths are relative to (default: $EDGE_ECO_DATA or "
+                                    "../shared/data)")
+    bld.add_argument("--quiet", action="store_true", help="no progress bars")
+    bld.set_defaults(fn=_cmd_build)
+    ev = sub.add_parser("eval", help="score a bundle on a labelled file (the keys of `run`, plus an eval block)")
+    ev.add_argument("ecology")
+    ev.add_argument("--requests", required=True, help="JSON lines, CSV/TSV, or a CLINC150 json with --split")
+    ev.add_argument("--split", choices=["train", "val", "test"])
+    ev.add_argument("--text-field", default="text")
+    ev.add_argument("--label-field", default="label")
+    ev.add_argument("--niche-field", help="field giving each request's niche (per-niche accuracy)")
+    ev.add_argument("--remote", help="remote generalist URL (Open Inference Protocol v2)")
+    ev.add_argument("--remote-bundle", help="remote generalist bundle, run in-process")
+    ev.add_argument("--token-env")
+    ev.add_argument("--limit", type=_positive(int))
+    ev.add_argument("--out", help="write the report as JSON here")
+    ev.set_defaults(fn=_cmd_eval)
     from . import cli_population
     cli_population.register(sub, _printing)
     return ap
@@ -358,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except (EdgeEcoError, OSError) as exc:  # OSError: a port in use, an unwritable --out, ...
-        print(f"edge-eco {args.command}: error: {exc}", file=sys.stderr)
+        where = " ".join(filter(None, (args.command, getattr(args, "population", None))))
+        print(f"edge-eco {where}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

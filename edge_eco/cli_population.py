@@ -10,6 +10,7 @@ import argparse
 import time
 from typing import Any, Callable
 
+from .errors import RequestError
 from .population import Population
 
 
@@ -27,11 +28,14 @@ def _when(ts: float | None) -> str:
 
 
 def status(args: argparse.Namespace, who: str) -> str:
-    with Population(args.ecology) as pop:
+    with Population(args.ecology, readonly=True) as pop:
+        pop.store.check()  # the whole file, however big (opening checks files up to 64 MiB)
         m = pop.manifest
         shadow = {}
+        errors = pop.shadow_errors()
         for ch, _, _ in pop.challengers():
-            shadow.setdefault(ch.capability, []).append(ch.entry.version)
+            n = errors.get((ch.capability, ch.entry.version), (0, ""))[0]
+            shadow.setdefault(ch.capability, []).append(ch.entry.version + (f" ({n} errors)" if n else ""))
         rows = [[e.id, e.role, e.version, e.file.sha256[:12], _when(pop.last_change_s(e.id)),
                  ",".join(shadow.get(e.id, [])) or "-"] for e in m.models]
         counts = {t: pop.store.query(f"SELECT count(*) FROM {t}")[0][0]
@@ -45,13 +49,14 @@ def status(args: argparse.Namespace, who: str) -> str:
             f"{counts['shadow']} shadow pairs, {counts['audit']} audit entries, {st['bytes']} bytes "
             f"(bounds: {g.max_rows} rows, {g.max_bytes} bytes)",
             f"archive: {pop.archive.bytes_used()} of {g.archive_bytes} bytes",
+            *[f"shadow errors: {cap} v{v}: {n}, last: {e}" for (cap, v), (n, e) in sorted(errors.items())],
             f"policy: auto-apply {list(g.auto_apply) or 'nothing'}; promote after >= {g.min_pairs} labelled pairs, "
             f"exact McNemar at {g.alpha} over {g.looks} looks, no slice regression at {g.slice_alpha}, "
             f"cool-down {g.cooldown_s:.0f} s; shadow {g.shadow_rate:.0%} of traffic within {g.shadow_cpu_share:.0%} CPU"])
 
 
 def challengers(args: argparse.Namespace, who: str) -> str:
-    with Population(args.ecology) as pop:
+    with Population(args.ecology, readonly=not args.add) as pop:
         out = []
         if args.add:
             ch = pop.add_challenger(args.add, who=who)
@@ -59,20 +64,22 @@ def challengers(args: argparse.Namespace, who: str) -> str:
                        "with the next ecology opened with a recorder)\n")
         now = time.time()
         rows = []
+        errors = pop.shadow_errors()
         for ch, st, lin in pop.challengers(None if args.all else "shadow"):
             v = pop.evaluate(ch, now) if st == "shadow" else None
             rows.append([ch.capability, ch.entry.version, st, lin.get("parent") or "-",
+                         errors.get((ch.capability, ch.entry.version), (0, ""))[0],
                          len(pop.pairs(ch)) if st == "shadow" else "-",
                          f"{v.challenger_only}/{v.champion_only}" if v and v.n else "-",
                          f"{v.p_better:.3g}" if v and v.n else "-", v.action if v else "-",
                          v.reason if v else ""])
-        out.append(table(["capability", "version", "status", "parent", "labelled pairs", "wins/losses",
+        out.append(table(["capability", "version", "status", "parent", "shadow errors", "labelled pairs", "wins/losses",
                           "p (better)", "verdict", "why"], rows))
         return "\n".join(out)
 
 
 def proposals(args: argparse.Namespace, who: str) -> str:
-    with Population(args.ecology) as pop:
+    with Population(args.ecology, readonly=not args.review) as pop:
         out = []
         if args.review:
             made = pop.review(who="controller")
@@ -99,7 +106,7 @@ def rollback(args: argparse.Namespace, who: str) -> str:
 
 
 def archive(args: argparse.Namespace, who: str) -> str:
-    with Population(args.ecology) as pop:
+    with Population(args.ecology, readonly=True) as pop:
         rows = [[a.capability, a.version, "yes" if a.was_champion else "no", a.bytes, a.parent or "-",
                  (a.data_fingerprint or "-")[:12], ", ".join(f"{k}={v}" for k, v in a.metrics.items()) or "-",
                  "-" if a.diversity is None else f"{a.diversity:.3f}", "evicted" if a.evicted else "kept",
@@ -109,9 +116,9 @@ def archive(args: argparse.Namespace, who: str) -> str:
 
 
 def audit(args: argparse.Namespace, who: str) -> str:
-    with Population(args.ecology) as pop:
-        rows = [[r[0], _when(r[1]), r[2], r[3], r[4], r[5] or "-", r[6] or "-", (r[9] or "-")[:12], r[7]]
-                for r in pop.audit()]
+    with Population(args.ecology, readonly=True) as pop:
+        rows = [[r[0], _when(r[1]), r[2], r[3] + ("" if r[10] == "done" else f" ({r[10]})"), r[4], r[5] or "-",
+                 r[6] or "-", (r[9] or "-")[:12], r[7]] for r in pop.audit()]
         return table(["#", "when", "who", "action", "capability", "from", "to", "manifest", "why"], rows)
 
 
@@ -121,9 +128,29 @@ def diversity(args: argparse.Namespace, who: str) -> str:
     from .ecology import open as open_ecology
 
     examples = [e for e in load_requests(args.requests, args.split) if e.label is not None]
+    if not examples:
+        raise RequestError(f"{args.requests}: no labelled requests (lines need a \"label\")")
     with open_ecology(args.ecology) as eco:
-        report = measure(eco, [(e.text, e.label) for e in examples], limit=args.limit, seed=args.seed)
-    return format_diversity(report)
+        space = set(eco.manifest.labels)
+        known = [(e.text, e.label) for e in examples if e.label in space]
+        if not known:
+            raise RequestError(f"{args.requests}: none of the {len(examples)} labels is in the ecology's label space")
+        report = measure(eco, known, limit=args.limit, seed=args.seed)
+    out = format_diversity(report)
+    if len(known) < len(examples):
+        out += (f"\nwarning: {len(examples) - len(known)} of {len(examples)} labelled requests skipped: "
+                "their label is not in the ecology's label space")
+    return out
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def register(sub: Any, run: Callable[[Callable[[argparse.Namespace, str], str]], Callable]) -> None:
@@ -163,6 +190,6 @@ def register(sub: Any, run: Callable[[Callable[[argparse.Namespace, str], str]],
     d.add_argument("ecology")
     d.add_argument("--requests", required=True, help="labelled requests: JSON lines, or a CLINC150 json with --split")
     d.add_argument("--split", choices=["train", "val", "test"])
-    d.add_argument("--limit", type=int, default=600, help="requests sampled (seeded) from the file")
+    d.add_argument("--limit", type=_positive_int, default=600, help="requests sampled (seeded) from the file")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(fn=run(diversity))

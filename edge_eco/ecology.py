@@ -14,13 +14,16 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from . import backends
+from .artifacts import probe
+from .backends import isolated
 from ._native import Featurizer, RouterKernel
 from .bundle import read_bundle
 from .errors import (BudgetError, EdgeEcoError, FallbackError, IntegrityError, ManifestError, RequestError,
@@ -65,8 +68,12 @@ class Ecology:
     def __init__(self, root: Path, manifest: Manifest, *, remote_url: str | None = None,
                  remote_token: str | None = None, budget_bytes: int | None = None,
                  use_native: bool | None = None, remote_client: Any = None,
-                 remote_protocol: str | None = None) -> None:
+                 remote_protocol: str | None = None, remote_model: str | None = None,
+                 excluded: frozenset[str] = frozenset()) -> None:
         self.root, self.manifest = root, manifest
+        # Models a device plan excludes (edge_eco.plan): a request whose path needs one goes remote.
+        self._excluded = frozenset(excluded)
+        self._pins = ExitStack()
         self.name, self.version = manifest.name, manifest.version
         self.labels = manifest.labels
         self.policy = manifest.policy
@@ -131,7 +138,7 @@ class Ecology:
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
             raise ManifestError(f"budget_bytes must be a non-negative integer (0 = unlimited), got {budget!r}")
         if budget:
-            need = max((self._predict_bytes(m), m) for m in self._entries)
+            need = max((self._predict_bytes(m), m) for m in self._entries if m not in self._excluded)
             if need[0] > budget:
                 raise BudgetError(f"model {need[1]!r} needs {need[0]} bytes; the memory budget of "
                                   f"{budget} bytes cannot hold it")
@@ -152,14 +159,17 @@ class Ecology:
                 from .fallback import client_for
                 from .fallback.retry import RetryPolicy
 
-                self._remote = client_for(remote_protocol or spec.protocol, url, spec.model or "generalist",
+                protocol = remote_protocol or spec.protocol
+                self._remote = client_for(protocol, url, remote_model or spec.model or "generalist",
                                           labels=self.labels, token=remote_token,
                                           default_timeout_s=spec.timeout_ms / 1e3,
-                                          retry=RetryPolicy(attempts=spec.attempts))
+                                          retry=RetryPolicy(attempts=spec.attempts),
+                                          **({"logprobs": spec.logprobs} if protocol == "openai" else {}))
         self._remote_timeout_ms = spec.timeout_ms
         self._redact = spec.redact
         self._closed = False
         self._in_flight = 0
+        self.before_load: Callable[[str], None] | None = None
         self._cond = threading.Condition()
 
     def _load_deferral(self, root: Path, manifest: Manifest) -> Deferral | None:
@@ -186,7 +196,8 @@ class Ecology:
         file_bytes = sum((self.root / p).stat().st_size for p in paths)
         # LiteRT's default XNNPACK delegate packs the weights into private memory next to the
         # mapped file (tools/bench_backends.py): reserve both until the first load is measured.
-        return file_bytes * (2 if entry.backend == "tflite" else 1) + SESSION_OVERHEAD_BYTES
+        return file_bytes * (2 if entry.backend == "tflite" else 1) + SESSION_OVERHEAD_BYTES \
+            + (isolated.WORKER_OVERHEAD_BYTES if entry.risk == "high" else 0)
 
     def _model_paths(self, model_id: str) -> set[str]:
         """Absolute paths of a model's files (its graph and any external-data file)."""
@@ -202,13 +213,33 @@ class Ecology:
 
     def _load(self, model_id: str) -> backends.Session:
         entry = self._entries[model_id]
+        if self.before_load is not None:
+            self.before_load(model_id)  # e.g. hash the files again (signed populations)
         if entry.input == "text-tokens" and model_id not in self._adapters:
             self._adapters[model_id] = token_adapter(self.root, entry)
-        return backends.open_model(entry.backend, self.root / entry.file.path, output=entry.output,
-                                   optimize=entry.input != "hashed-text")
+        if entry.risk == "high":  # in a sandboxed worker process (no network, memory/CPU limits)
+            session = isolated.open(self.root / entry.file.path, backend=entry.backend, output=entry.output,
+                                    optimize=entry.input != "hashed-text")
+        else:
+            session = backends.open_model(entry.backend, self.root / entry.file.path, output=entry.output,
+                                          optimize=entry.input != "hashed-text")
+        try:  # one run on the manifest's input contract before the model is marked ready
+            if entry.input == "hashed-text":
+                feeds = hashed_feeds(*self._featurizer(b"probe"))
+            elif entry.input == "dense-vector":
+                feeds = {"x": np.zeros((1, self._dense.dim), np.float32)}  # the mean window
+            else:
+                feeds = self._adapters[model_id]("probe")
+            probe(session, feeds, len(entry.labels), entry.file.path)
+        except BaseException:
+            session.close()
+            raise
+        return session
 
     # -- running models ------------------------------------------------------------------------
     def _vote(self, model_id: str, text: str, hashed: Feeds | None) -> tuple[Vote, float]:
+        if model_id in self._excluded:
+            raise _Excluded(model_id)
         entry = self._entries[model_id]
         t0 = time.perf_counter()
         with self.residency.use(model_id) as session:
@@ -247,6 +278,8 @@ class Ecology:
     def _coalition(self, ids: list[str], text: str, hashed: Feeds | None,
                    prov: dict) -> list[Vote]:
         """Run ``ids`` in parallel (the first in this thread) and collect votes within the timeout."""
+        if self._excluded.intersection(ids):
+            raise _Excluded(next(m for m in ids if m in self._excluded))
         futures = [self._pool.submit(self._vote, m, text, hashed) for m in ids[1:]]
         first = self._vote(ids[0], text, hashed)
         done, late = wait(futures, timeout=self.policy.coalition_timeout_ms / 1e3)
@@ -258,6 +291,28 @@ class Ecology:
         return [v for v, _ in results]
 
     # -- the request path ----------------------------------------------------------------------
+    @property
+    def feature_dim(self) -> int | None:
+        """Length of a flattened sensor window for a dense ecology (None for a text ecology)."""
+        return None if self._dense is None else self._dense.spec.samples * self._dense.spec.axes
+
+    def answer_features(self, row: Any, *, deadline_ms: float | None = None,
+                        local_only: bool = False) -> Answer:
+        """Answer one flattened sensor window (``feature_dim`` floats, row-major [samples, axes]);
+        what ``edge-eco serve`` calls for an FP32 ``features`` input.
+
+        Raises:
+            RequestError: a text ecology, or a row of the wrong length or with non-finite values.
+        """
+        if self._dense is None:
+            raise RequestError(f"{self.name} takes text, not feature vectors")
+        a = np.asarray(row, dtype=np.float32)
+        if a.shape != (self.feature_dim,):
+            raise RequestError(f"expected {self.feature_dim} features ({self._dense.spec.samples} samples x "
+                               f"{self._dense.spec.axes} axes), got shape {list(a.shape)}")
+        return self.answer(a.reshape(self._dense.spec.samples, self._dense.spec.axes),
+                           deadline_ms=deadline_ms, local_only=local_only)
+
     def answer(self, text: str | bytes, *, deadline_ms: float | None = None,
                local_only: bool = False) -> Answer:
         """Answer one request.
@@ -279,7 +334,10 @@ class Ecology:
                 raise EdgeEcoError("ecology is closed")
             self._in_flight += 1
         try:
-            answer = self._answer(text, deadline_ms, local_only)
+            try:
+                answer = self._answer(text, deadline_ms, local_only)
+            except _Excluded as exc:
+                answer = self._answer_excluded(text, exc.args[0], deadline_ms, local_only)
             if self.recorder is not None:  # queues the outcome; the write happens off this path
                 self.recorder.record(answer, text)
             return answer
@@ -357,6 +415,25 @@ class Ecology:
                               "local": round((t_local - t_route) * 1e6, 1),
                               "total": round((t_end - t0) * 1e6, 1)}
         return Answer(label, conf, path, prov)
+
+    def _answer_excluded(self, text: str | bytes, model_id: str, deadline_ms: float | None,
+                         local_only: bool) -> Answer:
+        """The path needs a model the device plan excludes: ask the remote; without one, the reject
+        label with no confidence (the device does not serve this niche)."""
+        t0 = time.perf_counter()
+        text = text.decode("utf-8") if isinstance(text, bytes) else text
+        # The excluded model stands as the voter, so its niches' jurisdiction rules still apply.
+        prov: dict[str, Any] = {"request_id": f"{self.name}-{next(self._ids)}", "excluded": model_id,
+                                "votes": [(model_id, self.manifest.reject_label, 0.0, True)]}
+        none = Vote(model_id, self.manifest.reject_label, 0.0, declined=True)
+        label, conf, path = self._fallback(text, none, "unavailable", prov, local_only, deadline_ms, t0)
+        prov["latency_us"] = {"total": round((time.perf_counter() - t0) * 1e6, 1)}
+        return Answer(label, conf, path, prov)
+
+    def pin(self, model_ids: Sequence[str]) -> None:
+        """Load ``model_ids`` now and keep them resident (never evicted) until :meth:`close`."""
+        for model_id in model_ids:
+            self._pins.enter_context(self.residency.use(model_id))
 
     def _featurize_route(self, data: bytes, deadline_ms: float | None) -> tuple[Feeds | None, Route]:
         """Features and route of one request: one C call when the kernel is compiled."""
@@ -465,6 +542,7 @@ class Ecology:
             self._closed = True
             self._cond.wait_for(lambda: self._in_flight == 0, timeout=drain_timeout_s)
         self._pool.shutdown(wait=True)
+        self._pins.close()
         if self.recorder is not None:
             self.recorder.close()
         self.residency.close()
@@ -506,6 +584,10 @@ def _load_dense(root: Path, manifest: Manifest) -> _Dense | None:
     return _Dense(DenseSpec(d.kind, d.samples, d.axes, d.max_abs), np.array(mean), np.array(std))
 
 
+class _Excluded(EdgeEcoError):
+    """The request's path needs a model the device plan excludes (args[0]: its id)."""
+
+
 def _spec_dict(spec: Any) -> dict:
     return {f: getattr(spec, f) for f in spec.__dataclass_fields__}
 
@@ -520,15 +602,30 @@ def _check_options(deadline_ms: Any, local_only: Any) -> None:
         raise RequestError(f"local_only must be True or False, got {local_only!r}")
 
 
-def open(path: str | Path, **options: Any) -> Ecology:  # noqa: A001 - the public entry point
+def open(path: str | Path, *, trust: Any = None, **options: Any) -> Ecology:  # noqa: A001 - the public entry point
     """Open the ecology bundle at ``path`` (verifying every file's sha256).
 
     Keyword options: ``remote_url``, ``remote_token``, ``remote_protocol`` ("v2" or "openai", overrides
-    the manifest's), ``budget_bytes``, ``use_native``, ``remote_client`` (any object with
-    ``infer(texts, timeout_s=...)``).
+    the manifest's), ``remote_model`` (overrides the manifest's model name), ``budget_bytes``,
+    ``use_native``, ``remote_client`` (any object with ``infer(texts, timeout_s=...)``); ``trust``: a
+    :class:`edge_eco.signing.Trust` or the path of a trust file / ``.pub`` key: the manifest's Ed25519
+    signature is checked (required unless the trust says otherwise) and, with a signature required,
+    each model file is hashed again when it loads.
 
     Raises:
         ManifestError, IntegrityError: the bundle is malformed, incomplete or corrupt.
+        SignatureError: (an IntegrityError) the signature is missing, untrusted or does not match.
     """
-    root, manifest = read_bundle(path)
-    return Ecology(root, manifest, **options)
+    data, signed = None, False
+    if trust is not None:
+        from .signing import as_trust, verified_manifest
+
+        trust = as_trust(trust)
+        data, signed = verified_manifest(path, trust)
+    root, manifest = read_bundle(path, manifest_bytes=data)
+    eco = Ecology(root, manifest, **options)
+    if signed and trust.require_signature:
+        from .signing import recheck_model_files
+
+        eco.before_load = lambda model_id: recheck_model_files(root, manifest, model_id)
+    return eco

@@ -5,6 +5,7 @@
     EdgeEcoError
     ├── ManifestError (ValueError)          malformed ecology.toml, bad field, out-of-range value
     │   └── IntegrityError                  missing file, sha256 mismatch, truncated model
+    │       └── SignatureError              manifest signature missing, untrusted or not matching
     ├── RequestError (ValueError)           a request the runtime refuses (empty, too long, bad UTF-8)
     ├── NativeError                         the C kernel returned an error status
     ├── ResidencyError                      loading/eviction under the memory budget
@@ -15,9 +16,13 @@
     ├── RoutingError                        no eligible model for a request
     ├── FallbackError                       the remote generalist failed (the runtime answers locally)
     │   ├── RemoteUnavailable               connection refused/reset, timeout, circuit open
+    │   │   └── RemoteTLSError              TLS handshake or certificate check failed (not retried)
     │   └── RemoteProtocolError             malformed or wrong-shaped reply, label outside the label set
     │       └── RemoteStatusError           an HTTP error status (4xx/5xx); ``status`` holds it
-    └── StoreError                          outcome memory (SQLite) failures
+    ├── StoreError                          outcome memory (SQLite) failures
+    └── BuildError                          `edge-eco build` could not build a bundle
+        ├── RecipeError (ValueError)        malformed recipe TOML, unknown or out-of-range field
+        └── DataError (ValueError)          training data unusable (empty labels, leakage, ...)
 
 Errors from onnxruntime, sqlite3 and the HTTP layer are translated where they are caught
 (``raise ... from exc``), so callers only ever see these types.
@@ -34,6 +39,10 @@ class ManifestError(EdgeEcoError, ValueError):
 
 class IntegrityError(ManifestError):
     """A file listed in the manifest is missing, truncated or does not match its sha256."""
+
+
+class SignatureError(IntegrityError):
+    """A bundle's signature is missing, malformed, by an untrusted key, or does not verify."""
 
 
 class RequestError(EdgeEcoError, ValueError):
@@ -76,6 +85,11 @@ class RemoteUnavailable(FallbackError):
     """The remote server could not be reached in time (refused, reset, timeout, breaker open)."""
 
 
+class RemoteTLSError(RemoteUnavailable):
+    """TLS with the remote failed: its certificate did not verify or the handshake was refused.
+    Another try would fail the same way, so it is never retried."""
+
+
 class RemoteProtocolError(FallbackError):
     """The remote server answered, but with an error status or a malformed reply."""
 
@@ -90,3 +104,15 @@ class RemoteStatusError(RemoteProtocolError):
 
 class StoreError(EdgeEcoError):
     """The outcome store failed."""
+
+
+class BuildError(EdgeEcoError):
+    """``edge-eco build`` could not build a bundle (a missing build dependency, a failed step)."""
+
+
+class RecipeError(BuildError, ValueError):
+    """The build recipe is malformed: unknown field, wrong type, value out of range."""
+
+
+class DataError(BuildError, ValueError):
+    """The training data cannot be used as given; found before any training starts."""

@@ -4,10 +4,12 @@ in-flight tracking for a draining shutdown. Standard library only; the v2 routes
 from __future__ import annotations
 
 import json
+import re
 import socket
 import ssl
 import sys
 import threading
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -17,12 +19,63 @@ _IDLE_TIMEOUT_S = 30.0  # an idle keep-alive connection is dropped after this
 class HttpError(Exception):
     """An HTTP error reply: status and message (internal to this module)."""
 
-    def __init__(self, status: int, message: str, *, keep_alive: bool = False, allow: str = "",
-                 retry_after: bool = False):
+    def __init__(self, status: int, message: str, *, allow: str = "", retry_after: bool = False):
         super().__init__(message)
-        # keep_alive: the request body (if any) was consumed, so the connection stays usable.
-        self.status, self.message, self.keep_alive, self.allow = status, message, keep_alive, allow
-        self.retry_after = retry_after
+        self.status, self.message, self.allow, self.retry_after = status, message, allow, retry_after
+
+
+_DIGITS = re.compile(r"[0-9]{1,18}")
+
+
+def body_length(headers: Any, method: str) -> int:
+    """The length of the request body as its headers frame it (RFC 9112 section 6).
+
+    Args:
+        headers: the request headers (an ``email.message.Message``).
+        method: the request method; a POST must say its length.
+    Returns:
+        The body length in bytes (0 when there is none).
+    Raises:
+        HttpError: 411 for Transfer-Encoding or a POST without Content-Length, 400 for a
+            Content-Length that is not digits or that disagrees with another one.
+    """
+    if headers.get_all("Transfer-Encoding"):
+        raise HttpError(411, "Transfer-Encoding (chunked) bodies are not supported; send Content-Length")
+    values = [v.strip() for h in headers.get_all("Content-Length") or () for v in h.split(",")]
+    if not values:
+        if method == "POST":
+            raise HttpError(411, "Content-Length is required on POST")
+        return 0
+    bad = [v for v in values if not _DIGITS.fullmatch(v)]
+    if bad:
+        raise HttpError(400, f"bad Content-Length {bad[0][:40]!r}: expected a non-negative integer")
+    if len({int(v) for v in values}) > 1:
+        raise HttpError(400, f"conflicting Content-Length values {values[:4]}")
+    return int(values[0])
+
+
+class Body:
+    """The request body, read at most once and only on demand: ``Expect: 100-continue`` is
+    answered when the body is first read, i.e. after the auth and size checks passed."""
+
+    def __init__(self, handler: "_Handler", length: int, expect_100: bool) -> None:
+        self.length, self._handler, self._expect_100 = length, handler, expect_100
+        self.done = length == 0  # False while unread bytes of it remain on the connection
+
+    def read(self) -> bytes:
+        """The whole body.
+
+        Raises:
+            HttpError: 400 when the connection ends before ``length`` bytes.
+        """
+        if self._expect_100:
+            self._handler.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._expect_100 = False
+        data = self._handler.rfile.read(self.length)
+        if len(data) != self.length:
+            raise HttpError(400, f"body ended after {len(data)} of {self.length} bytes")
+        self.done = True
+        return data
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -49,24 +102,41 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.track(self.request, add=False)
 
+    def handle_expect_100(self) -> bool:
+        return True  # 100 Continue goes out when the body is read (Body.read), after the checks
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors the stdlib raises while parsing (bad request line, headers too large, unknown
+        method, ...) as the v2 JSON error body; the connection is closed after them."""
+        if self.request_version == "HTTP/0.9":  # parsing failed before the version was known
+            self.request_version = "HTTP/1.1"
+        self.close_connection = True
+        text = message or HTTPStatus(code).phrase
+        self._reply(code, {"error": f"{text}: {explain}" if explain and explain != text else text})
+
     def _dispatch(self) -> None:
-        method = self.command
         with self.server.in_flight:
-            self._dispatch_counted(method)
+            self._dispatch_counted(self.command)
 
     def _dispatch_counted(self, method: str) -> None:
+        head = method == "HEAD"
+        body = None
         try:
-            status, payload = self.server.app.handle_request(method, self.path, self.headers, self.rfile)
-            self._reply(status, payload)
+            expect = self.headers.get("Expect", "").lower() == "100-continue" and self.request_version != "HTTP/1.0"
+            body = Body(self, body_length(self.headers, method), expect)
+            status, payload = self.server.app.handle_request("GET" if head else method, self.path,
+                                                             self.headers, body)
+            allow, retry_after = "", False
         except HttpError as err:
-            has_body = self.headers.get("Content-Length", "0").strip() != "0" or "Transfer-Encoding" in self.headers
-            if has_body and not err.keep_alive:
-                self.close_connection = True  # an unread body would be parsed as the next request
-            self._reply(err.status, {"error": err.message}, allow=err.allow, retry_after=err.retry_after)
+            status, payload, allow, retry_after = err.status, {"error": err.message}, err.allow, err.retry_after
+        if body is None or not body.done:
+            self.close_connection = True  # unread (or unframeable) body bytes must not be parsed as a request
+        self._reply(status, payload, allow=allow, retry_after=retry_after, head=head)
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _dispatch
 
-    def _reply(self, status: int, payload: dict, *, allow: str = "", retry_after: bool = False) -> None:
+    def _reply(self, status: int, payload: dict, *, allow: str = "", retry_after: bool = False,
+               head: bool = False) -> None:
         body = json.dumps(payload, separators=(",", ":")).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -80,7 +150,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        if not head:
+            self.wfile.write(body)
 
 
 class InFlight:
@@ -109,19 +180,24 @@ class Admission:
     def __init__(self, running: int, waiting: int) -> None:
         self._slots = threading.Semaphore(running)
         self._lock = threading.Lock()
-        self._admitted, self.limit = 0, running + waiting
+        self._admitted, self.running, self.waiting = 0, running, waiting
 
-    def enter(self, wait_s: float) -> bool:
-        """Take a slot, waiting at most ``wait_s`` in line; False when the line is full or the wait ran out."""
+    def enter(self, wait_s: float) -> str | None:
+        """Take a slot, waiting at most ``wait_s`` in line.
+
+        Returns:
+            None when a slot was taken; "full" when ``running`` + ``waiting`` requests are already
+            admitted; "timeout" when no slot came free within ``wait_s``.
+        """
         with self._lock:
-            if self._admitted >= self.limit:
-                return False
+            if self._admitted >= self.running + self.waiting:
+                return "full"
             self._admitted += 1
         if self._slots.acquire(timeout=max(wait_s, 0.0)):
-            return True
+            return None
         with self._lock:
             self._admitted -= 1
-        return False
+        return "timeout"
 
     def leave(self) -> None:
         self._slots.release()
@@ -132,6 +208,17 @@ class Admission:
 _BUSY_BODY = b'{"error":"too many connections; try again later"}'
 _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
          b"Connection: close\r\nContent-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY)
+
+
+def _family(addr: tuple[str, int]) -> socket.AddressFamily:
+    """The address family of the host to bind: AF_INET when the host has an IPv4 address (so
+    "localhost" stays on 127.0.0.1 as before), else AF_INET6 ("::1", "::", an IPv6-only name)."""
+    try:
+        infos = socket.getaddrinfo(addr[0] or None, addr[1], type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot resolve the address to serve on, {addr[0]!r}: {exc.strerror}") from exc
+    families = [info[0] for info in infos]
+    return socket.AF_INET if socket.AF_INET in families else families[0]
 
 
 class HTTPServer(ThreadingHTTPServer):
@@ -146,6 +233,7 @@ class HTTPServer(ThreadingHTTPServer):
         self._conns_lock = threading.Lock()
         self._max_connections = max_connections
         self._ssl_context = ssl_context
+        self.address_family = _family(addr)  # "::1" or "::" serve IPv6
         super().__init__(addr, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:

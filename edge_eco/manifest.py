@@ -107,6 +107,7 @@ class RemoteSpec:
     API base, e.g. ``http://host:8000/v1``). ``attempts``: tries per call (retries with jitter while
     the deadline allows). ``redact``: masks applied to the text before it is sent ("digits": every
     run of digits becomes ``<num>``; "emails": every e-mail address becomes ``<email>``).
+    ``logprobs`` (openai only): ask for token log-probabilities and derive the confidence from them.
     """
 
     protocol: str = "v2"
@@ -115,6 +116,7 @@ class RemoteSpec:
     timeout_ms: float = 2000.0
     attempts: int = 2
     redact: tuple[str, ...] = ()
+    logprobs: bool = False  # openai: ask for token log-probabilities and use them as the confidence
 
 
 @dataclass(frozen=True)
@@ -406,7 +408,8 @@ def parse_manifest(text: str) -> Manifest:
     if (rt := top.table("remote")) is not None:
         remote = RemoteSpec(rt.choice("protocol", REMOTE_PROTOCOLS, "v2"), rt.get("url", str, ""),
                             rt.get("model", str, ""), rt.get("timeout_ms", float, 2000.0, lo=1, hi=600000),
-                            rt.get("attempts", int, 2, lo=1, hi=10), _strings(rt, "redact", []))
+                            rt.get("attempts", int, 2, lo=1, hi=10), _strings(rt, "redact", []),
+                            rt.get("logprobs", bool, False))
         unknown = [r for r in remote.redact if r not in REDACTIONS]
         if unknown:
             raise ManifestError(f"ecology.toml.remote.redact: unknown mask(s) {unknown}; known: {list(REDACTIONS)}")

@@ -8,7 +8,9 @@ Shadow evaluation: a challenger registered for capability C (a model id) runs on
 route ranked C among its candidates, sampled at ``shadow_rate``. The shadow thread runs the
 champion and the challenger on the same text and records both answers as a pair. Its budget is
 a CPU share: when the shadow thread's CPU time exceeds ``cpu_share`` of the wall time since it
-started, sampled requests are skipped (counted) until it is back under.
+started, sampled requests are skipped (counted) until it is back under. Every challenger
+registered for a capability is shadowed (they share the one budget); a challenger that fails
+(raises) is counted per challenger in the ``shadow_errors`` table, shown by ``population status``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import queue
 import random
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ import msgpack
 from . import backends
 from ._native import Featurizer
 from .inputs import hashed_feeds
+from .errors import RequestError
 from .judges import Vote, calibrated_vote
 from .manifest import ModelEntry
 from .store import Store
@@ -64,10 +68,11 @@ class Shadow:
     def __init__(self, eco: Any, store: Store, challengers: list[Challenger], *, rate: float, cpu_share: float,
                  seed: int = 0, queue_jobs: int = 256) -> None:
         self._eco, self._store = eco, store
-        self._by_cap = {c.capability: c for c in challengers}
-        self._sessions = {c.capability: backends.open_model(c.entry.backend, c.folder / c.entry.file.path,
-                                                              output=c.entry.output, optimize=False)
-                          for c in challengers}
+        self._by_cap: dict[str, list[Challenger]] = {}
+        for c in challengers:
+            self._by_cap.setdefault(c.capability, []).append(c)
+        self._sessions = {(c.capability, c.entry.version): backends.open_model(
+            c.entry.backend, c.folder / c.entry.file.path, output=c.entry.output, optimize=False) for c in challengers}
         self._champion_ids = {c.capability: eco._model_ids.get(c.capability, "?") for c in challengers}
         self._featurizer = Featurizer(eco.manifest.featurizer)
         self._rate, self._share = rate, cpu_share
@@ -101,22 +106,24 @@ class Shadow:
             t = time.thread_time()
             request_id, text, caps = job
             for cap in caps:
-                try:
-                    self._pair(request_id, text, cap)
-                except Exception:  # a failing challenger must never disturb the ecology
-                    self.counts.setdefault("errors", 0)
-                    self.counts["errors"] += 1
+                for ch in self._by_cap[cap]:
+                    try:
+                        self._pair(request_id, text, ch)
+                    except Exception as exc:  # a failing challenger must never disturb the ecology
+                        self.counts["errors"] = self.counts.get("errors", 0) + 1
+                        self._store.submit("shadow_error", (cap, ch.entry.version, f"{type(exc).__name__}: {exc}"[:300],
+                                                            time.time()))
             self._busy_s += time.thread_time() - t
             self.counts["run"] += 1
             self._queue.task_done()
 
-    def _pair(self, request_id: str, text: str | bytes, cap: str) -> None:
-        ch = self._by_cap[cap]
+    def _pair(self, request_id: str, text: str | bytes, ch: Challenger) -> None:
+        cap = ch.capability
         t0 = time.perf_counter()
         champ = self._eco.predict_with(cap, text)
         t1 = time.perf_counter()
         data = text.encode("utf-8") if isinstance(text, str) else text
-        logits = self._sessions[cap].run(hashed_feeds(*self._featurizer(data)))
+        logits = self._sessions[(cap, ch.entry.version)].run(hashed_feeds(*self._featurizer(data)))
         vote = calibrated_vote(ch.entry, logits, self._eco.manifest.reject_label)
         t2 = time.perf_counter()
         self._store.submit("shadow", (request_id, cap, self._champion_ids[cap],
@@ -154,18 +161,40 @@ class Recorder:
         shadow: the shadow evaluator, or None.
     """
 
-    def __init__(self, store: Store, *, store_text: bool = False, shadow: Shadow | None = None) -> None:
+    def __init__(self, store: Store, *, store_text: bool = False, shadow: Shadow | None = None,
+                 recent_ids: int = 65_536) -> None:
         self.store, self.shadow, self._store_text = store, shadow, store_text
+        # ids recorded lately (their rows may still be queued): feedback for them needs no query
+        self._recent: set[str] = set()
+        self._recent_order: deque[str] = deque()
+        self._recent_max = recent_ids
 
     def record(self, answer: Any, text: str | bytes) -> None:
         """Queue one answered request (called by ``Ecology.answer``)."""
         ts = time.time()
         self.store.submit("outcome", lambda: _outcome_row(answer, text, ts, self._store_text))
+        rid = answer.provenance["request_id"]
+        self._recent.add(rid)
+        self._recent_order.append(rid)
+        if len(self._recent_order) > self._recent_max:
+            self._recent.discard(self._recent_order.popleft())
         if self.shadow is not None:
             self.shadow.offer(answer, text)
 
     def feedback(self, request_id: str, label: str) -> None:
-        """Queue the true label of a request (acknowledged at the next ``flush``)."""
+        """Queue the true label of a recorded request (acknowledged at the next ``flush``).
+
+        Repeated feedback for one request: the last label wins.
+
+        Raises:
+            RequestError: ``request_id`` is not a string, or no outcome with that id was recorded
+                (or it was already removed by retention).
+        """
+        if not isinstance(request_id, str):
+            raise RequestError(f"request_id must be a string, not {type(request_id).__name__}")
+        if request_id not in self._recent and not self.store.query(
+                "SELECT 1 FROM outcomes WHERE request_id=?", (request_id,)):
+            raise RequestError(f"no recorded request {request_id!r} (unknown, or removed by retention)")
         self.store.submit("feedback", (request_id, label, time.time()))
 
     def flush(self) -> None:
@@ -193,9 +222,13 @@ def _outcome_row(answer: Any, text: str | bytes, ts: float, store_text: bool) ->
 def export_batch(store: Store, after_rowid: int = 0, limit: int = 1000) -> tuple[bytes, int]:
     """A msgpack batch of outcomes (with feedback labels) after ``after_rowid``, for a fleet collector.
 
+    The first batch of an export (``after_rowid == 0``) first runs a full ``quick_check`` of the file.
+
     Returns:
         (the msgpack bytes, the last rowid in the batch: pass it as ``after_rowid`` next time).
     """
+    if after_rowid == 0:
+        store.check()
     rows = store.query(
         "SELECT o.rowid, o.request_id, o.ts, o.path, o.label, o.confidence, o.text_sha256, o.models, o.total_us,"
         " o.provenance, f.label FROM outcomes o LEFT JOIN feedback f USING (request_id)"

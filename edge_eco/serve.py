@@ -11,8 +11,10 @@ Inputs: ``text`` (BYTES), and ``features`` (FP32 ``[batch, dim]``) when the ecol
 ``feature_dim`` and ``answer_features(row, ...)``.
 
 Load: at most ``max_concurrent`` infer requests run at once and ``max_queue`` more wait (each at
-most ``queue_timeout_s``, or its own deadline); past that the server answers 503 with
-``Retry-After`` at once instead of queueing forever. Connections past ``max_connections`` get a
+most ``queue_timeout_s``); past that the server answers 503 with ``Retry-After`` at once instead
+of queueing forever. A request's ``parameters.deadline_ms`` bounds its queueing and its compute
+together: checked before each text of a batch, a request past it answers 504 (queued too long,
+or the batch did not finish in time); texts are not answered partially. Connections past ``max_connections`` get a
 503 and are closed. Limits on body bytes, batch size and text bytes answer 413/400.
 """
 
@@ -28,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 
 from edge_eco import __version__
 from edge_eco.errors import EdgeEcoError, RequestError
-from edge_eco.httpserver import Admission, HttpError, HTTPServer
+from edge_eco.httpserver import Admission, Body, HttpError, HTTPServer
 from edge_eco.v2_request import InferRequest, parse_infer_request
 
 __all__ = ["InferenceServer", "serve_forever"]
@@ -108,7 +110,7 @@ class InferenceServer:
 
     # -- request handling (runs on handler threads) -------------------------------------------
 
-    def handle_request(self, method: str, raw_path: str, headers: Any, rfile: Any) -> tuple[int, dict]:
+    def handle_request(self, method: str, raw_path: str, headers: Any, body: Body) -> tuple[int, dict]:
         """Route one request; returns (status, JSON payload) or raises HttpError."""
         path = urlsplit(raw_path).path
         if self._token is not None and path not in ("/v2/health/live", "/v2/health/ready"):
@@ -121,24 +123,41 @@ class InferenceServer:
         if method != want:
             raise HttpError(405, f"method {method} not allowed on {raw_path}; use {want}", allow=want)
         if not model_ok:
+            host = (headers.get("Host") or self.url.split("://", 1)[1])[:255]
             raise HttpError(404, f"unknown model or version in {raw_path}; this server has model "
-                                  f"{self.eco.name!r} version {self.eco.version!r}")
+                                  f"{self.eco.name!r} version {self.eco.version!r}: name it in the URL "
+                                  f"({self._scheme}://{host}/v2/models/{self.eco.name}) or with "
+                                  f"--remote-model {self.eco.name} / [remote] model")
         if route != "infer":
             return 200, self._metadata(route)
         if headers.get("Inference-Header-Content-Length") is not None:
-            self._read_body(headers, rfile)
+            self._read_body(body)
             raise HttpError(400, "the binary tensor data extension is not supported; send JSON tensors "
-                                  "(tritonclient: binary_data=False)", keep_alive=True)
-        req = self._parse(self._read_body(headers, rfile))
+                                  "(tritonclient: binary_data=False)")
+        req = self._parse(self._read_body(body))
         t0 = time.monotonic()
         wait_s = self.queue_timeout_s if req.deadline_ms is None else min(self.queue_timeout_s, req.deadline_ms / 1e3)
-        if not self._admission.enter(wait_s):
-            raise HttpError(503, f"server busy: {self._admission.limit} requests running or queued; "
-                                  "try again later", keep_alive=True, retry_after=True)
+        refused = self._admission.enter(wait_s)
+        if refused is not None:
+            raise self._refusal(refused, req, (time.monotonic() - t0) * 1e3)
         try:
-            return 200, self._infer(req, (time.monotonic() - t0) * 1e3)
+            return 200, self._infer(req, t0)
         finally:
             self._admission.leave()
+
+    def _refusal(self, reason: str, req: InferRequest, waited_ms: float) -> HttpError:
+        """Why a request got no slot: the server is at capacity (503), its deadline passed while
+        it waited (504), or no slot came free within queue_timeout_s (503)."""
+        a = self._admission
+        if reason == "full":
+            return HttpError(503, f"server at capacity: {a.running} request{'s' * (a.running != 1)} running and "
+                                  f"{a.waiting} queued (max_concurrent, max_queue); try again later",
+                             retry_after=True)
+        if req.deadline_ms is not None and req.deadline_ms / 1e3 <= self.queue_timeout_s:
+            return HttpError(504, f"deadline_ms {req.deadline_ms:g} passed while queued for one of "
+                                  f"{a.running} slot(s) (waited {waited_ms:.0f} ms)")
+        return HttpError(503, f"server busy: no slot free within queue_timeout_s {self.queue_timeout_s:g} "
+                              f"(waited {waited_ms:.0f} ms); try again later", retry_after=True)
 
     def _route(self, path: str) -> tuple[str, bool]:
         parts = [unquote(p) for p in path.split("/") if p]  # a model name may hold an escaped "/"
@@ -176,34 +195,22 @@ class InferenceServer:
                 "parameters": {"labels": list(eco.labels), "max_batch": self.max_batch,
                                "max_text_bytes": self.max_text_bytes}}
 
-    def _read_body(self, headers: Any, rfile: Any) -> bytes:
-        if "chunked" in headers.get("Transfer-Encoding", "").lower():
-            raise HttpError(411, "chunked bodies are not supported; send Content-Length")
-        raw = headers.get("Content-Length")
-        if raw is None:
-            raise HttpError(411, "Content-Length is required on POST")
-        try:
-            length = int(raw)
-            if length < 0:
-                raise ValueError(raw)
-        except ValueError:
-            raise HttpError(400, f"bad Content-Length {raw!r}") from None
-        if length > self.max_body_bytes:
-            raise HttpError(413, f"body of {length} bytes is over the limit of {self.max_body_bytes}")
-        body = rfile.read(length)
-        if len(body) != length:
-            raise HttpError(400, f"body ended after {len(body)} of {length} bytes")
-        return body
+    def _read_body(self, body: Body) -> bytes:
+        if body.length > self.max_body_bytes:
+            raise HttpError(413, f"body of {body.length} bytes is over the limit of {self.max_body_bytes}")
+        return body.read()
 
     def _parse(self, body: bytes) -> InferRequest:
         try:
             return parse_infer_request(body, self.max_batch, max_text_bytes=self.max_text_bytes,
                                        feature_dim=self._feature_dim)
         except RequestError as exc:
-            raise HttpError(400, str(exc), keep_alive=True) from exc
+            raise HttpError(400, str(exc)) from exc
 
-    def _infer(self, req: InferRequest, queued_ms: float) -> dict:
-        deadline_ms = None if req.deadline_ms is None else max(req.deadline_ms - queued_ms, 1.0)
+    def _infer(self, req: InferRequest, t0: float) -> dict:
+        """Answer every item; with a deadline, the time left is checked before each item and a
+        batch that runs past it stops there with 504 (no partial reply)."""
+        end = None if req.deadline_ms is None else t0 + req.deadline_ms / 1e3
         if req.texts is not None:
             items, run, name = req.texts, self.eco.answer, "text"
         else:
@@ -211,18 +218,26 @@ class InferenceServer:
         try:
             labels, confidences = [], []
             for i, item in enumerate(items):
+                left_ms = None if end is None else (end - time.monotonic()) * 1e3
+                if left_ms is not None and left_ms <= 0:
+                    raise HttpError(504, f"deadline_ms {req.deadline_ms:g} passed after {i} of {len(items)} "
+                                         f"{'texts' if name == 'text' else 'rows'} (queued and computed "
+                                         f"{(time.monotonic() - t0) * 1e3:.0f} ms); send fewer per request "
+                                         "or a longer deadline")
                 try:
-                    ans = run(item, deadline_ms=deadline_ms, local_only=True)
+                    ans = run(item, deadline_ms=left_ms, local_only=True)
                 except RequestError as exc:
                     raise RequestError(f"input {name!r} element {i}: {exc}") from exc
                 labels.append(str(ans.label))
                 confidences.append(float(ans.confidence))
         except RequestError as exc:
-            raise HttpError(400, str(exc), keep_alive=True) from exc
+            raise HttpError(400, str(exc)) from exc
         except EdgeEcoError as exc:
-            raise HttpError(500, f"{type(exc).__name__}: {exc}", keep_alive=True) from exc
+            raise HttpError(500, f"{type(exc).__name__}: {exc}") from exc
+        except HttpError:
+            raise
         except Exception as exc:  # a bug in the ecology must not kill the connection thread silently
-            raise HttpError(500, f"internal error: {type(exc).__name__}", keep_alive=True) from exc
+            raise HttpError(500, f"internal error: {type(exc).__name__}") from exc
         batch = req.batch
         outputs = {"label": {"name": "label", "datatype": "BYTES", "shape": [batch], "data": labels},
                    "confidence": {"name": "confidence", "datatype": "FP32", "shape": [batch], "data": confidences}}

@@ -19,10 +19,19 @@ power loss. Synchronous calls (governance: challengers, proposals, audit) always
 ``synchronous=FULL``. A row submitted but not yet acknowledged may be lost if the process dies.
 
 Retention is bounded by rows (``max_rows`` outcomes, oldest first; their feedback goes with
-them) and by bytes (``max_bytes``: the database file; SQLite reuses freed pages, so the file
-stays near the bound without VACUUM). Shadow pairs are bounded separately (``max_pairs``).
+them, and a feedback row is only written for a stored outcome, so feedback never outnumbers
+outcomes) and by bytes (``max_bytes``: the database file plus its WAL; after a retention pass
+the freed pages are returned and the WAL is checkpointed and truncated, ``journal_size_limit``
+keeps it near 1 MiB otherwise). The bound is enforced by the writer after a batch, so the file
+may exceed it by about one batch between passes. Shadow pairs are bounded separately
+(``max_pairs``).
 
-The schema is versioned with ``PRAGMA user_version`` and upgraded by the migrations below; a
+Opening runs ``PRAGMA quick_check`` on files up to ``CHECK_MAX_BYTES`` (64 MiB; bigger files:
+:meth:`Store.check`, which ``population status`` and export run) and refuses a damaged file.
+``readonly=True`` opens the file with ``mode=ro`` (no write, no -shm created when the folder is
+read-only: ``immutable``), for read commands on a read-only bundle or a full disk.
+
+The schema is versioned with ``PRAGMA user_version`` and upgraded by the migrations of :mod:`edge_eco.store_schema`; a
 database written by a newer edge_eco is refused.
 """
 
@@ -37,50 +46,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .errors import StoreError
+from .store_schema import _INSERT, MIGRATIONS, SCHEMA_VERSION  # noqa: F401 (re-exported)
 
-# Migration N takes a database at user_version N-1 to N. Never edit a shipped migration.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (  # 1: decisions and feedback
-        """CREATE TABLE outcomes (
-            request_id TEXT PRIMARY KEY, ts REAL NOT NULL, path TEXT NOT NULL, label TEXT NOT NULL,
-            confidence REAL NOT NULL, text_sha256 TEXT NOT NULL, text TEXT, models TEXT NOT NULL,
-            total_us REAL, provenance BLOB NOT NULL)""",
-        "CREATE INDEX outcomes_ts ON outcomes(ts)",
-        "CREATE TABLE feedback (request_id TEXT PRIMARY KEY, label TEXT NOT NULL, ts REAL NOT NULL)",
-    ),
-    (  # 2: population governance
-        """CREATE TABLE shadow (
-            request_id TEXT NOT NULL, capability TEXT NOT NULL, champion TEXT NOT NULL,
-            challenger TEXT NOT NULL, champion_label TEXT NOT NULL, challenger_label TEXT NOT NULL,
-            champion_us REAL, challenger_us REAL, ts REAL NOT NULL,
-            PRIMARY KEY (request_id, capability, challenger))""",
-        "CREATE INDEX shadow_cap ON shadow(capability, challenger)",
-        """CREATE TABLE challengers (
-            capability TEXT NOT NULL, version TEXT NOT NULL, status TEXT NOT NULL, folder TEXT NOT NULL,
-            lineage TEXT NOT NULL, registered_ts REAL NOT NULL, decided_ts REAL,
-            PRIMARY KEY (capability, version))""",
-        """CREATE TABLE proposals (
-            id INTEGER PRIMARY KEY, ts REAL NOT NULL, capability TEXT NOT NULL, kind TEXT NOT NULL,
-            version TEXT NOT NULL, reason TEXT NOT NULL, evidence TEXT NOT NULL, status TEXT NOT NULL,
-            decided_by TEXT, decided_ts REAL)""",
-        """CREATE TABLE audit (
-            id INTEGER PRIMARY KEY, ts REAL NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL,
-            capability TEXT NOT NULL, from_version TEXT, to_version TEXT, why TEXT NOT NULL,
-            manifest_before TEXT, manifest_after TEXT)""",
-        """CREATE TABLE archive (
-            capability TEXT NOT NULL, version TEXT NOT NULL, entry TEXT NOT NULL, files TEXT NOT NULL,
-            bytes INTEGER NOT NULL, parent TEXT, data_fingerprint TEXT, metrics TEXT NOT NULL,
-            was_champion INTEGER NOT NULL, diversity REAL, archived_ts REAL NOT NULL, evicted INTEGER NOT NULL,
-            PRIMARY KEY (capability, version))""",
-    ),
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-_INSERT = {
-    "outcome": "INSERT OR REPLACE INTO outcomes VALUES (?,?,?,?,?,?,?,?,?,?)",
-    "feedback": "INSERT OR REPLACE INTO feedback VALUES (?,?,?)",
-    "shadow": "INSERT OR REPLACE INTO shadow VALUES (?,?,?,?,?,?,?,?,?)",
-}
+WAL_LIMIT_BYTES = 1 << 20
+CHECK_MAX_BYTES = 64 << 20  # quick_check at open up to this file size (see Store)
 
 
 @dataclass(frozen=True)
@@ -119,9 +88,40 @@ def _connect(path: Path, synchronous: str = "FULL") -> Any:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("PRAGMA busy_timeout=10000")
+        # a checkpoint truncates the WAL back to this size, so the WAL stays small beside the file
+        conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         return conn
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open outcome database {path}: {exc}") from exc
+
+
+def _connect_ro(path: Path) -> Any:
+    """A read-only connection (no file is created or written); ``immutable`` when the folder is
+    read-only and the WAL's shared-memory file cannot be created."""
+    if not path.is_file():  # nothing recorded yet: an empty database of the current schema
+        conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        migrate(conn)
+        return conn
+    last: Exception | None = None
+    for mode in ("mode=ro", "mode=ro&immutable=1"):
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=10.0,
+                                   check_same_thread=False, isolation_level=None)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.Error as exc:
+            last = exc
+    raise StoreError(f"cannot open outcome database {path} read-only: {last}") from last
+
+
+def quick_check(conn: Any, path: Path) -> None:
+    """Run ``PRAGMA quick_check``. Raises StoreError naming ``path`` when the file is damaged."""
+    try:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.Error as exc:
+        raise StoreError(f"outcome database {path} is corrupt: {exc}") from exc
+    if rows != [("ok",)]:
+        raise StoreError(f"outcome database {path} is corrupt: {'; '.join(str(r[0]) for r in rows[:3])}")
 
 
 class Store:
@@ -140,27 +140,50 @@ class Store:
     """
 
     def __init__(self, path: str | Path, *, retention: Retention = Retention(), queue_rows: int = 10_000,
-                 batch_rows: int = 512, linger_s: float = 0.01, power_safe: bool = False) -> None:
+                 batch_rows: int = 512, linger_s: float = 0.01, power_safe: bool = False,
+                 readonly: bool = False, check: bool = True) -> None:
         self.path = Path(path)
+        self.retention, self._batch_rows, self._linger_s = retention, batch_rows, linger_s
+        self.readonly = readonly
+        self._lock = threading.Lock()
+        self._counts = {"submitted": 0, "written": 0, "dropped": 0, "batches": 0, "deleted": 0}
+        self._error: BaseException | None = None
+        self._closed = False
+        if readonly:
+            self._conn = self._wconn = _connect_ro(self.path)
+            self._check_schema(check)
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create {self.path.parent}: {exc}") from exc
-        self.retention, self._batch_rows, self._linger_s = retention, batch_rows, linger_s
         self._conn = _connect(self.path)
         try:
+            self._check_schema(check)
             migrate(self._conn)
         except StoreError:
             self._conn.close()
             raise
         self._wconn = _connect(self.path, "FULL" if power_safe else "NORMAL")
-        self._lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue(maxsize=queue_rows)
-        self._counts = {"submitted": 0, "written": 0, "dropped": 0, "batches": 0, "deleted": 0}
-        self._error: BaseException | None = None
-        self._closed = False
         self._writer = threading.Thread(target=self._run, name="edge_eco-store", daemon=True)
         self._writer.start()
+
+    def _check_schema(self, check: bool) -> None:
+        try:
+            if check and self.path.is_file() and self.path.stat().st_size <= CHECK_MAX_BYTES:
+                quick_check(self._conn, self.path)
+            found = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read outcome database {self.path}: {exc}") from exc
+        if self.readonly and found != SCHEMA_VERSION:
+            raise StoreError(f"outcome database {self.path} has schema {found}, this edge_eco reads "
+                             f"{SCHEMA_VERSION}; open it once with a writing command to migrate it")
+
+    def check(self) -> None:
+        """``PRAGMA quick_check`` of the whole file, whatever its size. Raises StoreError when damaged."""
+        with self._lock:
+            quick_check(self._conn, self.path)
 
     # -- asynchronous writes -----------------------------------------------------------------
     def submit(self, kind: str, row: tuple | Callable[[], tuple]) -> bool:
@@ -171,6 +194,8 @@ class Store:
         """
         if self._closed:
             raise StoreError("the outcome store is closed")
+        if self.readonly:
+            raise StoreError(f"outcome database {self.path} is open read-only")
         try:
             self._queue.put_nowait((kind, row))
         except queue.Full:
@@ -185,6 +210,8 @@ class Store:
         Raises:
             StoreError: the writer failed, or did not finish within ``timeout_s``.
         """
+        if self.readonly:
+            return
         done = threading.Event()
         self._queue.put(("flush", done), timeout=timeout_s)
         if not done.wait(timeout_s):
@@ -226,8 +253,11 @@ class Store:
     def _write(self, rows: dict[str, list[tuple]]) -> None:
         try:
             with self._wconn:
-                for kind, batch in rows.items():
-                    self._wconn.executemany(_INSERT[kind], batch)
+                # outcomes first: a feedback row is written only when its outcome exists
+                for kind, batch in sorted(rows.items(), key=lambda kv: kv[0] != "outcome"):
+                    n = self._wconn.executemany(_INSERT[kind], batch).rowcount
+                    if kind == "feedback" and n < len(batch):  # for an outcome that is not (or no longer) stored
+                        self._counts["orphan_feedback"] = self._counts.get("orphan_feedback", 0) + len(batch) - n
             self._counts["written"] += sum(len(b) for b in rows.values())
             self._counts["batches"] += 1
             # the byte bound is cheap to check (two pragmas): every batch; the row count every 16
@@ -249,12 +279,16 @@ class Store:
                 if n > r.max_pairs:
                     conn.execute("DELETE FROM shadow WHERE rowid IN (SELECT rowid FROM shadow ORDER BY ts LIMIT ?)",
                                  (n - r.max_pairs,))
+            # feedback whose outcome is gone (or never came) is not kept: it counts in no bound
+            conn.execute("DELETE FROM feedback WHERE request_id NOT IN (SELECT request_id FROM outcomes)")
         size = self.size_bytes(conn)
         if r.max_bytes and size > r.max_bytes:
             n = conn.execute("SELECT count(*) FROM outcomes").fetchone()[0]
             with conn:  # down to 80 % of the bound, assuming rows of the average size
                 self._delete_oldest(conn, max(1, int(n * (1 - 0.8 * r.max_bytes / size)) + 1))
             conn.executescript("PRAGMA incremental_vacuum;")  # run to completion (execute() frees one page)
+        # the deletes went to the WAL: fold it into the file and truncate it (the bound counts both)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def _delete_oldest(self, conn: Any, n: int) -> None:
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS doomed (request_id TEXT)")
@@ -273,10 +307,14 @@ class Store:
             except sqlite3.Error as exc:
                 raise StoreError(f"retention failed: {exc}") from exc
 
-    @staticmethod
-    def size_bytes(conn: Any) -> int:
-        """Bytes of the database's pages (without the WAL)."""
-        return conn.execute("PRAGMA page_count").fetchone()[0] * conn.execute("PRAGMA page_size").fetchone()[0]
+    def size_bytes(self, conn: Any) -> int:
+        """Bytes of the database's pages plus the WAL file (what ``max_bytes`` bounds)."""
+        pages = conn.execute("PRAGMA page_count").fetchone()[0] * conn.execute("PRAGMA page_size").fetchone()[0]
+        try:
+            wal = Path(f"{self.path}-wal").stat().st_size
+        except OSError:
+            wal = 0
+        return pages + wal
 
     # -- synchronous calls ---------------------------------------------------------------------
     def execute(self, sql: str, params: Iterable = ()) -> int:
@@ -289,6 +327,19 @@ class Store:
             try:
                 with self._conn:
                     return self._conn.execute(sql, tuple(params)).lastrowid
+            except sqlite3.Error as exc:
+                raise StoreError(f"outcome store write failed: {exc}") from exc
+
+    def transaction(self, statements: Iterable[tuple[str, Iterable]]) -> list[int]:
+        """Run write statements in one committed transaction (all or none); returns their rowcounts.
+
+        Raises:
+            StoreError: SQLite refused one (nothing of the transaction is kept).
+        """
+        with self._lock:
+            try:
+                with self._conn:
+                    return [self._conn.execute(sql, tuple(params)).rowcount for sql, params in statements]
             except sqlite3.Error as exc:
                 raise StoreError(f"outcome store write failed: {exc}") from exc
 
@@ -309,7 +360,7 @@ class Store:
         out = dict(self._counts)
         with self._lock:
             out["bytes"] = self.size_bytes(self._conn)
-        out["queued"] = self._queue.qsize()
+        out["queued"] = 0 if self.readonly else self._queue.qsize()
         return out
 
     def close(self, timeout_s: float = 30.0) -> None:
@@ -317,6 +368,9 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        if self.readonly:
+            self._conn.close()
+            return
         done = threading.Event()
         self._queue.put(("stop", done), timeout=timeout_s)
         done.wait(timeout_s)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Callable
 
 from .bundle import MANIFEST_NAME, sha256_file
 from .errors import IntegrityError, ManifestError, StoreError
@@ -52,11 +53,14 @@ def clean_stale(folder: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def swap_manifest(root: Path, new: Manifest) -> tuple[str, str]:
+def swap_manifest(root: Path, new: Manifest,
+                  intent: Callable[[str, str], None] | None = None) -> tuple[str, str]:
     """Make ``new`` the manifest of the bundle at ``root``, after checking it opens.
 
     The new text is re-parsed and every file it lists is verified (present, sha256) before the
-    swap, so a swap can never install a manifest that does not open.
+    swap, so a swap can never install a manifest that does not open. ``intent(before, after)``
+    (the two sha256) is called after these checks and just before the write: the caller records
+    its write-ahead intent there (:mod:`edge_eco.changes`); if it raises, nothing is swapped.
 
     Returns:
         (sha256 of the manifest text before, after).
@@ -75,8 +79,11 @@ def swap_manifest(root: Path, new: Manifest) -> tuple[str, str]:
         f = root / entry.path
         if not f.is_file() or sha256_file(f) != entry.sha256:
             raise IntegrityError(f"{entry.path}: missing or does not match its sha256; swap refused")
+    after = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if intent is not None:
+        intent(before, after)
     write_atomic(path, text.encode("utf-8"))
-    return before, hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return before, after
 
 
 __all__ = ["write_atomic", "swap_manifest", "clean_stale"]

@@ -10,7 +10,7 @@ import time
 import pytest
 
 import edge_eco
-from edge_eco.errors import ManifestError, RemoteProtocolError, RemoteStatusError, RemoteUnavailable
+from edge_eco.errors import ManifestError, RemoteProtocolError, RemoteStatusError, RemoteTLSError, RemoteUnavailable
 from edge_eco.fallback import OpenAIClient, V2Client, client_for
 from edge_eco.fallback.openai import parse_completion, system_prompt
 from edge_eco.fallback.retry import RetryPolicy, retriable
@@ -130,6 +130,7 @@ def test_retry_schedule_is_jittered_bounded_and_deadline_aware():
     assert p.next_delay_s(1, 0.09, 0.5) is None  # 0.05 wait leaves 0.04 < min_attempt_s
     assert retriable(RemoteUnavailable("x")) and retriable(RemoteStatusError("x", 503))
     assert not retriable(RemoteStatusError("x", 400)) and not retriable(RemoteProtocolError("x"))
+    assert not retriable(RemoteTLSError("certificate verify failed"))
     with pytest.raises(ValueError):
         RetryPolicy(attempts=0)
 

@@ -13,21 +13,22 @@ followed by ``eco.feedback`` with the true label.
 
 from __future__ import annotations
 
+import importlib.util
 import random
-import shutil
 import tomllib
-from dataclasses import replace
 from pathlib import Path
 
 import edge_eco
 from edge_eco.bundle import read_bundle
 from edge_eco.cli import main as cli
-from edge_eco.manifest import FileEntry, Governance, model_entry
+from edge_eco.manifest import Governance
 from edge_eco.population import Population, rule_of
 from edge_eco.promotion import decide
-from edge_eco.tomlwrite import manifest_to_toml
 
 ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("population_scenario", ROOT / "tools" / "population_scenario.py")
+_scenario = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_scenario)
 CHALLENGERS = ROOT / "models" / "challengers"
 # The default promotion rule and policy; the shadow sees every routed request (the test has
 # 5,500 requests, not a device's months of traffic).
@@ -42,22 +43,7 @@ def model_id(folder: str) -> str:
 
 def scenario_bundle(tmp: Path, governance: Governance = GOVERNANCE) -> Path:
     """A copy of models/clinc150 whose ``home`` champion is the early version (home-0)."""
-    root = tmp / "clinc150"
-    shutil.copytree(ROOT / "models" / "clinc150", root)
-    _, m = read_bundle(root)
-    spec = tomllib.loads((CHALLENGERS / "home-0" / "challenger.toml").read_text())
-    early = model_entry(spec["model"])
-    for f in [early.file.path] + [f["path"] for f in spec["files"]]:
-        shutil.copyfile(CHALLENGERS / "home-0" / f, root / f)
-    old = m.model("home")
-    files = tuple(f for f in m.files if not f.path.startswith(old.file.path + ".")) + \
-        tuple(FileEntry(f["path"], f["sha256"]) for f in spec["files"])
-    m = replace(m, models=tuple(early if x.id == "home" else x for x in m.models), files=files,
-                governance=governance)
-    (root / "ecology.toml").write_text(manifest_to_toml(m))
-    for f in (old.file.path, old.file.path + ".data"):
-        (root / f).unlink()
-    return root
+    return _scenario.scenario_bundle(tmp / "clinc150", governance)
 
 
 def traffic(root: Path, requests: list[tuple[str, str]], seed: int) -> dict:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from edge_eco.errors import IntegrityError, RoutingError
-from edge_eco.router import Route, RouterWeights, route
+from edge_eco.router import Route, RouterWeights, linear_logits, route
 from edge_eco.routerfile import MAGIC, read_router, write_router
 
 # Feature 0 speaks for candidate 2, feature 1 for candidate 0; features 2 and 3 are neutral.
@@ -152,7 +152,7 @@ def test_route_properties(case):
     assert all(a >= b for a, b in zip(r.probs, r.probs[1:]))
     # The best candidate is eligible and has the highest logit among the eligible ones (that the
     # whole order is eligible is checked by the test below).
-    logits = (val @ w.weight[idx].astype(np.float32)) * w.scale + w.bias
+    logits = linear_logits(w, idx, val)  # what route() ranks by (fixed-point, exact)
     assert eligible[r.order[0]]
     assert logits[r.order[0]] == max(logits[i] for i in np.flatnonzero(eligible))
 

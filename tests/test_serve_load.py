@@ -130,7 +130,7 @@ def test_overload_answers_503_quickly_instead_of_queueing():
         t0 = time.monotonic()
         status, doc, resp = call(srv.port, "POST", INFER, texts("c"))
         took_s = time.monotonic() - t0
-        assert status == 503 and "server busy" in doc["error"] and resp.getheader("Retry-After") == "1"
+        assert status == 503 and "server at capacity" in doc["error"] and resp.getheader("Retry-After") == "1"
         assert took_s < 0.1
         # a queued request with a short deadline gives up when its deadline passes
         t0 = time.monotonic()
@@ -152,7 +152,7 @@ def test_queue_wait_is_bounded_by_the_request_deadline():
         waited = time.monotonic() - t0
         eco.gate.set()
         assert first.result()[0] == 200
-    assert status == 503 and 0.09 < waited < 0.4
+    assert status == 504 and "deadline_ms 100 passed while queued" in doc["error"] and 0.09 < waited < 0.4
 
 
 def test_connections_past_the_limit_get_503_and_close():
@@ -217,3 +217,16 @@ def test_tls_with_a_self_signed_certificate(self_signed):
                 c.infer(["hi"], timeout_s=0.5)
         with V2Client(srv.url, "vec", token="t", ssl_context=trusting) as c:
             assert c.infer(["still serving"])[0].label == "long"
+
+
+def test_a_failed_certificate_check_is_not_retried(self_signed):
+    cert, key = self_signed
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    with InferenceServer(VecEco(), ssl_context=server_ctx) as srv:
+        with V2Client(srv.url, "vec", retry=RetryPolicy(attempts=3, backoff_s=0.001, max_backoff_s=0.001)) as c:
+            with pytest.raises(RemoteUnavailable) as err:
+                c.infer(["hi"], timeout_s=2)
+    message = str(err.value)
+    assert "certificate verify failed" in message.lower() or "CERTIFICATE_VERIFY_FAILED" in message
+    assert "tries" not in message  # one try: the same certificate would fail again

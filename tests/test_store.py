@@ -30,7 +30,7 @@ def _row(i: int, ts: float | None = None) -> tuple:
 def test_wal_mode_and_schema_version(tmp_path):
     with Store(tmp_path / "o.db") as s:
         assert s.query("PRAGMA journal_mode")[0][0] == "wal"
-        assert s.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 2
+        assert s.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 3
 
 
 def test_migrates_a_version_1_database_keeping_its_rows(tmp_path):
@@ -39,7 +39,7 @@ def test_migrates_a_version_1_database_keeping_its_rows(tmp_path):
     conn.execute("INSERT INTO outcomes VALUES (?,?,?,?,?,?,?,?,?,?)", _row(1))
     conn.close()
     with Store(tmp_path / "o.db") as s:
-        assert s.query("PRAGMA user_version")[0][0] == 2
+        assert s.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION
         assert s.query("SELECT request_id FROM outcomes") == [("r1",)]
         assert s.query("SELECT count(*) FROM audit") == [(0,)]  # a version-2 table now exists
 
@@ -142,3 +142,45 @@ def test_feedback_without_a_recorder_is_a_clear_error():
     with edge_eco.open(ROOT / "models" / "clinc150") as eco:
         with pytest.raises(RequestError, match="recorder"):
             eco.feedback("clinc150-x-1", "balance")
+
+
+def test_the_byte_bound_covers_the_wal(tmp_path):
+    bound = 512 << 10
+    with Store(tmp_path / "o.db", retention=Retention(max_rows=0, max_bytes=bound)) as s:
+        blob = os.urandom(2000)
+        for i in range(2000):  # ~4 MB offered
+            s.submit("outcome", _row(i)[:-1] + (blob,))
+        s.flush()
+        s.enforce_retention()
+        wal = Path(f"{tmp_path / 'o.db'}-wal")
+        on_disk = (tmp_path / "o.db").stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+        assert s.stats()["bytes"] == on_disk
+    assert on_disk <= bound * 1.25, on_disk
+
+
+def test_a_database_damaged_mid_file_is_refused_naming_it(tmp_path):
+    path = tmp_path / "o.db"
+    with Store(path) as s:
+        for i in range(3000):
+            s.submit("outcome", _row(i))
+    data = bytearray(path.read_bytes())
+    assert len(data) > 64 << 10
+    page = 4096
+    mid = (len(data) // page // 2) * page
+    data[mid + 8: mid + page] = os.urandom(page - 8)  # a b-tree page's cells, not its header
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match=f"outcome database {path} is corrupt"):
+        Store(path)
+
+
+def test_feedback_in_the_same_batch_as_its_outcome_is_kept(tmp_path):
+    """A batch may start with a feedback row and hold an outcome and its feedback: none is dropped."""
+    with Store(tmp_path / "o.db", linger_s=0.2) as s:
+        s.submit("outcome", _row(0))
+        s.flush()
+        s.submit("feedback", ("r0", "balance", 0.0))
+        s.submit("outcome", _row(1))
+        s.submit("feedback", ("r1", "balance", 1.0))
+        s.flush()
+        assert s.query("SELECT request_id FROM feedback ORDER BY request_id") == [("r0",), ("r1",)]
+        assert "orphan_feedback" not in s.stats()

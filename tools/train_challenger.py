@@ -7,7 +7,7 @@
         --parent models/challengers/home-2 --out models/challengers/home-3
 
 Every variant uses the shipped specialist's recipe (same featurizer, labels, balanced
-``not_mine``, l2, iterations; tools/build_clinc150.py) on different data:
+``not_mine``, l2, iterations; recipes/clinc150.toml) on different data:
 
 - ``tiny``: a seeded tenth of the train split (about 10 queries per intent): with seed 1, the
   version a device would have shipped when few labelled queries existed (the e2e governance
@@ -39,9 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from build_clinc150 import L2, MAX_ITER, NOT_MINE, write_onnx, onnx_logits  # noqa: E402
-from train_linear import csr_from_features, fit_softmax, fit_temperature  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from edge_eco.build.export import onnx_logits, write_onnx  # noqa: E402
+from edge_eco.build.train import csr_from_features, fit_softmax, fit_temperature  # noqa: E402
+
+# The settings of recipes/clinc150.toml's specialists.
+L2 = {"specialist": 1e-5}
+MAX_ITER = 400
+NOT_MINE = "not_mine"
 
 from edge_eco._native import Featurizer  # noqa: E402
 from edge_eco.bundle import read_bundle, sha256_file  # noqa: E402

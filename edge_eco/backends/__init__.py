@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..artifacts import preflight
 from ..errors import ModelLoadError
 
 
@@ -34,9 +35,12 @@ def open_model(backend: str, path: Path, *, output: str = "logits", threads: int
     """Load ``path`` with the named backend.
 
     Raises:
-        ModelLoadError: unknown backend, runtime not installed, or the runtime refused the file.
+        ModelLoadError: unknown backend, runtime not installed, a file that fails the structural
+            preflight (empty, Git LFS pointer, wrong magic, broken ONNX structure), or the runtime
+            refused the file.
     """
     if backend not in NAMES:
         raise ModelLoadError(f"unknown backend {backend!r} (known: {list(NAMES)})")
+    preflight(Path(path))  # before any runtime sees the bytes: some crash on corrupt files
     module = importlib.import_module(f"{__name__}.{backend}")
     return module.open(Path(path), output=output, threads=threads, optimize=optimize)

@@ -4,6 +4,12 @@ closed --(``threshold`` failures in a row)--> open --(cool-down)--> half-open: o
 goes through; success closes the circuit, failure reopens it with the cool-down doubled (up to
 ``max_cooldown_s``). While open, a call costs a clock read and a lock, not a timeout. The clock
 is a parameter, so the state machine is tested without sleeping.
+
+The half-open probe is an ordinary call of a request: it already gets that request's whole budget
+(``min([remote] timeout_ms, time left of its deadline)``) and no more -- a more generous probe
+would break the caller's deadline, and a background probe would add a thread for a case that
+``edge-eco serve`` removes by warming before it listens (a restarting server refuses connections,
+then answers warm). A probe that fails on a slow server doubles the cool-down, as it should.
 """
 
 from __future__ import annotations

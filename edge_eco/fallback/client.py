@@ -74,6 +74,7 @@ class RemoteClient:
         self.breaker = breaker if breaker is not None else CircuitBreaker()
         self.retry = retry if retry is not None else RetryPolicy()
         self._rng = rng
+        self._last_failure = ""  # the failure behind an open circuit, named in its fast-fail message
 
     def infer(self, texts: list[str], *, timeout_s: float | None = None) -> list[RemoteAnswer]:
         """Classify a batch of texts remotely, every try within ``timeout_s``.
@@ -99,8 +100,8 @@ class RemoteClient:
             raise RequestError(f"timeout_s must be a positive number, got {timeout_s!r}")
         wait_s = self.breaker.allow()
         if wait_s is not None:
-            raise RemoteUnavailable(f"circuit open for {self.url} after repeated failures; "
-                                    f"next probe in {wait_s:.2f} s")
+            raise RemoteUnavailable(f"circuit open for {self.url} after repeated failures (last: "
+                                    f"{self._last_failure}); next probe in {wait_s:.2f} s")
         t0 = time.perf_counter()
         deadline = t0 + budget_s
         tries = 0
@@ -114,6 +115,7 @@ class RemoteClient:
                 delay_s = self.retry.next_delay_s(tries, deadline - time.perf_counter(), self._rng()) \
                     if retriable(exc) else None
                 if delay_s is None:
+                    self._last_failure = f"{type(exc).__name__}: {str(exc)[:400]}"
                     self.breaker.failure()
                     if tries > 1:
                         raise _with_tries(exc, tries) from exc

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge_eco.errors import FallbackError, RemoteStatusError, RemoteUnavailable
+from edge_eco.errors import FallbackError, RemoteStatusError, RemoteTLSError, RemoteUnavailable
 
 __all__ = ["RetryPolicy", "retriable"]
 
@@ -50,8 +50,8 @@ class RetryPolicy:
 
 def retriable(exc: FallbackError) -> bool:
     """True for failures that another try may not repeat: the connection failed or was dropped,
-    or the server said it is overloaded (429, 502, 503, 504). A malformed reply or another error
-    status would only come back again."""
+    or the server said it is overloaded (429, 502, 503, 504). A malformed reply, another error
+    status or a failed TLS handshake / certificate check would only come back again."""
     if isinstance(exc, RemoteStatusError):
         return exc.status in RETRY_STATUSES
-    return isinstance(exc, RemoteUnavailable)
+    return isinstance(exc, RemoteUnavailable) and not isinstance(exc, RemoteTLSError)

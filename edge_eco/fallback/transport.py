@@ -22,13 +22,16 @@ import time
 import weakref
 from urllib.parse import urlsplit
 
-from edge_eco.errors import ManifestError, RemoteProtocolError, RemoteUnavailable, RequestError
+from edge_eco.errors import ManifestError, RemoteProtocolError, RemoteTLSError, RemoteUnavailable, RequestError
+from edge_eco.fallback.connect import ResolveTimeout, connect
 
 __all__ = ["HttpTransport", "MAX_REPLY_BYTES", "error_message"]
 
 MAX_REPLY_BYTES = 8 << 20  # a classification reply is tiny; anything this big is not one
 # Errors that, on a reused keep-alive connection before any reply byte, mean the server closed it idle.
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+# TLS errors that mean the connection was dropped (retryable), not that TLS itself was refused.
+_TLS_DROPPED = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
 
 
 class _Watchdog:
@@ -182,6 +185,7 @@ class HttpTransport:
                                                    context=self._ssl_context)
             else:
                 conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout_s)
+            conn._create_connection = connect  # http.client's connect hook: bounds the name lookup too
             self._local.conn = conn
             with self._lock:
                 self._conns.add(conn)
@@ -218,12 +222,14 @@ class HttpTransport:
 
 def _translate(exc: Exception, where: str, timeout_s: float, phase: str) -> Exception:
     """Map a socket or http.client error to RemoteUnavailable / RemoteProtocolError."""
+    if isinstance(exc, ResolveTimeout):
+        return RemoteUnavailable(f"cannot reach {where}: {exc}")
     if isinstance(exc, TimeoutError):
         return RemoteUnavailable(f"no reply from {where} within {timeout_s:.3g} s")
     if isinstance(exc, ConnectionRefusedError):
         return RemoteUnavailable(f"cannot reach {where}: connection refused")
-    if isinstance(exc, ssl.SSLError):
-        return RemoteUnavailable(f"TLS failed with {where}: {exc.reason or exc!r}")
+    if isinstance(exc, ssl.SSLError) and not isinstance(exc, _TLS_DROPPED):
+        return RemoteTLSError(f"TLS failed with {where}: {exc.reason or exc!r}")
     if isinstance(exc, (ConnectionError, http.client.IncompleteRead)):
         return RemoteUnavailable(f"connection to {where} dropped {phase}: {exc!r}")
     if isinstance(exc, http.client.HTTPException):

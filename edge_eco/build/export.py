@@ -1,29 +1,28 @@
-"""Write an int8 sparse-linear text classifier as ONNX (build-time only; needs the ``onnx`` package).
+"""Write an int8 sparse-linear classifier as ONNX (build-time only; needs the ``onnx`` package).
 
 Graph: inputs ``indices`` int32 [nnz] and ``values`` float32 [nnz] (the featurizer's output) ->
 Gather rows of the int8 weight [dim, C] -> DequantizeLinear per class -> x values -> sum -> + bias
--> ``logits`` float32 [C].
+-> ``logits`` float32 [C]. The weights go to an external ``NAME.onnx.data`` that ONNX Runtime
+memory-maps.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+
+from . import require
+from .train import quantize_columns
 
 OPSET = 17
 
 
-def quantize_columns(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 per output column: returns (int8 [dim, C], float32 scale [C])."""
-    scale = np.abs(weight).max(axis=0) / 127.0
-    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    q = np.clip(np.rint(weight / scale), -127, 127).astype(np.int8)
-    return q, scale
-
-
-def sparse_linear_model(weight: np.ndarray, bias: np.ndarray, name: str) -> onnx.ModelProto:
+def sparse_linear_model(weight: np.ndarray, bias: np.ndarray, name: str):
     """An int8 ONNX model computing logits = sum_i values[i] * dequant(W[indices[i]]) + bias."""
+    onnx = require("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
     q, scale = quantize_columns(weight)
     n_classes = weight.shape[1]
     inits = [numpy_helper.from_array(q, "weight_q"), numpy_helper.from_array(scale, "weight_scale"),
@@ -50,3 +49,26 @@ def sparse_linear_model(weight: np.ndarray, bias: np.ndarray, name: str) -> onnx
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+def write_onnx(weight: np.ndarray, bias: np.ndarray, out: Path, name: str) -> list[str]:
+    """Write ``name.onnx`` with its int8 weights in ``name.onnx.data``; returns both file names."""
+    onnx = require("onnx")
+    model = sparse_linear_model(weight, bias, name)
+    data_name = f"{name}.onnx.data"
+    (out / data_name).unlink(missing_ok=True)  # onnx appends external data to an existing file
+    onnx.save_model(model, str(out / f"{name}.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+    return [f"{name}.onnx", data_name]
+
+
+def onnx_logits(path: Path, feats: list) -> np.ndarray:
+    """Logits [n, C] of a written (quantized) model via ONNX Runtime, exactly as the runtime sees them.
+
+    Args:
+        path: the ``.onnx`` file; feats: featurizer outputs (indices, values), one per row.
+    """
+    from ..backends import open_model
+
+    sess = open_model("ort", path)
+    return np.stack([sess.run({"indices": i, "values": v}) for i, v in feats])

@@ -1,0 +1,30 @@
+"""Build an ecology bundle from labelled data and a recipe (``edge-eco build``).
+
+Build-time only: the heavy dependencies (scipy for training, onnx for writing models) are
+imported inside the functions that need them, through :func:`require`, so the on-device runtime
+never imports them and a missing one is reported with the extra that installs it.
+
+Modules: ``recipe`` (the TOML recipe), ``data`` (loading, validation, splits), ``train`` (sparse
+logistic regression), ``export`` (int8 ONNX), ``calibrate`` (temperatures, thresholds),
+``router_fit`` (the router: one call, swappable), ``deferral_fit`` (optional learned deferral),
+``evaluate`` (test-split metrics), ``card`` (MODEL_CARD.md), ``pipeline`` (the whole build).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ..errors import BuildError
+
+
+def require(module: str):
+    """Import a build-only dependency, or say which extra installs it.
+
+    Raises:
+        BuildError: the module is not installed.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BuildError(f"edge-eco build needs {module!r}, which is not installed; install the build extra: "
+                         "pip install 'edge_eco[build]'") from exc

@@ -1,0 +1,127 @@
+"""``MODEL_CARD.md`` of a built bundle: data and licence, population, build settings, test metrics. Pure
+apart from reading file sizes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..manifest import Manifest
+from .recipe import Recipe
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f} %"
+
+
+def _population(m: Manifest, metrics: dict, out: Path) -> str:
+    rows = ["| model | role | labels | niche | val accuracy (all / own niche) | temperature | bytes |",
+            "|---|---|---|---|---|---|---|"]
+    for e in m.models:
+        size = sum((out / f).stat().st_size for f in metrics[e.id]["files"])
+        niche = ", ".join(f"{k}={v}" for k, v in e.niches.items())
+        own = metrics[e.id].get("val_accuracy_own_niche")
+        rows.append(f"| {e.id} | {e.role} | {len(e.labels)} | {niche} | {metrics[e.id]['val_accuracy']:.4f}"
+                    + (f" / {own:.4f}" if own is not None else "") + f" | {e.calibration.temperature} | {size} |")
+    return "\n".join(rows) + ("\n\nA specialist's val accuracy over all requests counts its decline label as "
+                              "right on other niches' requests; the second figure is on its own niche only.")
+
+
+def _settings(r: Recipe, m: Manifest, metrics: dict) -> str:
+    f = r.featurizer
+    s, g, ro = r.specialists.model, r.generalist.model, r.router
+    lines = [
+        f"- featurizer `{f.version}`: seed {f.seed}, dim {f.dim}, word n-grams up to {f.word_ngram_max} "
+        f"(weight {f.word_weight}), char n-grams {f.char_ngram_min}-{f.char_ngram_max} (weight {f.char_weight}), "
+        "computed by the C kernel",
+        f"- split: {r.split.mode}" + (f" (val {r.split.val_fraction}, test {r.split.test_fraction}, seed "
+                                      f"{r.split.seed})" if r.split.mode == "stratified" else " (as given in the data)"),
+        f"- specialists: one per `{r.specialists.niche}` "
+        + ("group (the recipe's groups: see the niche column)" if r.specialists.groups else "value")
+        + f", family `{s.family}` (multinomial logistic regression, "
+        f"L-BFGS, l2 {s.l2}, {s.max_iter} iterations), its labels + `{r.specialists.decline_label}`"
+        + (", decline class re-weighted to balance" if r.specialists.balance_decline else ""),
+        f"- generalist `{r.generalist.id}`: family `{g.family}`, l2 {g.l2}, {g.max_iter} iterations"
+        + (f", reject floor {metrics[r.generalist.id]['reject_below']}" if metrics[r.generalist.id]["reject_below"] else ""),
+        f"- quantization: `{r.quantization}` (symmetric int8 weights per class, ONNX Gather + DequantizeLinear, "
+        "weights in an external `.onnx.data` that ONNX Runtime memory-maps)",
+        f"- calibration: temperature scaling on the `{r.calibration_split}` split (NLL)",
+        f"- router: `linear-softmax` over the featurizer (l2 {ro.l2}, {ro.max_iter} iterations), int8; val accuracy "
+        f"{metrics['router']['val_accuracy']:.4f}, temperature {metrics['router']['temperature']}",
+        f"- policy (chosen by replaying the `{r.calibration_split}` split through the runtime): `direct_threshold` "
+        f"{m.policy.direct_threshold}, `fallback_threshold` {m.policy.fallback_threshold}, rule "
+        f"`{m.policy.remote_rule}`, target remote rate {m.policy.target_remote_rate}, remote `{m.policy.remote}`",
+    ]
+    if r.remote is not None:
+        lines.append(f"- remote generalist: protocol `{r.remote.protocol}`, model `{r.remote.model}`"
+                     + (f", measured in-process from `{r.remote.bundle}`" if r.remote.bundle else ""))
+    if "deferral" in metrics:
+        d = metrics["deferral"]
+        lines.append(f"- learned deferral (`deferral.bin`, an alternative rule): margin {d['margin']}, l2 {d['l2']}, "
+                     f"{d['val_gain']} gains / {d['val_loss']} losses on val")
+    return "\n".join(lines)
+
+
+def _metrics(r: Recipe, metrics: dict) -> str:
+    t = metrics["test"]
+    e = t["eval"]
+    lines = [f"- ecology: accuracy {_pct(t['accuracy'])}"
+             + (f" (in scope {_pct(t['in_scope_accuracy'])}, {r.reject_label} recall {_pct(t['oos_recall'])})"
+                if t["oos_recall"] is not None else "")
+             + f", remote rate {_pct(t['remote_rate'])}, paths "
+             + ", ".join(f"{k} {v}" for k, v in sorted(t["paths"].items())),
+             f"- local tier alone (router + specialists + generalist, no remote): {_pct(e['local_accuracy'])}"]
+    for name, b in t["baselines"].items():
+        lines.append(f"- baseline {name}: {_pct(b['accuracy'])}")
+    if "apgr" in e:
+        lines.append(f"- APGR of the ecology's remote score (RouteLLM; local tier = weak, remote = strong "
+                     f"{_pct(e['remote_accuracy'])}): {e['apgr']}"
+                     + (" (the remote is weaker than the local tier on this split, so PGR's gap reads backwards; "
+                        "compare the accuracies)" if e["remote_accuracy"] < e["local_accuracy"] else ""))
+        lines.append("- accuracy at remote rate: " + ", ".join(f"{k}: {_pct(v)}"
+                                                              for k, v in e["accuracy_at_remote_rate"].items()))
+    else:
+        lines.append("- APGR: n/a (the recipe has no remote generalist)")
+    lines.append(f"- calibration error (ECE, 15 bins) of the local answers' confidence: {e['ece_local']}")
+    niche = r.data.niche_field or "niche"
+    lines += ["", f"Local-tier accuracy per `{niche}` (test split):", "", f"| {niche} | requests | accuracy |",
+              "|---|---|---|"]
+    lines += [f"| {k} | {v['requests']} | {_pct(v['accuracy'])} |" for k, v in e["by_niche_local"].items()]
+    return "\n".join(lines)
+
+
+def model_card(recipe: Recipe, m: Manifest, metrics: dict, out: Path) -> str:
+    """The model card text.
+
+    Args:
+        recipe: the recipe built; m: the final manifest; metrics: the build report; out: the bundle folder.
+    """
+    c, d = recipe.card, metrics["data"]
+    notes = "".join(f"\n- {n}" for n in d["notes"])
+    return f"""# Model card: {m.name} ecology
+
+{m.description}
+
+## Data
+{c.source}
+
+- Licence: {c.licence}
+- Attribution: {c.attribution or "none given"}
+- Data fingerprint (sha256 over every input file's path and sha256): `{d['fingerprint_sha256']}`
+- Rows: {d['train']} train / {d['val']} val / {d['test']} test{notes}
+
+The models here are derived from that data and are shared under its licence.
+
+## Population
+{_population(m, metrics, out)}
+
+## How it was built
+`edge-eco build` from a recipe (deterministic for a recipe and data: a rebuild is byte-identical).
+
+{_settings(recipe, m, metrics)}
+
+## Measured on the test split ({d['test']} requests)
+{_metrics(recipe, metrics)}
+
+## Limits
+{c.limits or "See the data source."}
+"""

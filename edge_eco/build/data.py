@@ -1,0 +1,312 @@
+"""Labelled data for a build: loading (JSON lines, CSV/TSV, JSON splits), validation, splits.
+
+Shell module (reads files). Everything is checked before any training starts, and every problem
+found is reported at once in one :class:`~edge_eco.errors.DataError`: missing or empty labels,
+mixed field types, an empty text column, a label with too few examples for the split, the same
+text in train and test (leakage, with counts), a niche with no data.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .recipe import SPLITS, DataSpec, SplitSpec
+
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+LEAKAGE_POLICIES = ("error", "warn", "drop")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One labelled example; ``where`` names its file and line for messages."""
+
+    text: str | None
+    label: str
+    niche: str | None
+    split: str | None
+    where: str
+    vector: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The validated splits, the input fingerprint and what validation noted."""
+
+    train: tuple[Row, ...]
+    val: tuple[Row, ...]
+    test: tuple[Row, ...]
+    fingerprint: str
+    files: tuple[str, ...]
+    notes: tuple[str, ...]
+
+
+def _expand(root: Path, template: str) -> list[tuple[Path, dict[str, str]]]:
+    """Files matching a path template, each with the values its ``{field}`` placeholders took."""
+    names = _PLACEHOLDER.findall(template)
+    full = template if Path(template).is_absolute() else str(root / template)
+    if not names:
+        return [(Path(full), {})]
+    pattern = re.compile("^" + "".join(
+        f"(?P<{p}>[^/]+)" if i % 2 else re.escape(p) for i, p in enumerate(_PLACEHOLDER.split(full))) + "$")
+    out = []
+    for path in sorted(glob.glob(_PLACEHOLDER.sub("*", full))):
+        m = pattern.match(path)
+        if m:
+            out.append((Path(path), m.groupdict()))
+    return out
+
+
+def _records(path: Path, spec: DataSpec, keys) -> list[tuple[dict, str, str | None]]:
+    """(record, where, split) triples of one file."""
+    try:
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
+    except OSError as exc:
+        raise DataError(f"cannot read data file {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    if spec.format == "jsonl":
+        out = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
+                if not isinstance(obj, dict):
+                    raise DataError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+                out.append((obj, f"{path.name}:{n}", None))
+        return out
+    if spec.format in ("csv", "tsv"):
+        delim = spec.delimiter or ("\t" if spec.format == "tsv" else ",")
+        reader = csv.DictReader(text.splitlines(), delimiter=delim,
+                                quoting=csv.QUOTE_MINIMAL if spec.quoting else csv.QUOTE_NONE)
+        try:
+            return [(dict(r), f"{path.name}:{n}", None) for n, r in enumerate(reader, 2)]
+        except csv.Error as exc:
+            raise DataError(f"{path}: not valid {spec.format.upper()} ({exc})") from exc
+    try:  # json-splits: {key: [[text, label], ...]}
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc.msg})") from exc
+    out = []
+    for split, names in keys:
+        for key in names:
+            if not isinstance(doc, dict) or not isinstance(doc.get(key), list):
+                raise DataError(f"{path}: no list under key {key!r} (declared for split {split})")
+            for n, item in enumerate(doc[key]):
+                rec = item if isinstance(item, dict) else \
+                    {spec.text_field or "text": item[0], spec.label_field: item[1]} \
+                    if isinstance(item, list) and len(item) == 2 else {"_bad": item}
+                out.append((rec, f"{path.name}[{key}][{n}]", split))
+    return out
+
+
+def _niche_map(path: Path) -> dict[str, str]:
+    """label -> niche from ``{niche: [labels]}`` or ``{label: niche}``."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read niche map {path}: {exc}") from exc
+    if isinstance(doc, dict) and all(isinstance(v, list) for v in doc.values()):
+        return {str(lab): str(n) for n, labs in doc.items() for lab in labs}
+    if isinstance(doc, dict) and all(isinstance(v, str) for v in doc.values()):
+        return {str(k): v for k, v in doc.items()}
+    raise DataError(f"{path}: a niche map is {{niche: [labels]}} or {{label: niche}}")
+
+
+def _row(rec: dict, where: str, split: str | None, extra: dict, spec: DataSpec, niches: dict | None,
+         problems: dict[str, list[str]]) -> Row | None:
+    rec = {**rec, **extra}
+    label = rec.get(spec.label_field)
+    if label is None:
+        problems["missing label"].append(where)
+        return None
+    if not isinstance(label, (str, int)) or isinstance(label, bool) or not str(label).strip():
+        problems["empty or non-scalar label"].append(where)
+        return None
+    label = str(label).strip()
+    text = vector = None
+    if spec.text_field is not None:
+        text = rec.get(spec.text_field)
+        if not isinstance(text, str):
+            problems[f"text field {spec.text_field!r} missing or not a string (mixed types)"].append(where)
+            return None
+        if not text.strip():
+            problems[f"empty text in {spec.text_field!r}"].append(where)
+            return None
+    else:
+        v = rec.get(spec.vector_field)
+        if isinstance(v, str):
+            try:
+                v = [float(x) for x in v.replace(",", " ").split()]
+            except ValueError:
+                v = None
+        if not isinstance(v, list) or not v or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                       for x in v):
+            problems[f"vector field {spec.vector_field!r} missing or not a list of numbers (mixed types)"].append(where)
+            return None
+        vector = tuple(float(x) for x in v)
+    if spec.split_field is not None:
+        split = str(rec.get(spec.split_field, "")).strip() or split
+        if split not in SPLITS:
+            problems[f"split field {spec.split_field!r} not one of {list(SPLITS)}"].append(where)
+            return None
+    niche = None
+    if spec.niche_field is not None:
+        niche = niches.get(label) if niches is not None else rec.get(spec.niche_field)
+        niche = str(niche).strip() or None if niche is not None else None
+    return Row(text, label, niche, split, where, vector)
+
+
+def load_rows(root: Path, spec: DataSpec) -> tuple[list[Row], list[Path], dict[str, str] | None]:
+    """Read every row of every declared file.
+
+    Returns:
+        (rows, the files read, the label -> niche map or None).
+
+    Raises:
+        DataError: unreadable or malformed files, and every row-level problem at once.
+    """
+    files, rows = [], []
+    niches = _niche_map(root / spec.niche_map) if spec.niche_map else None
+    problems: dict[str, list[str]] = defaultdict(list)
+    for f in spec.files:
+        matches = _expand(root, f.path)
+        if not matches or not all(p.is_file() for p, _ in matches):
+            raise DataError(f"data file {root / f.path} not found (data folder {root})")
+        for path, extra in matches:
+            files.append(path)
+            extra = {**dict(f.fields), **extra}
+            for rec, where, split in _records(path, spec, f.keys):
+                row = _row(rec, f"{path.parent.name}/{where}", split or f.split, extra, spec, niches, problems)
+                if row is not None:
+                    rows.append(row)
+    if spec.text_field is not None and rows and not any(r.text.strip() for r in rows):
+        problems["the text column is empty"].append(spec.text_field)
+    if spec.vector_field is not None:
+        dims = Counter(len(r.vector) for r in rows)
+        if len(dims) > 1:
+            problems[f"vectors of different lengths {dict(dims)}"].append(spec.vector_field)
+    if not rows and not problems:
+        raise DataError("the data files hold no rows")
+    _raise(problems)
+    return rows, files, niches
+
+
+def _raise(problems: dict[str, list[str]]) -> None:
+    if problems:
+        lines = [f"- {what}: {len(where)} (first: {', '.join(where[:3])})" for what, where in problems.items()]
+        raise DataError("the training data has problems (nothing was trained):\n" + "\n".join(lines))
+
+
+def stratified_split(rows: list[Row], spec: SplitSpec) -> list[Row]:
+    """Assign every row a split, per label, with a seeded shuffle (deterministic for a seed)."""
+    rng = np.random.default_rng(spec.seed)
+    by_label: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_label.setdefault(r.label, []).append(i)
+    split = [""] * len(rows)
+    for label in sorted(by_label):
+        idx = np.array(by_label[label])[rng.permutation(len(by_label[label]))]
+        n_test = max(1, int(round(len(idx) * spec.test_fraction)))
+        n_val = max(1, int(round(len(idx) * spec.val_fraction)))
+        for j, i in enumerate(idx):
+            split[i] = "test" if j < n_test else "val" if j < n_test + n_val else "train"
+    return [replace(r, split=s) for r, s in zip(rows, split)]
+
+
+def fingerprint(files: list[Path], root: Path, extra: list[Path]) -> str:
+    """sha256 over (relative path, sha256 of the bytes) of every input file, in path order."""
+    h = hashlib.sha256()
+    for p in sorted(set(files) | set(extra)):
+        try:
+            rel = str(p.relative_to(root))
+        except ValueError:
+            rel = p.name
+        h.update(rel.encode() + b"\0" + hashlib.sha256(p.read_bytes()).hexdigest().encode() + b"\n")
+    return h.hexdigest()
+
+
+def prepare(root: Path, spec: DataSpec, split: SplitSpec, *, niche_values: tuple[str, ...] = (),
+            reject_label: str | None = None) -> Dataset:
+    """Load, split and validate the data of a recipe.
+
+    Args:
+        root: the data folder the recipe's paths are relative to.
+        spec, split: the recipe's [data] and [split] tables.
+        niche_values: niche values the recipe names (specialist groups); each must have data.
+        reject_label: the out-of-scope label, exempt from the per-niche checks.
+
+    Returns:
+        A :class:`Dataset`.
+
+    Raises:
+        DataError: every problem found, at once.
+    """
+    rows, files, niches = load_rows(root, spec)
+    leakage = spec.leakage
+    problems: dict[str, list[str]] = {}
+    notes = []
+    counts = Counter(r.label for r in rows)
+    if split.mode == "stratified":
+        few = sorted(lab for lab, n in counts.items() if n < split.min_per_label)
+        if few:
+            problems[f"labels with fewer than {split.min_per_label} examples (too few for a train/val/test "
+                     "split)"] = [f"{lab!r} ({counts[lab]})" for lab in few]
+        rows = stratified_split(rows, split)
+    else:
+        missing = [r.where for r in rows if r.split is None]
+        if missing:
+            problems["rows without a split (give split per file, a split_field, or [split] mode = "
+                     "'stratified')"] = missing
+    parts = {s: [r for r in rows if r.split == s] for s in SPLITS}
+    train_labels = {r.label for r in parts["train"]}
+    for s in ("val", "test"):
+        unseen = sorted({r.label for r in parts[s]} - train_labels)
+        if unseen:
+            problems[f"labels in {s} with no train example"] = [repr(x) for x in unseen]
+    for s in SPLITS:
+        if not parts[s]:
+            problems[f"the {s} split is empty"] = ["-"]
+    if spec.niche_field is not None:
+        have = Counter(r.niche for r in parts["train"] if r.niche is not None)
+        wanted = set(niche_values) | (set(niches.values()) if niches else set())
+        empty = sorted(n for n in wanted if not have.get(n))
+        if empty:
+            problems["niches with no training data"] = empty
+        if not have:
+            problems[f"no row has a {spec.niche_field!r} niche"] = ["-"]
+        if niches is not None:
+            unmapped = sorted({r.label for r in rows if r.niche is None and r.label != reject_label})
+            if unmapped:
+                notes.append(f"{len(unmapped)} label(s) not in the niche map (answered by the generalist): "
+                             + ", ".join(unmapped[:5]))
+    if spec.text_field is not None:
+        seen = {r.text.strip() for r in parts["train"]}
+        leaked = [r for r in parts["test"] if r.text.strip() in seen]
+        if leaked:
+            msg = (f"{len(leaked)} test row(s) ({len({r.text.strip() for r in leaked})} distinct texts) also "
+                   f"appear in train, first at {', '.join(r.where for r in leaked[:3])}")
+            if leakage == "error":
+                problems["leakage: the same text in train and test"] = [msg]
+            elif leakage == "drop":
+                parts["test"] = [r for r in parts["test"] if r.text.strip() not in seen]
+                notes.append(f"leakage: {msg}; dropped from test")
+            else:
+                notes.append(f"leakage: {msg}; kept (declared in the recipe)")
+    if problems:
+        _raise(problems)
+    extra = [root / spec.niche_map] if spec.niche_map else []
+    return Dataset(tuple(parts["train"]), tuple(parts["val"]), tuple(parts["test"]),
+                   fingerprint(files, root, extra), tuple(str(p) for p in files), tuple(notes))

@@ -1,0 +1,343 @@
+"""Build recipe (``recipes/*.toml``): parsing and validation into frozen dataclasses. Pure.
+
+Every table and field is checked; an unknown field is an error, so a typo never silently falls
+back to a default. The recipe declares where the data is and how it is read, the split, the
+featurizer, the population (specialists per niche, a local generalist), quantization,
+calibration, the router, the policy targeted at a remote-call budget, the optional remote
+generalist and the model card's licence.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import RecipeError
+from ..featurizer import FeaturizerSpec
+from ..manifest import ManifestError
+
+FORMATS = ("jsonl", "csv", "tsv", "json-splits")
+SPLITS = ("train", "val", "test")
+FAMILIES = ("sparse-linear",)
+QUANTIZATIONS = ("int8-per-class",)
+REMOTE_RULES = ("cascade", "deferral")
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One input file. ``path`` is relative to the data folder and may hold ``{field}`` placeholders,
+    which glob over folders and give every row that field (e.g. ``sib200/{language}/train.tsv``)."""
+
+    path: str
+    split: str | None = None
+    keys: tuple[tuple[str, tuple[str, ...]], ...] = ()  # json-splits: split -> keys of [text, label] lists
+    fields: tuple[tuple[str, str], ...] = ()  # constant fields every row of the file gets (e.g. language)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """How the labelled rows are read."""
+
+    format: str
+    files: tuple[DataFile, ...]
+    text_field: str | None = "text"
+    vector_field: str | None = None
+    label_field: str = "label"
+    niche_field: str | None = None
+    niche_map: str | None = None  # JSON: {niche: [labels]} or {label: niche}
+    split_field: str | None = None
+    delimiter: str | None = None
+    quoting: bool = True
+    leakage: str = "error"  # the same text in train and test: "error", "warn" (on the card) or "drop"
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Given splits, or a seeded stratified split of the pooled rows."""
+
+    mode: str = "given"
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+    min_per_label: int = 3
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """A model family and its training settings."""
+
+    family: str = "sparse-linear"
+    l2: float = 1e-5
+    max_iter: int = 400
+    tier: str = "small"
+
+
+@dataclass(frozen=True)
+class SpecialistSpec:
+    """One specialist per niche value (or per group of niche values)."""
+
+    niche: str
+    decline_label: str = "not_mine"
+    balance_decline: bool = True
+    max_decline_rows: int = 0  # 0: every other niche's row trains the decline label; else a seeded sample
+    groups: tuple[tuple[str, tuple[str, ...]], ...] = ()  # specialist id -> niche values
+    model: ModelFamily = ModelFamily()
+
+
+@dataclass(frozen=True)
+class GeneralistSpec:
+    """The local generalist over every label."""
+
+    id: str = "generalist"
+    reject_floor: bool = True
+    model: ModelFamily = ModelFamily()
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """Thresholds: chosen on the calibration split to meet a remote-call budget."""
+
+    target_remote_rate: float = 0.2
+    remote_rule: str = "cascade"
+    coalition_size: int = 2
+
+
+@dataclass(frozen=True)
+class RemoteSpec:
+    """The remote generalist: where the runtime calls it, and its bundle to measure it in-process."""
+
+    protocol: str = "v2"
+    model: str = ""
+    url: str = ""
+    timeout_ms: float = 2000.0
+    bundle: str | None = None  # relative to the recipe's folder's parent (the repository)
+
+
+@dataclass(frozen=True)
+class DeferralSpec:
+    """Optional learned remote deferral (needs the remote bundle)."""
+
+    enabled: bool = False
+    l2: float = 3e-4
+    max_iter: int = 300
+
+
+@dataclass(frozen=True)
+class CardSpec:
+    """What the model card says about the data."""
+
+    licence: str
+    source: str = ""
+    attribution: str = ""
+    limits: str = ""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated build recipe."""
+
+    name: str
+    version: str
+    description: str
+    reject_label: str
+    budget_bytes: int
+    seed: int
+    data: DataSpec
+    split: SplitSpec
+    featurizer: FeaturizerSpec
+    quantization: str
+    calibration_split: str
+    specialists: SpecialistSpec
+    generalist: GeneralistSpec
+    router: ModelFamily
+    policy: PolicySpec
+    remote: RemoteSpec | None
+    deferral: DeferralSpec
+    card: CardSpec
+    base_dir: Path = Path(".")
+
+
+class _T:
+    """A table read field by field; whatever is left unread is an unknown field."""
+
+    def __init__(self, data: Any, where: str) -> None:
+        if not isinstance(data, dict):
+            raise RecipeError(f"{where}: expected a table, got {type(data).__name__}")
+        self.data, self.where, self.used = data, where, set()
+
+    def get(self, key: str, kind, default: Any = ..., lo: float | None = None, hi: float | None = None):
+        self.used.add(key)
+        if key not in self.data:
+            if default is ...:
+                raise RecipeError(f"{self.where}: missing required field {key!r}")
+            return default
+        v = self.data[key]
+        if kind is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
+            raise RecipeError(f"{self.where}.{key}: expected {kind.__name__}, got {v!r}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise RecipeError(f"{self.where}.{key}: {v!r} is not finite")
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise RecipeError(f"{self.where}.{key}: {v!r} is out of range [{lo}, {hi}]")
+        return v
+
+    def choice(self, key: str, options: tuple[str, ...], default: Any = ...) -> str:
+        v = self.get(key, str, default)
+        if v is not None and v not in options:
+            raise RecipeError(f"{self.where}.{key}: {v!r} is not one of {list(options)}")
+        return v
+
+    def table(self, key: str, required: bool = False) -> "_T":
+        if required and key not in self.data:
+            raise RecipeError(f"{self.where}: missing required table [{key}]")
+        return _T(self.get(key, dict, {}), f"{self.where}.{key}" if self.where != "recipe" else key)
+
+    def strings(self, key: str, default: Any = ()) -> tuple[str, ...]:
+        v = self.get(key, list, list(default) if default is not ... else ...)
+        if not all(isinstance(x, str) for x in v):
+            raise RecipeError(f"{self.where}.{key}: expected a list of strings, got {v!r}")
+        return tuple(v)
+
+    def done(self) -> None:
+        extra = sorted(set(self.data) - self.used)
+        if extra:
+            raise RecipeError(f"{self.where}: unknown field(s) {extra}")
+
+
+def _family(t: _T) -> ModelFamily:
+    m = ModelFamily(family=t.choice("family", FAMILIES, "sparse-linear"), l2=t.get("l2", float, 1e-5, 0.0, 10.0),
+                    max_iter=t.get("max_iter", int, 400, 1, 100000), tier=t.get("tier", str, "small"))
+    t.done()
+    return m
+
+
+def _data(t: _T) -> DataSpec:
+    fmt = t.choice("format", FORMATS)
+    files = []
+    raw = t.get("files", list)
+    if not raw:
+        raise RecipeError("data.files: at least one file is needed")
+    for i, item in enumerate(raw):
+        f = _T(item, f"data.files[{i}]")
+        keys = f.table("keys")
+        key_pairs = tuple((s, keys.strings(s)) for s in SPLITS if s in keys.data)
+        keys.used.update(SPLITS)
+        keys.done()
+        consts = f.table("fields")
+        const_pairs = tuple((k, consts.get(k, str)) for k in sorted(consts.data))
+        consts.done()
+        files.append(DataFile(f.get("path", str), f.choice("split", SPLITS, None), key_pairs, const_pairs))
+        f.done()
+        if fmt == "json-splits" and not key_pairs:
+            raise RecipeError(f"data.files[{i}]: format json-splits needs keys = {{train = [...], ...}}")
+    spec = DataSpec(format=fmt, files=tuple(files), text_field=t.get("text_field", str, None if "vector_field" in t.data else "text"),
+                    vector_field=t.get("vector_field", str, None), label_field=t.get("label_field", str, "label"),
+                    niche_field=t.get("niche_field", str, None), niche_map=t.get("niche_map", str, None),
+                    split_field=t.get("split_field", str, None), delimiter=t.get("delimiter", str, None),
+                    quoting=t.get("quoting", bool, True), leakage=t.choice("leakage", ("error", "warn", "drop"), "error"))
+    if (spec.text_field is None) == (spec.vector_field is None):
+        raise RecipeError("data: give exactly one of text_field and vector_field")
+    if spec.niche_map is not None and spec.niche_field is None:
+        raise RecipeError("data.niche_map needs data.niche_field (the name of the niche it maps to)")
+    return spec
+
+
+def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe:
+    """Parse and validate a recipe.
+
+    Args:
+        text: the recipe TOML.
+        base_dir: the folder relative paths of the remote bundle are resolved against.
+
+    Returns:
+        A :class:`Recipe`.
+
+    Raises:
+        RecipeError: invalid TOML, a missing or unknown field, a wrong type or a value out of range.
+    """
+    try:
+        top = _T(tomllib.loads(text), "recipe")
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"recipe is not valid TOML: {exc}") from exc
+    b = top.table("bundle", required=True)
+    data = _data(top.table("data", required=True))
+    s = top.table("split")
+    split = SplitSpec(mode=s.choice("mode", ("given", "stratified"), "given"),
+                      val_fraction=s.get("val_fraction", float, 0.15, 0.01, 0.5),
+                      test_fraction=s.get("test_fraction", float, 0.15, 0.01, 0.5),
+                      seed=s.get("seed", int, 0, 0), min_per_label=s.get("min_per_label", int, 3, 1))
+    f = top.table("featurizer")
+    try:
+        feat = FeaturizerSpec(**{k: f.get(k, int if k != "version" else str, getattr(FeaturizerSpec(), k))
+                                 for k in FeaturizerSpec.__dataclass_fields__})
+    except ManifestError as exc:
+        raise RecipeError(f"featurizer: {exc}") from exc
+    q = top.table("quantization")
+    quant = q.choice("weights", QUANTIZATIONS, "int8-per-class")
+    c = top.table("calibration")
+    cal_split = c.choice("split", ("val",), "val")
+    c.choice("method", ("temperature",), "temperature")
+    sp_t = top.table("specialists", required=True)
+    groups_t = sp_t.table("groups")
+    groups = tuple((g, groups_t.strings(g, ...)) for g in sorted(groups_t.data))
+    groups_t.done()
+    spec_model = _family(sp_t.table("model"))
+    specialists = SpecialistSpec(niche=sp_t.get("niche", str), decline_label=sp_t.get("decline_label", str, "not_mine"),
+                                 balance_decline=sp_t.get("balance_decline", bool, True), groups=groups,
+                                 max_decline_rows=sp_t.get("max_decline_rows", int, 0, 0),
+                                 model=spec_model)
+    g = top.table("generalist")
+    generalist = GeneralistSpec(id=g.get("id", str, "generalist"), reject_floor=g.get("reject_floor", bool, True),
+                                model=_family(g.table("model")))
+    r = top.table("router")
+    r.choice("kind", ("linear-softmax",), "linear-softmax")
+    router = _family(r.table("model"))
+    p = top.table("policy")
+    policy = PolicySpec(target_remote_rate=p.get("target_remote_rate", float, 0.2, 0.0, 1.0),
+                        remote_rule=p.choice("remote_rule", REMOTE_RULES, "cascade"),
+                        coalition_size=p.get("coalition_size", int, 2, 1, 16))
+    remote = None
+    if "remote" in top.data:
+        rt = top.table("remote")
+        remote = RemoteSpec(protocol=rt.choice("protocol", ("v2", "openai"), "v2"), model=rt.get("model", str, ""),
+                            url=rt.get("url", str, ""), timeout_ms=rt.get("timeout_ms", float, 2000.0, 1.0),
+                            bundle=rt.get("bundle", str, None))
+        rt.done()
+    d = top.table("deferral")
+    deferral = DeferralSpec(enabled=d.get("enabled", bool, False), l2=d.get("l2", float, 3e-4, 0.0),
+                            max_iter=d.get("max_iter", int, 300, 1))
+    if (deferral.enabled or policy.remote_rule == "deferral") and (remote is None or remote.bundle is None):
+        raise RecipeError("deferral needs [remote] bundle = ... (the remote generalist, run in-process)")
+    card_t = top.table("card", required=True)
+    card = CardSpec(licence=card_t.get("licence", str), source=card_t.get("source", str, ""),
+                    attribution=card_t.get("attribution", str, ""), limits=card_t.get("limits", str, ""))
+    if not card.licence.strip():
+        raise RecipeError("card.licence: the data's licence must be stated")
+    recipe = Recipe(name=b.get("name", str), version=b.get("version", str, "1"),
+                    description=b.get("description", str, ""), reject_label=b.get("reject_label", str, "oos"),
+                    budget_bytes=b.get("budget_bytes", int, 64 << 20, 0), seed=b.get("seed", int, 0, 0),
+                    data=data, split=split, featurizer=feat, quantization=quant, calibration_split=cal_split,
+                    specialists=specialists, generalist=generalist, router=router, policy=policy,
+                    remote=remote, deferral=deferral, card=card, base_dir=base_dir)
+    for t in (top, b, s, f, q, c, sp_t, g, r, p, d, card_t):
+        t.done()
+    return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and parse a recipe file; relative bundle paths resolve against the repository root
+    (the recipe folder's parent).
+
+    Raises:
+        RecipeError: unreadable file or invalid recipe.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"cannot read recipe {path}: {exc}") from exc
+    return parse_recipe(text, path.resolve().parent.parent)

@@ -1,0 +1,178 @@
+"""``edge-eco eval``: score a bundle on a labelled file; also the test-split metrics of a build.
+
+The report has every key of ``edge-eco run``'s report (it is :func:`edge_eco.runjob.run_job`'s),
+plus an ``eval`` block: the local tier's accuracy, the remote generalist's, the APGR of the
+ecology's own remote score (RouteLLM; local-only is the weak model, remote-only the strong one),
+the calibration error (ECE) of the local answers' confidence, and accuracy per niche. Runtime
+module: no build dependency.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import routing_metrics as rm
+from .datasets import Example
+from .ecology import Ecology
+from .errors import FallbackError
+from .fallback.v2 import RemoteAnswer
+from .runjob import RunOptions, run_job
+
+RATES = tuple(np.round(np.linspace(0.0, 1.0, 101), 2))
+
+
+class InProcessRemote:
+    """A remote generalist run in-process from its bundle, with the V2 client's ``infer``."""
+
+    def __init__(self, remote: Ecology) -> None:
+        self.eco = remote
+        self._cache: dict[str, RemoteAnswer] = {}  # the bundle is deterministic: each text is run once
+
+    def infer(self, texts: list[str], *, timeout_s: float | None = None) -> list[RemoteAnswer]:
+        """Answer texts with the remote bundle (timeout ignored: nothing goes over a network)."""
+        out = []
+        for text in texts:
+            if text in self._cache:
+                out.append(self._cache[text])
+                continue
+            t0 = time.perf_counter()
+            try:
+                a = self.eco.answer(text)
+            except Exception as exc:  # noqa: BLE001 - translated, as the network client does
+                raise FallbackError(f"in-process remote failed: {exc}") from exc
+            out.append(RemoteAnswer(a.label, a.confidence, self.eco.name, self.eco.version,
+                                    (time.perf_counter() - t0) * 1e3))
+            self._cache[text] = out[-1]
+        return out
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """A labelled example with its niche (None when it has none)."""
+
+    text: str
+    label: str
+    niche: str | None = None
+
+
+def niche_accuracy(predicted: Sequence[str], examples: Sequence[Labelled]) -> dict[str, dict]:
+    """Accuracy and count per niche value; examples without a niche are under ``"(none)"``."""
+    groups: dict[str, list[bool]] = {}
+    for p, ex in zip(predicted, examples):
+        groups.setdefault(ex.niche or "(none)", []).append(p == ex.label)
+    return {k: {"accuracy": round(sum(v) / len(v), 5), "requests": len(v)} for k, v in sorted(groups.items())}
+
+
+def local_metrics(eco: Ecology, examples: Sequence[Labelled], remote_label: Callable[[str], str] | None,
+                  progress: Callable[[int, int], None] | None = None) -> dict:
+    """Local-tier accuracy, ECE, per-niche accuracy and (with a remote) APGR of the remote score.
+
+    Args:
+        eco: an open ecology (its controller state is not touched: every answer is local only).
+        examples: labelled examples.
+        remote_label: the remote generalist's label for a text, or None when there is none.
+        progress: called as (done, total) every 500 examples.
+
+    Returns:
+        A dict: local_accuracy, ece_local, by_niche_local, and with a remote remote_accuracy, apgr,
+        accuracy_at_remote_rate.
+    """
+    local_ok, conf, score, labels, remote_ok = [], [], [], [], []
+    for i, ex in enumerate(examples):
+        a = eco.answer(ex.text, local_only=True)
+        labels.append(a.label)
+        local_ok.append(a.label == ex.label)
+        conf.append(min(1.0, max(0.0, float(a.confidence))))
+        score.append(float(a.provenance.get("remote_score", 1.0 - a.confidence)))
+        if remote_label is not None:
+            remote_ok.append(remote_label(ex.text) == ex.label)
+        if progress and (i + 1) % 500 == 0:
+            progress(i + 1, len(examples))
+    out = {"local_accuracy": round(float(np.mean(local_ok)), 5),
+           "ece_local": round(rm.ece(conf, local_ok), 5),
+           "by_niche_local": niche_accuracy(labels, examples)}
+    if remote_label is not None:
+        weak, strong = float(np.mean(local_ok)), float(np.mean(remote_ok))
+        accs = rm.curve(local_ok, remote_ok, score, RATES)
+        out["remote_accuracy"] = round(strong, 5)
+        out["apgr"] = None if weak == strong else round(rm.apgr(RATES, accs, weak, strong), 5)
+        out["accuracy_at_remote_rate"] = {k: round(v, 5) for k, v in
+                                          rm.accuracy_at_remote_rate(local_ok, remote_ok, score).items()}
+    return out
+
+
+def eval_bundle(eco: Ecology, examples: Sequence[Labelled], *, source: str = "",
+                remote_label: Callable[[str], str] | None = None,
+                progress: Callable[[int, int], None] | None = None, local_only: bool = False) -> dict:
+    """The ``edge-eco run`` report of ``examples`` through ``eco``, plus the ``eval`` block.
+
+    Args:
+        eco: an open ecology (with a remote client when remote figures are wanted).
+        examples: labelled examples (the niche, when known, gives per-niche accuracy).
+        source: where the examples came from, for the report.
+        remote_label: the remote generalist's label for a text (for APGR), or None.
+        progress: called as (done, total).
+        local_only: never call the remote in the ecology's own run.
+
+    Returns:
+        The report dict.
+    """
+    plain = [Example(e.text, e.label) for e in examples]
+    has_generalist = any(m.id == "generalist" for m in eco.manifest.models)
+    report = run_job(eco, plain, RunOptions(local_baseline="generalist" if has_generalist else None,
+                                            remote_baseline=not local_only, local_only=local_only),
+                     source=source, progress=progress)
+    report["eval"] = local_metrics(eco, examples, remote_label, progress)
+    return report
+
+
+def load_labelled(path, *, split: str | None = None, text_field: str = "text", label_field: str = "label",
+                  niche_field: str | None = None) -> list[Labelled]:
+    """Labelled examples from JSON lines, CSV/TSV (by extension) or a CLINC150 JSON with ``split``.
+
+    Raises:
+        RequestError: unreadable file, a row without a string text or without a label.
+    """
+    import csv
+    import json
+    from pathlib import Path
+
+    from .datasets import load_requests
+    from .errors import RequestError
+
+    path = Path(path)
+    if split is not None:
+        return [Labelled(e.text, e.label) for e in load_requests(path, split)]
+    if not path.is_file():
+        raise RequestError(f"requests file {path} does not exist or is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    if path.suffix.lower() in (".csv", ".tsv"):
+        rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if path.suffix.lower() == ".tsv" else ",",
+                                   quoting=csv.QUOTE_NONE if path.suffix.lower() == ".tsv" else csv.QUOTE_MINIMAL))
+        where = [f"{path}:{i}" for i in range(2, len(rows) + 2)]
+    else:
+        rows, where = [], []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise RequestError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
+                where.append(f"{path}:{n}")
+    out = []
+    for row, w in zip(rows, where):
+        if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+            raise RequestError(f"{w}: expected a string field {text_field!r}")
+        label = row.get(label_field)
+        if label is None or not str(label).strip():
+            raise RequestError(f"{w}: no label in field {label_field!r}; eval needs labelled requests")
+        niche = row.get(niche_field) if niche_field else None
+        out.append(Labelled(row[text_field], str(label), None if niche is None else str(niche)))
+    return out

@@ -1,0 +1,56 @@
+"""Command-line messages that name the real problem: a bad --port, and the first real remote
+failure behind an open circuit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import make_fake_ecology
+from loopback import SEND_REMOTE, RawServer, http_reply, with_remote
+
+from edge_eco.cli import main
+from edge_eco.manifest import RemoteSpec
+
+
+@pytest.mark.parametrize("port, needle", [("abc", "--port: not a TCP port number: 'abc'"),
+                                          ("70000", "--port: a TCP port is 0-65535, got 70000")])
+def test_a_bad_port_says_so(port, needle, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "somewhere", "--port", port])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and needle in err and "_port" not in err
+
+
+def test_run_reports_the_real_failure_behind_an_open_circuit(tmp_path, capsys):
+    server = RawServer(lambda conn, body: conn.sendall(http_reply('{"error":"unknown model generalist"}',
+                                                                  "404 Not Found")))
+    try:
+        folder = with_remote(make_fake_ecology(tmp_path / "eco", policy=SEND_REMOTE),
+                             RemoteSpec(url=server.url, model="generalist", timeout_ms=500.0))
+        reqs = tmp_path / "r.jsonl"
+        reqs.write_text("".join(json.dumps({"text": f"send money {i}", "label": "transfer"}) + "\n"
+                                for i in range(12)))
+        out = tmp_path / "report.json"
+        assert main(["run", str(folder), "--requests", str(reqs), "--out", str(out)]) == 0
+    finally:
+        server.close()
+    report = json.loads(out.read_text())
+    first = report["baselines"]["remote"]["first_error"]
+    assert "circuit open" in first and "HTTP 404" in first and "unknown model generalist" in first, first
+    assert "HTTP 404" in capsys.readouterr().out
+
+
+def test_a_wrong_model_name_says_which_model_the_server_has_and_how_to_name_it():
+    from tests.test_serve import FakeEco
+
+    from edge_eco.errors import RemoteStatusError
+    from edge_eco.fallback import V2Client
+    from edge_eco.serve import InferenceServer
+
+    with InferenceServer(FakeEco()) as srv, V2Client(srv.url, "minilm") as client:
+        with pytest.raises(RemoteStatusError) as err:
+            client.infer(["hello"])
+    message = str(err.value)
+    assert "HTTP 404" in message and "this server has model 'intents'" in message
+    assert f"{srv.url}/v2/models/intents" in message and "--remote-model intents" in message

@@ -1,0 +1,35 @@
+"""Short version of tools/soak.py (the full run: 8 threads x 100,000 requests, 1,000 cycles per
+backend; README figures): concurrent answers under a budget that forces evictions, and RSS after
+load/unload cycles."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from conftest import CLINC, MODELS, ROOT
+
+sys.path.insert(0, str(ROOT / "tools"))
+from soak import load_test, soak_cycles  # noqa: E402
+
+from edge_eco.datasets import load_clinc150  # noqa: E402
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "fails on main since the residency package (issue 6) merged: the first measured footprint of a 1 MiB "
+    "specialist is charged 21-30 MB (process-wide growth), so a 14 MB budget raises BudgetError and the "
+    "ledger peaks ~21 MB; passed before the merge (800,000 requests, 0 violations). Remove this marker "
+    "once the measurement is fixed."))
+def test_threads_under_a_small_budget_no_errors_no_violations():
+    texts = [e.text for e in load_clinc150(CLINC, "test")][::11][:500]
+    r = load_test(MODELS / "clinc150", texts, threads=8, per_thread=150, budget=14_000_000)
+    assert r["errors"] == 0, r["error_samples"]
+    assert r["budget_violations"] == 0 and r["samples"] > 10
+    assert r["evictions"] > 50  # the budget really forces evictions
+    assert r["peak_resident_bytes"] <= 14_000_000
+
+
+def test_load_unload_cycles_return_their_memory():
+    for name, c in soak_cycles(MODELS / "clinc150", ["ort", "fake"], 200).items():
+        assert c["growth"] <= 1 << 20, (name, c)
