@@ -177,24 +177,6 @@ def prior_weights(examples: Sequence[Example], reject_label: str, reject_share: 
     return np.where(oos, reject_share / share, (1 - reject_share) / (1 - share))
 
 
-def choose_direct_threshold(eco, examples: Sequence[Example], weights: np.ndarray) -> tuple[float, dict]:
-    """Replay ``examples`` through the local tier for each threshold; the most accurate wins
-    (ties: the higher threshold is passed over for the lower, which sends more requests direct)."""
-    results = {}
-    original = eco.policy
-    try:
-        for t in THRESHOLDS:
-            eco.policy = replace(original, direct_threshold=t)
-            answers = [eco.answer(ex.text, local_only=True) for ex in examples]
-            results[t] = (float(np.average([a.label == ex.label for a, ex in zip(answers, examples)],
-                                           weights=weights)),
-                          float(np.mean([a.path == "direct" for a in answers])))
-    finally:
-        eco.policy = original
-    best = max(THRESHOLDS, key=lambda t: (results[t][0], results[t][1]))
-    return best, {str(t): {"accuracy": round(a, 5), "direct": round(d, 4)} for t, (a, d) in results.items()}
-
-
 def install(folder: Path, manifest: Manifest, w: DeferralWeights, base_path: str,
             base_candidates: Sequence[str], candidates: Sequence[str], lam: float) -> Manifest:
     """Write ``correctness.bin`` and point the manifest's [router] at it (the domain router stays
@@ -219,13 +201,13 @@ def route_all(w: DeferralWeights, o: Outcomes, lam: float) -> np.ndarray:
     return np.array([route_reference(w, i, v, mask, lam).order[0] for i, v in o.features])
 
 
-def fit_router(folder: Path, examples: Sequence[Example], *, lam: float = 0.0, l2: float = L2,
-               reject_share: float | None = None, include_generalist: bool = False,
-               progress: Callable[[int, int], None] | None = None) -> dict:
-    """Fit, install and threshold the correctness router of the bundle at ``folder``.
+def fit_and_install(folder: Path, examples: Sequence[Example], *, lam: float = 0.0, l2: float = L2,
+                    reject_share: float | None = None, include_generalist: bool = False,
+                    progress: Callable[[int, int], None] | None = None) -> tuple[Manifest, dict]:
+    """Fit the correctness router of the bundle at ``folder`` and point its manifest at it.
 
-    Rewrites ``correctness.bin`` and ``ecology.toml`` (direct_threshold re-chosen by replaying
-    ``examples``); returns a report of what was fitted and measured.
+    Writes ``correctness.bin`` and ``ecology.toml``; the policy thresholds are left as they were
+    (:func:`fit_router` re-tunes them). Returns (the new manifest, a report).
 
     Generalists are left out of the candidates unless ``include_generalist``: the request path
     still asks the local generalist when every specialist declines, and the judge weighs its answer
@@ -235,7 +217,6 @@ def fit_router(folder: Path, examples: Sequence[Example], *, lam: float = 0.0, l
     """
     from . import ecology
 
-    t0 = time.perf_counter()
     root, manifest = read_bundle(folder)
     base_path, base, base_candidates = domain_router(root, manifest)
     candidates = tuple(c for c in base_candidates
@@ -245,25 +226,44 @@ def fit_router(folder: Path, examples: Sequence[Example], *, lam: float = 0.0, l
         o = collect(eco, base, cols, candidates, examples, progress)
     weights = prior_weights(examples, manifest.reject_label, reject_share)
     w = fit(base, cols, o, manifest.featurizer.dim, model_mib(root, manifest, candidates), l2, weights)
-    p = predicted(w, o)
     top = route_all(w, o, lam)
     top_ok = np.average(o.correct[np.arange(len(top)), top], weights=weights)
+    conf = predicted(w, o)[np.arange(len(top)), top]
     new = install(root, manifest, w, base_path, base_candidates, candidates, lam)
     (root / "ecology.toml").write_text(_toml(new))
-    with ecology.open(root) as eco:
-        threshold, replay = choose_direct_threshold(eco, examples, weights)
-    new = replace(new, policy=replace(new.policy, direct_threshold=threshold))
-    (root / "ecology.toml").write_text(_toml(new))
-    conf = p[np.arange(len(top)), top]
-    return {"requests": len(examples), "candidates": list(candidates),
-            "val_accuracy_per_candidate": {c: round(float(o.correct[:, i].mean()), 4)
-                                           for i, c in enumerate(candidates)},
-            "cost_ms": {c: round(float(v), 4) for c, v in zip(candidates, o.cost_ms)},
-            "cost_mib": {c: float(v) for c, v in zip(candidates, w.cost)},
-            "lambda": lam, "l2": l2, "reject_share": reject_share, "top_choice_correct": round(float(top_ok.mean()), 4),
-            "oracle_any_correct": round(float(o.correct.any(axis=1).mean()), 4),
-            "top_confidence_mean": round(float(conf.mean()), 4), "direct_threshold": threshold,
-            "replay": replay, "seconds": round(time.perf_counter() - t0, 1)}
+    return new, {"requests": len(examples), "candidates": list(candidates),
+                 "val_accuracy_per_candidate": {c: round(float(o.correct[:, i].mean()), 4)
+                                                for i, c in enumerate(candidates)},
+                 "cost_ms": {c: round(float(v), 4) for c, v in zip(candidates, o.cost_ms)},
+                 "cost_mib": {c: float(v) for c, v in zip(candidates, w.cost)},
+                 "lambda": lam, "l2": l2, "reject_share": reject_share,
+                 "top_choice_correct": round(float(top_ok), 4),
+                 "oracle_any_correct": round(float(o.correct.any(axis=1).mean()), 4),
+                 "top_confidence_mean": round(float(conf.mean()), 4)}
+
+
+def fit_router(folder: Path, examples: Sequence[Example], *, lam: float = 0.0, l2: float = L2,
+               reject_share: float | None = None, include_generalist: bool = False,
+               progress: Callable[[int, int], None] | None = None) -> dict:
+    """``edge-eco fit-router``: fit and install the correctness router, then re-tune the policy's
+    direct and fallback thresholds by replaying ``examples`` through the runtime (the build's
+    :func:`edge_eco.build.calibrate.tune_policy`, same target remote rate and coalition size).
+
+    Returns a report of what was fitted and measured.
+    """
+    from .build.calibrate import tune_policy
+
+    t0 = time.perf_counter()
+    new, report = fit_and_install(folder, examples, lam=lam, l2=l2, reject_share=reject_share,
+                                  include_generalist=include_generalist, progress=progress)
+    p = new.policy
+    policy, tuning = tune_policy(Path(folder), [e.text for e in examples], [e.label for e in examples],
+                                 p.target_remote_rate, p.coalition_size)
+    policy = replace(policy, remote=p.remote, remote_rule=p.remote_rule)
+    (Path(folder) / "ecology.toml").write_text(_toml(replace(new, policy=policy)))
+    report.update({"direct_threshold": policy.direct_threshold, "fallback_threshold": policy.fallback_threshold,
+                   "tuning": tuning, "seconds": round(time.perf_counter() - t0, 1)})
+    return report
 
 
 def _toml(m: Manifest) -> str:
