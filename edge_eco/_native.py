@@ -49,6 +49,16 @@ def _check(status: int, what: str) -> None:
         raise NativeError(f"{what}: {_STATUS.get(status, 'unknown status')} (status {status})")
 
 
+def _feature_buffers(cap: int) -> tuple:
+    """(cap, scratch, idx, val, and their C pointers, nnz out-pointer) for texts up to ``cap`` n-grams."""
+    cap = max(cap, 1024)
+    scratch = np.empty(2 * cap, np.uint64)
+    idx = np.empty(cap, np.int32)
+    val = np.empty(cap, np.float32)
+    return (cap, scratch, idx, val, _ffi.from_buffer("unsigned long long *", scratch),
+            _ffi.from_buffer("int *", idx), _ffi.from_buffer("float *", val), _ffi.new("unsigned long *"))
+
+
 class Featurizer:
     """Featurizes texts with the C kernel, or the numpy reference when it is missing.
 
@@ -74,14 +84,7 @@ class Featurizer:
     def _buffers(self, cap: int):
         buf = getattr(self._local, "buf", None)
         if buf is None or buf[0] < cap:
-            cap = max(cap, 1024)
-            scratch = np.empty(2 * cap, np.uint64)
-            idx = np.empty(cap, np.int32)
-            val = np.empty(cap, np.float32)
-            buf = (cap, scratch, idx, val, _ffi.from_buffer("unsigned long long *", scratch),
-                   _ffi.from_buffer("int *", idx), _ffi.from_buffer("float *", val),
-                   _ffi.new("unsigned long *"))
-            self._local.buf = buf
+            buf = self._local.buf = _feature_buffers(cap)
         return buf
 
     def __call__(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -128,27 +131,39 @@ class RouterKernel:
             self._local.buf = buf
         return buf
 
-    def route_text(self, featurizer: "Featurizer", data: bytes, mask: np.ndarray, temperature: float):
+    def route_text(self, featurizer: "Featurizer", data: bytes, mask: np.ndarray, param: float,
+                   mode: int = 0):
         """Featurize and route in one C call: (indices, values, order, probs).
 
-        ``mask`` is a uint8 [K] array; ``order`` ranks eligible candidates by logit (ties by index)
-        and ``probs`` is their softmax at ``temperature`` (same as ``router.softmax_route``).
+        ``mask`` is a uint8 [K] array. ``mode`` 0 (softmax, ``param`` = temperature) ranks eligible
+        candidates by logit (ties by index) with ``probs`` their softmax, as ``router.softmax_route``;
+        mode 1 (utility, ``param`` = lambda) ranks by predicted correctness - lambda x cost with
+        ``probs`` the predicted correctness, as ``router.route_reference``.
+
+        ``indices``/``values`` are views of this thread's buffers, valid until the thread's next
+        call: the request path uses them before it featurizes again (copy to keep them longer).
         """
         if not featurizer.native:
             raise NativeError("route_text needs the compiled featurizer")
-        cap, _, idx, val, p_scratch, p_idx, p_val, p_nnz = featurizer._buffers(featurizer.spec.capacity(len(data)))
-        logit, order, prob, p_logit, p_order, p_prob, p_n = self._buffers()
+        local = self._local
+        buf = getattr(local, "text", None)
+        if buf is None or buf[0] is not featurizer or len(data) > buf[1]:
+            n_max = max(len(data), 256 if buf is None else 2 * buf[1])
+            buf = local.text = (featurizer, n_max) + _feature_buffers(featurizer.spec.capacity(n_max)) \
+                + self._buffers()
+        (_, _, cap, _, idx, val, p_scratch, p_idx, p_val, p_nnz,
+         _, order, prob, p_logit, p_order, p_prob, p_n) = buf
         held = self._masks.get(id(mask))
         if held is None or held[0] is not mask:  # the default mask is reused; per-deadline ones are not
             if len(self._masks) >= 16:
                 self._masks.clear()
             held = self._masks[id(mask)] = (mask, _ffi.from_buffer("unsigned char *", mask))
-        status = _lib.ee_route_text(featurizer._cfg, self._cfg, data, len(data), p_scratch, p_idx, p_val, cap, p_nnz,
-                                    held[1], temperature, p_logit, p_order, p_prob, p_n)
+        status = _lib.ee_route_text(featurizer._cfg, self._cfg, data, len(data), p_scratch, p_idx, p_val, cap,
+                                    p_nnz, held[1], mode, param, p_logit, p_order, p_prob, p_n)
         if status:
             _check(status, "ee_route_text")
         nnz, n = p_nnz[0], p_n[0]
-        return idx[:nnz].copy(), val[:nnz].copy(), order[:n].tolist(), prob[:n].tolist()
+        return idx[:nnz], val[:nnz], order[:n].tolist(), prob[:n].tolist()
 
     def logits(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
         """float32 [K] logits of every candidate (bit-identical to ``router.linear_logits``)."""

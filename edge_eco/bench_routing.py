@@ -18,7 +18,7 @@ from . import routing_metrics as rm
 from ._native import Featurizer, RouterKernel
 from .datasets import Example
 from .ecology import Ecology
-from .router import route
+from .router import route, route_reference
 
 
 def _softmax(z: np.ndarray, t: float) -> np.ndarray:
@@ -51,7 +51,7 @@ def _model_ece(eco: Ecology, examples: Sequence[Example]) -> dict:
 
 def _router_us(eco: Ecology, texts: Sequence[str]) -> dict:
     """p50/p99 microseconds of one decision (featurize + route): C kernel vs numpy reference."""
-    spec, weights = eco.manifest.featurizer, eco._router
+    spec, weights, mode, param = eco.manifest.featurizer, eco._router, eco._route_mode, eco._route_param
     native, reference = Featurizer(spec, use_native=True), Featurizer(spec, use_native=False)
     kernel = RouterKernel(weights)
     mask = np.ones(weights.weight.shape[1], bool)
@@ -59,11 +59,14 @@ def _router_us(eco: Ecology, texts: Sequence[str]) -> dict:
     data = [t.encode() for t in texts]
 
     def c_path(b: bytes) -> None:  # one fused C call, as on the request path
-        kernel.route_text(native, b, mask_u8, weights.temperature)
+        kernel.route_text(native, b, mask_u8, param, mode)
 
     def numpy_path(b: bytes) -> None:
         idx, val = reference(b)
-        route(weights, idx, val, mask)
+        if mode == 0:
+            route(weights, idx, val, mask)
+        else:
+            route_reference(weights, idx, val, mask, param)
 
     result = {}
     for name, fn, items in (("c", c_path, data), ("numpy", numpy_path, data[: max(1, len(data) // 5)])):

@@ -204,6 +204,34 @@ def _cmd_bench_routing(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fit_router(args: argparse.Namespace) -> int:
+    from .fitrouter import fit_router
+
+    examples = [e for e in load_requests(args.requests, args.split) if e.label is not None]
+    if not examples:
+        raise CliError(f"{args.requests} holds no labelled requests")
+    try:
+        import scipy  # noqa: F401
+    except ImportError:
+        raise CliError("fit-router needs scipy: pip install 'edge_eco[build]'") from None
+    report = fit_router(Path(args.ecology), examples, lam=args.lam, l2=args.l2, reject_share=args.reject_share,
+                        include_generalist=args.include_generalist,
+                        progress=lambda i, n: print(f"  {i}/{n} requests", file=sys.stderr, flush=True))
+    print(f"fitted {len(report['candidates'])} correctness predictors on {report['requests']} requests "
+          f"in {report['seconds']} s")
+    print(f"top-utility candidate right on {100 * report['top_choice_correct']:.2f} % "
+          f"(some candidate right: {100 * report['oracle_any_correct']:.2f} %); "
+          f"direct_threshold {report['direct_threshold']}; lambda {report['lambda']} per MiB")
+    print(f"{'candidate':22}{'val acc':>9}{'MiB':>9}{'p50 ms':>9}")
+    for c in report["candidates"]:
+        print(f"{c:22}{100 * report['val_accuracy_per_candidate'][c]:8.2f}%{report['cost_mib'][c]:9.4f}"
+              f"{report['cost_ms'][c]:9.4f}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
 def _cmd_bench_residency(args: argparse.Namespace) -> int:
     from .bench_residency import bench_residency
     from .datasets import data_root, fetch_clinc150, load_clinc150
@@ -446,6 +474,21 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--out", help="write the report as JSON here")
     br.add_argument("--plot", help="write the curves as PNG here")
     br.set_defaults(fn=_cmd_bench_routing)
+    fr = sub.add_parser("fit-router", help="fit the per-model correctness router from validation outcomes")
+    fr.add_argument("ecology")
+    fr.add_argument("--requests", required=True, help="labelled requests (JSON lines, or CLINC150 json + --split)")
+    fr.add_argument("--split", choices=["train", "val", "test"])
+    fr.add_argument("--lambda", dest="lam", type=_positive(float, zero_ok=True), default=0.0,
+                    help="utility = P(correct) - lambda x cost (cost: the model's MiB); default 0")
+    fr.add_argument("--l2", type=_positive(float), default=1e-3, help="L2 strength of the sparse correction")
+    fr.add_argument("--reject-share", type=float, default=None,
+                    help="expected share of requests whose answer is the reject label (out of scope); the "
+                         "validation outcomes are re-weighted to it (default: as in the data)")
+    fr.add_argument("--include-generalist", action="store_true",
+                    help="route to the local generalist directly too (default: it is asked when every "
+                         "specialist declines)")
+    fr.add_argument("--out", help="write the fitting report as JSON here")
+    fr.set_defaults(fn=_cmd_fit_router)
     bres = bench_sub.add_parser("residency", help="eviction policies on traces vs LRU and the offline optimum; "
                                 "load, unload, accounting and warm-latency figures of the residency manager")
     bres.add_argument("--clinc", default="models/clinc150")

@@ -39,7 +39,7 @@ from .residency import SESSION_OVERHEAD_BYTES, Residency
 from .residency.footprint import drop_file_pages, read_footprint
 from .residency.meter import ANON_PER_FILE_BYTE
 from .deferral import Deferral, RemoteRateController
-from .router import DeferralWeights, Route, RouterWeights, route
+from .router import DeferralWeights, Route, RouterWeights, route, route_reference
 from .routerfile import read_router
 
 PATHS = ("direct", "coalition", "remote", "unavailable")
@@ -97,9 +97,20 @@ class Ecology:
                 raise IntegrityError(f"{manifest.router.file.path} was built for featurizer {built_for}, but "
                                      f"ecology.toml declares {_spec_dict(manifest.featurizer)}: the manifest "
                                      "was edited or belongs to other models")
+            kind = manifest.router.kind
+            expected = "deferral-linear" if kind == "correctness" else kind
+            if header.get("kind") != expected:
+                raise IntegrityError(f"{manifest.router.file.path} holds a {header.get('kind')!r} router; "
+                                     f"ecology.toml declares kind {kind!r}")
             try:
-                self._router = RouterWeights(arrays["weight"], arrays["scale"], arrays["bias"],
-                                             manifest.router.temperature)
+                if kind == "correctness":  # per-model correctness, ranked by p - lambda x cost
+                    self._router = DeferralWeights(arrays["weight"], arrays["scale"], arrays["bias"],
+                                                   arrays["cost"])
+                    self._route_mode, self._route_param = 1, manifest.router.lam
+                else:  # a domain router, ranked by tempered softmax
+                    self._router = RouterWeights(arrays["weight"], arrays["scale"], arrays["bias"],
+                                                 manifest.router.temperature)
+                    self._route_mode, self._route_param = 0, manifest.router.temperature
             except KeyError as exc:
                 raise ManifestError(f"router file lacks array {exc}") from exc
             in_dim = manifest.featurizer.dim if self._dense is None else self._dense.dim
@@ -111,6 +122,7 @@ class Ecology:
             self._kernel = RouterKernel(self._router) if self._featurizer and self._featurizer.native else None
         else:
             self._router, self._candidates, self._kernel = None, (manifest.models[0].id,), None
+            self._route_mode, self._route_param = 0, 1.0
         self._deferral = self._load_deferral(root, manifest)
         p = manifest.policy
         # The remote rule scores each local answer; above the margin it goes remote.
@@ -465,7 +477,8 @@ class Ecology:
         mask = self._default_mask_u8 if deadline_ms is None else self._mask(deadline_ms).astype(np.uint8)
         if not mask.any():
             raise RoutingError("no model is eligible for this request")
-        idx, val, order, probs = self._kernel.route_text(self._featurizer, data, mask, self._router.temperature)
+        idx, val, order, probs = self._kernel.route_text(self._featurizer, data, mask, self._route_param,
+                                                         self._route_mode)
         return hashed_feeds(idx, val), Route(tuple(order), tuple(probs))
 
     def _mask(self, deadline_ms: float) -> np.ndarray:
@@ -481,7 +494,12 @@ class Ecology:
         if self._router is None:
             return Route((0,), (1.0,))
         mask = self._default_mask if deadline_ms is None else self._mask(deadline_ms)
-        return route(self._router, hashed["indices"], hashed["values"], mask)  # numpy path
+        if self._route_mode == 0:
+            return route(self._router, hashed["indices"], hashed["values"], mask)  # numpy path
+        if not mask.any():
+            raise RoutingError("no model is eligible for this request")
+        d = route_reference(self._router, hashed["indices"], hashed["values"], mask, self._route_param)
+        return Route(d.order, d.probs)
 
     def _fallback(self, text: str, best: Vote, path: str, prov: dict, local_only: bool,
                   deadline_ms: float | None, t0: float) -> tuple[str, float, str]:

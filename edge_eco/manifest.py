@@ -121,12 +121,18 @@ class RemoteSpec:
 
 @dataclass(frozen=True)
 class RouterSpec:
-    """The router: a weights file and the model id of each of its outputs."""
+    """The router: a weights file and the model id of each of its outputs.
+
+    ``linear-softmax`` scores candidates with one linear layer and ranks them by softmax at
+    ``temperature``; ``correctness`` holds one logistic predictor per candidate of "this model
+    answers this request correctly" and ranks by utility = p - ``lam`` x cost (``lambda`` in TOML).
+    """
 
     file: FileEntry
     kind: str
     candidates: tuple[str, ...]
     temperature: float = 1.0
+    lam: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -410,8 +416,9 @@ def parse_manifest(text: str) -> Manifest:
         rt.done()
     router = None
     if (rr := top.table("router")) is not None:
-        router = RouterSpec(_file(rr), rr.choice("kind", ("linear-softmax",)), _strings(rr, "candidates"),
-                            rr.get("temperature", float, 1.0, lo=1e-3, hi=1e3))
+        router = RouterSpec(_file(rr), rr.choice("kind", ("linear-softmax", "correctness")),
+                            _strings(rr, "candidates"), rr.get("temperature", float, 1.0, lo=1e-3, hi=1e3),
+                            rr.get("lambda", float, 0.0, lo=0.0, hi=1e3))
         rr.done()
     deferral = None
     if (dt := top.table("deferral")) is not None:

@@ -87,6 +87,8 @@ def manifest_to_toml(m: Manifest) -> str:
         out += ["", "[router]", f"path = {_value(r.file.path)}", f"sha256 = {_value(r.file.sha256)}",
                 f"kind = {_value(r.kind)}", f"temperature = {_value(r.temperature)}",
                 f"candidates = {_value(list(r.candidates))}"]
+        if r.lam:
+            out.append(f"lambda = {_value(r.lam)}")
     if m.deferral is not None:
         d = m.deferral
         out += ["", "[deferral]", f"path = {_value(d.file.path)}", f"sha256 = {_value(d.file.sha256)}",

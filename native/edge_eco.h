@@ -67,13 +67,21 @@ ee_status ee_router_route(const ee_router_t *r, const int *idx, const float *val
                           const unsigned char *mask, double lambda, float *out_logit,
                           int *out_order, double *out_prob, unsigned int *out_n);
 
-/* Featurize one text and route it with a linear-softmax router, in one call.
+/* How ee_route_text ranks and scores the eligible candidates. */
+enum {
+    EE_ROUTE_SOFTMAX = 0,  /* a domain router: rank by logit, prob = softmax(logit / param) (param = temperature) */
+    EE_ROUTE_UTILITY = 1   /* correctness predictors: rank by sigmoid(logit) - param * cost (param = lambda) */
+};
+
+/* Featurize one text and route it, in one call.
  *   features: as ee_featurizer_run (out_idx/out_val [cap], *out_nnz)
- *   routing:  logits as ee_router_route; eligible candidates ranked by logit (ties by index),
- *             out_prob[j] = softmax(logit / temperature) over the eligible ones
+ *   routing:  logits as ee_router_route (out_logit [k], out_order [k], out_prob [k], *out_n);
+ *             EE_ROUTE_SOFTMAX ranks eligible candidates by logit (ties by index) with
+ *             out_prob[j] = softmax(logit / param) over the eligible ones;
+ *             EE_ROUTE_UTILITY is ee_router_route with lambda = param.
  */
 ee_status ee_route_text(const ee_featurizer_t *f, const ee_router_t *r, const unsigned char *text,
                         unsigned long n_bytes, unsigned long long *scratch, int *out_idx, float *out_val,
                         unsigned long cap, unsigned long *out_nnz, const unsigned char *mask,
-                        double temperature, float *out_logit, int *out_order, double *out_prob,
+                        int mode, double param, float *out_logit, int *out_order, double *out_prob,
                         unsigned int *out_n);

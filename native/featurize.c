@@ -58,9 +58,24 @@ ee_status ee_featurizer_capacity(const ee_featurizer_t *cfg, unsigned long n_byt
     return EE_OK;
 }
 
-/* Sort keys ascending: LSD radix on the 24-bit index held in bits 8..31 of each key. */
-static void radix_sort(uint64_t *keys, uint64_t *tmp, unsigned long n) {
-    for (unsigned shift = 8; shift < 32; shift += 8) {
+/* Sort keys ascending by the index held in bits 8..31 of each key: insertion sort for short
+ * inputs, else LSD radix over the index's bytes (dim <= 2^16 needs two passes, not three). */
+static void sort_keys(uint64_t *keys, uint64_t *tmp, unsigned long n, uint32_t dim) {
+    if (n <= 48) {
+        for (unsigned long i = 1; i < n; i++) {
+            const uint64_t key = keys[i];
+            unsigned long j = i;
+            while (j > 0 && (keys[j - 1] >> 8) > (key >> 8)) {
+                keys[j] = keys[j - 1];
+                j--;
+            }
+            keys[j] = key;
+        }
+        return;
+    }
+    const unsigned passes = dim <= (1u << 8) ? 1u : dim <= (1u << 16) ? 2u : 3u;
+    uint64_t *const out = keys;
+    for (unsigned shift = 8; shift < 8 + 8 * passes; shift += 8) {
         unsigned long count[257];
         memset(count, 0, sizeof(count));
         for (unsigned long i = 0; i < n; i++) count[((keys[i] >> shift) & 0xffu) + 1]++;
@@ -68,8 +83,7 @@ static void radix_sort(uint64_t *keys, uint64_t *tmp, unsigned long n) {
         for (unsigned long i = 0; i < n; i++) tmp[count[(keys[i] >> shift) & 0xffu]++] = keys[i];
         uint64_t *swap = keys; keys = tmp; tmp = swap;
     }
-    /* Three passes: the sorted data ends in tmp's original buffer; copy back. */
-    memcpy(tmp, keys, n * sizeof(uint64_t));
+    if (keys != out) memcpy(out, keys, n * sizeof(uint64_t));  /* odd pass count: data is in tmp */
 }
 
 ee_status ee_featurizer_run(const ee_featurizer_t *cfg, const unsigned char *text,
@@ -134,7 +148,7 @@ ee_status ee_featurizer_run(const ee_featurizer_t *cfg, const unsigned char *tex
         }
     }
 
-    radix_sort(keys, tmp, n);
+    sort_keys(keys, tmp, n, cfg->dim);
     /* Merge equal indices, summing integer weights; total is exact in any order. */
     unsigned long nnz = 0;
     uint64_t total = 0;

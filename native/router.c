@@ -12,30 +12,70 @@
 #define MAX_K 64u
 #define FIXED_ONE 32768.0f
 
-ee_status ee_router_route(const ee_router_t *r, const int *idx, const float *val, unsigned long nnz,
-                          const unsigned char *mask, double lambda, float *out_logit,
-                          int *out_order, double *out_prob, unsigned int *out_n) {
-    if (r == NULL || r->weight == NULL || r->scale == NULL || r->bias == NULL || r->cost == NULL ||
-        mask == NULL || out_logit == NULL || out_order == NULL || out_prob == NULL || out_n == NULL)
-        return EE_ERR_NULL;
-    if ((nnz > 0 && (idx == NULL || val == NULL)) || r->k == 0 || r->k > MAX_K || r->dim == 0)
-        return EE_ERR_CONFIG;
+/* rint() for 0 <= x < 2^22 in the default rounding mode (ties to even), without a libm call:
+ * adding 2^23 leaves no fraction bits, so the FPU rounds; -ffp-contract=off keeps it exact. */
+static inline int32_t fixed_q(float value) {
+    const float x = value * FIXED_ONE;
+    return (int32_t)((x + 8388608.0f) - 8388608.0f);
+}
+
+/* acc[c] = sum_i q_i * weight[idx_i, c]. Values are L2-normalised (sum q_i <= 32768 sqrt(nnz)),
+ * so |acc| <= 127 * 32768 * sqrt(nnz) fits int32 while nnz <= 16384; longer inputs use int64. */
+static ee_status score(const ee_router_t *r, const int *idx, const float *val, unsigned long nnz,
+                       int64_t *acc) {
     const unsigned int k = r->k;
-    int64_t acc[MAX_K] = {0};
+    if (nnz <= 16384ul) {
+        int32_t acc32[MAX_K] = {0};
+        for (unsigned long i = 0; i < nnz; i++) {
+            if (idx[i] < 0 || (unsigned int)idx[i] >= r->dim) return EE_ERR_CONFIG;
+            const int32_t q = fixed_q(val[i]);
+            const signed char *row = r->weight + (size_t)idx[i] * k;
+            for (unsigned int c = 0; c < k; c++) acc32[c] += q * (int32_t)row[c];
+        }
+        for (unsigned int c = 0; c < k; c++) acc[c] = acc32[c];
+        return EE_OK;
+    }
+    for (unsigned int c = 0; c < k; c++) acc[c] = 0;
     for (unsigned long i = 0; i < nnz; i++) {
         if (idx[i] < 0 || (unsigned int)idx[i] >= r->dim) return EE_ERR_CONFIG;
-        const int64_t q = (int64_t)nearbyintf(val[i] * FIXED_ONE);
+        const int64_t q = fixed_q(val[i]);
         const signed char *row = r->weight + (size_t)idx[i] * k;
         for (unsigned int c = 0; c < k; c++) acc[c] += q * row[c];
     }
+    return EE_OK;
+}
+
+static ee_status check_router(const ee_router_t *r, const int *idx, const float *val, unsigned long nnz) {
+    if (r == NULL || r->weight == NULL || r->scale == NULL || r->bias == NULL || r->cost == NULL)
+        return EE_ERR_NULL;
+    if ((nnz > 0 && (idx == NULL || val == NULL)) || r->k == 0 || r->k > MAX_K || r->dim == 0)
+        return EE_ERR_CONFIG;
+    return EE_OK;
+}
+
+static void logits_of(const ee_router_t *r, const int64_t *acc, float *out_logit) {
+    for (unsigned int c = 0; c < r->k; c++) {
+        const float s = r->scale[c] * (1.0f / FIXED_ONE);
+        out_logit[c] = (float)acc[c] * s + r->bias[c];
+    }
+}
+
+ee_status ee_router_route(const ee_router_t *r, const int *idx, const float *val, unsigned long nnz,
+                          const unsigned char *mask, double lambda, float *out_logit,
+                          int *out_order, double *out_prob, unsigned int *out_n) {
+    ee_status st = check_router(r, idx, val, nnz);
+    if (st != EE_OK) return st;
+    if (mask == NULL || out_logit == NULL || out_order == NULL || out_prob == NULL || out_n == NULL)
+        return EE_ERR_NULL;
+    int64_t acc[MAX_K];
+    st = score(r, idx, val, nnz, acc);
+    if (st != EE_OK) return st;
+    logits_of(r, acc, out_logit);
     double utility[MAX_K];
     unsigned int n = 0;
-    for (unsigned int c = 0; c < k; c++) {
-        const float s = r->scale[c] * (1.0f / FIXED_ONE);
-        const float logit = (float)acc[c] * s + r->bias[c];
-        out_logit[c] = logit;
+    for (unsigned int c = 0; c < r->k; c++) {
         if (!mask[c]) continue;
-        const double p = 1.0 / (1.0 + exp(-(double)logit));
+        const double p = 1.0 / (1.0 + exp(-(double)out_logit[c]));
         const double u = p - lambda * (double)r->cost[c];
         /* Insertion into the ranked list: higher utility first, equal utility keeps index order. */
         unsigned int j = n;
@@ -54,33 +94,51 @@ ee_status ee_router_route(const ee_router_t *r, const int *idx, const float *val
     return EE_OK;
 }
 
-ee_status ee_route_text(const ee_featurizer_t *f, const ee_router_t *r, const unsigned char *text,
-                        unsigned long n_bytes, unsigned long long *scratch, int *out_idx, float *out_val,
-                        unsigned long cap, unsigned long *out_nnz, const unsigned char *mask,
-                        double temperature, float *out_logit, int *out_order, double *out_prob,
-                        unsigned int *out_n) {
-    if (!(temperature > 0.0)) return EE_ERR_CONFIG;
-    ee_status st = ee_featurizer_run(f, text, n_bytes, scratch, out_idx, out_val, cap, out_nnz);
+/* Rank eligible candidates by logit (ties by index); probabilities = softmax(logit / temperature). */
+static ee_status softmax_rank(const ee_router_t *r, const int *idx, const float *val, unsigned long nnz,
+                              const unsigned char *mask, double temperature, float *out_logit,
+                              int *out_order, double *out_prob, unsigned int *out_n) {
+    ee_status st = check_router(r, idx, val, nnz);
     if (st != EE_OK) return st;
-    st = ee_router_route(r, out_idx, out_val, *out_nnz, mask, 0.0, out_logit, out_order, out_prob, out_n);
-    if (st != EE_OK || *out_n == 0) return st;
-    /* Re-rank by logit itself (sigmoid saturates to 1.0 for large logits); ties keep index order. */
-    for (unsigned int j = 1; j < *out_n; j++) {
-        const int c = out_order[j];
-        unsigned int i = j;
-        while (i > 0 && (out_logit[out_order[i - 1]] < out_logit[c] ||
-                         (out_logit[out_order[i - 1]] == out_logit[c] && out_order[i - 1] > c))) {
-            out_order[i] = out_order[i - 1];
-            i--;
+    int64_t acc[MAX_K];
+    st = score(r, idx, val, nnz, acc);
+    if (st != EE_OK) return st;
+    logits_of(r, acc, out_logit);
+    unsigned int n = 0;
+    for (unsigned int c = 0; c < r->k; c++) {
+        if (!mask[c]) continue;
+        unsigned int j = n;
+        while (j > 0 && out_logit[out_order[j - 1]] < out_logit[c]) {
+            out_order[j] = out_order[j - 1];
+            j--;
         }
-        out_order[i] = c;
+        out_order[j] = (int)c;
+        n++;
     }
+    *out_n = n;
+    if (n == 0) return EE_OK;
     const double top = (double)out_logit[out_order[0]] / temperature;
     double total = 0.0;
-    for (unsigned int j = 0; j < *out_n; j++) {
+    for (unsigned int j = 0; j < n; j++) {
         out_prob[j] = exp((double)out_logit[out_order[j]] / temperature - top);
         total += out_prob[j];
     }
-    for (unsigned int j = 0; j < *out_n; j++) out_prob[j] /= total;
+    for (unsigned int j = 0; j < n; j++) out_prob[j] /= total;
     return EE_OK;
+}
+
+ee_status ee_route_text(const ee_featurizer_t *f, const ee_router_t *r, const unsigned char *text,
+                        unsigned long n_bytes, unsigned long long *scratch, int *out_idx, float *out_val,
+                        unsigned long cap, unsigned long *out_nnz, const unsigned char *mask,
+                        int mode, double param, float *out_logit, int *out_order, double *out_prob,
+                        unsigned int *out_n) {
+    if (mode != EE_ROUTE_SOFTMAX && mode != EE_ROUTE_UTILITY) return EE_ERR_CONFIG;
+    if (mode == EE_ROUTE_SOFTMAX ? !(param > 0.0) : !(param >= 0.0)) return EE_ERR_CONFIG;
+    if (mask == NULL || out_logit == NULL || out_order == NULL || out_prob == NULL || out_n == NULL)
+        return EE_ERR_NULL;
+    ee_status st = ee_featurizer_run(f, text, n_bytes, scratch, out_idx, out_val, cap, out_nnz);
+    if (st != EE_OK) return st;
+    if (mode == EE_ROUTE_UTILITY)
+        return ee_router_route(r, out_idx, out_val, *out_nnz, mask, param, out_logit, out_order, out_prob, out_n);
+    return softmax_rank(r, out_idx, out_val, *out_nnz, mask, param, out_logit, out_order, out_prob, out_n);
 }

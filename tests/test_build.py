@@ -213,3 +213,11 @@ def test_the_runtime_never_imports_build_dependencies():
             "assert not bad, bad")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_recipe_declares_the_correctness_router():
+    r = parse_recipe(RECIPE.replace("[router]\n", '[router]\nkind = "correctness"\nlambda = 0.05\n'))
+    assert r.correctness is not None and r.correctness.lam == 0.05 and not r.correctness.include_generalist
+    assert parse_recipe(RECIPE).correctness is None
+    with pytest.raises(RecipeError, match="kind"):
+        parse_recipe(RECIPE.replace("[router]\n", '[router]\nkind = "oracle"\n'))

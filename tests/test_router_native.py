@@ -96,3 +96,43 @@ def test_fused_featurize_and_route_equals_the_reference_on_every_clinc150_test_q
         bad += not (np.array_equal(idx, ri) and np.array_equal(val, rv) and tuple(order) == r.order
                     and np.allclose(probs, r.probs, rtol=0, atol=1e-12))
     assert bad == 0
+
+
+def test_fused_utility_route_equals_the_reference_on_every_clinc150_test_query(clinc_test):
+    """ee_route_text in utility mode == featurize_reference + route_reference (correctness router)."""
+    from edge_eco.featurizer import featurize_reference
+
+    rng = np.random.default_rng(4)
+    k = 11
+    w = weights(k, SPEC.dim, 5)
+    kernel, feat = RouterKernel(w), Featurizer(SPEC, use_native=True)
+    bad = 0
+    for i, (text, _) in enumerate(clinc_test):
+        mask = rng.random(k) > 0.2
+        mask[rng.integers(k)] = True
+        lam = 0.0 if i % 2 else 0.3
+        idx, val, order, probs = kernel.route_text(feat, text.encode(), mask.astype(np.uint8), lam, 1)
+        ri, rv = featurize_reference(SPEC, text.encode())
+        r = route_reference(w, ri, rv, mask, lam)
+        bad += not (np.array_equal(idx, ri) and np.array_equal(val, rv) and tuple(order) == r.order
+                    and np.allclose(probs, r.probs, rtol=0, atol=1e-12))
+    assert bad == 0
+
+
+def test_long_inputs_take_the_int64_path_and_still_match():
+    """More than 16,384 features: the kernel accumulates in int64 and agrees with the reference."""
+    w = weights(8, SPEC.dim, 6)
+    rng = np.random.default_rng(7)
+    idx = np.sort(rng.choice(SPEC.dim, 20000, replace=False)).astype(np.int32)
+    val = rng.random(20000).astype(np.float32)
+    val /= np.float32(np.sqrt((val.astype(np.float64) ** 2).sum()))
+    assert same(RouterKernel(w), w, idx, val, np.ones(8, bool), 0.1)
+
+
+def test_route_text_refuses_an_unknown_mode_and_a_bad_parameter():
+    w = weights(3, SPEC.dim, 8)
+    kernel, feat = RouterKernel(w), Featurizer(SPEC, use_native=True)
+    mask = np.ones(3, np.uint8)
+    for mode, param in ((2, 1.0), (0, 0.0), (1, -1.0)):
+        with pytest.raises(NativeError):
+            kernel.route_text(feat, b"hello there", mask, param, mode)

@@ -182,6 +182,16 @@ def build(recipe: Recipe, data_root: Path, out: Path, *, log: Log = lambda m: No
         models=tuple(models), files=())
     manifest = _with_hashes(out, manifest, metrics)
     (out / "ecology.toml").write_text(manifest_to_toml(manifest))
+    if recipe.correctness is not None:
+        from ..datasets import Example
+        from ..fitrouter import fit_and_install
+
+        c = recipe.correctness
+        manifest, report = fit_and_install(out, [Example(r.text, r.label) for r in data.val], lam=c.lam, l2=c.l2,
+                                           include_generalist=c.include_generalist)
+        report.pop("cost_ms")  # timings: not part of a deterministic bundle
+        metrics["correctness_router"] = report
+        log(f"correctness router: top choice right on {report['top_choice_correct']:.4f} of val")
     rate = recipe.policy.target_remote_rate if rem is not None else 0.0
     policy, tuning = tune_policy(out, [r.text for r in data.val], [r.label for r in data.val], rate,
                                  recipe.policy.coalition_size)

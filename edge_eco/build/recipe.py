@@ -136,6 +136,16 @@ class CardSpec:
 
 
 @dataclass(frozen=True)
+class CorrectnessSpec:
+    """``[router] kind = "correctness"``: per-model correctness predictors (edge_eco.fitrouter),
+    fitted on the calibration split's outcomes and stacked on the domain router."""
+
+    lam: float = 0.0
+    l2: float = 1e-3
+    include_generalist: bool = False
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A validated build recipe."""
 
@@ -158,6 +168,7 @@ class Recipe:
     deferral: DeferralSpec
     card: CardSpec
     base_dir: Path = Path(".")
+    correctness: CorrectnessSpec | None = None  # [router] kind = "correctness": fitted after the domain router
 
 
 class _T:
@@ -294,7 +305,10 @@ def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe:
     generalist = GeneralistSpec(id=g.get("id", str, "generalist"), reject_floor=g.get("reject_floor", bool, True),
                                 model=_family(g.table("model")))
     r = top.table("router")
-    r.choice("kind", ("linear-softmax",), "linear-softmax")
+    correctness = None
+    if r.choice("kind", ("linear-softmax", "correctness"), "linear-softmax") == "correctness":
+        correctness = CorrectnessSpec(lam=r.get("lambda", float, 0.0, 0.0), l2=r.get("l2", float, 1e-3, 0.0),
+                                      include_generalist=r.get("include_generalist", bool, False))
     router = _family(r.table("model"))
     p = top.table("policy")
     policy = PolicySpec(target_remote_rate=p.get("target_remote_rate", float, 0.2, 0.0, 1.0),
@@ -322,7 +336,7 @@ def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe:
                     budget_bytes=b.get("budget_bytes", int, 64 << 20, 0), seed=b.get("seed", int, 0, 0),
                     data=data, split=split, featurizer=feat, quantization=quant, calibration_split=cal_split,
                     specialists=specialists, generalist=generalist, router=router, policy=policy,
-                    remote=remote, deferral=deferral, card=card, base_dir=base_dir)
+                    remote=remote, deferral=deferral, card=card, base_dir=base_dir, correctness=correctness)
     for t in (top, b, s, f, q, c, sp_t, g, r, p, d, card_t):
         t.done()
     return recipe
