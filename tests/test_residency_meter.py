@@ -50,7 +50,7 @@ def test_file_bytes_are_the_models_own_mappings_and_foreign_growth_is_capped(tmp
         assert paths == {str(model.resolve())}
         assert 2 * MiB <= fp.file_bytes < 2 * MiB + 64 * 1024   # not the 8 MiB of the other file
         assert fp.anon_bytes == 1 * MiB                         # clamped, not 16 MiB
-        assert meter.capped and meter.capped[0][0] == "m" and meter.capped[0][1] > 8 * MiB
+        assert meter.capped and meter.capped[0][0] == "m" and meter.capped[0][1] > 1 * MiB  # the raw reading, over the cap
     finally:
         session.close()
         [k.close() for k in keep if isinstance(k, MappedSession)]
