@@ -296,7 +296,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
                                                                        if x.path.startswith(e.file.path)])
         print(f"{e.id:20}{e.role:12}{e.backend:9}{len(e.labels):>7}{size:>12}"
               f"{e.calibration.temperature:>8.3f}  {e.file.path}")
-    print("\nall files present, sha256 verified" + (", signature verified" if args.trust else "") + ", the bundle opens")
+    signed = (root / "ecology.toml.sig").is_file()
+    print("\nall files present, sha256 verified"
+          + (", signature verified" if args.trust and signed else
+             ", not signed (the trust does not require a signature)" if args.trust else "") + ", the bundle opens")
     return 0
 
 

@@ -268,7 +268,7 @@ class Ecology:
         and None returned, so the request falls back to the next candidate or the generalist."""
         try:
             return self._vote(model_id, text, hashed)
-        except (BackendError, BudgetError) as exc:
+        except (BackendError, BudgetError, IntegrityError) as exc:  # IntegrityError: a file changed after open
             prov.setdefault("model_errors", {})[model_id] = f"{type(exc).__name__}: {exc}"
             return None
 

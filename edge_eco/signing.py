@@ -145,7 +145,13 @@ def sign_bundle(folder: str | Path, secret_path: str | Path) -> Path:
     root = Path(folder)
     data = (root / MANIFEST_NAME).read_bytes() if (root / MANIFEST_NAME).is_file() else None
     read_bundle(root, manifest_bytes=data)  # these exact bytes, with every file's sha256
-    key = nacl.signing.SigningKey(_b64(Path(secret_path).read_text(), f"secret key {secret_path}", 32))
+    secret = Path(secret_path)
+    if secret.suffix == ".pub":  # same encoding as a secret key: signing with it would "succeed"
+        raise ManifestError(f"{secret} is a public key (.pub); sign with the secret key file keygen wrote")
+    key = nacl.signing.SigningKey(_b64(secret.read_text(), f"secret key {secret}", 32))
+    pub = Path(f"{secret}.pub")
+    if pub.is_file() and _b64(pub.read_text(), f"public key {pub}", 32) != bytes(key.verify_key):
+        raise ManifestError(f"{secret} does not match its public key {pub}: is it a public key?")
     sig = key.sign(_DOMAIN + data).signature
     body = (f'alg = "ed25519"\nkey = "{base64.b64encode(bytes(key.verify_key)).decode()}"\n'
             f'signature = "{base64.b64encode(sig).decode()}"\n')

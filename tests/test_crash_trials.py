@@ -25,3 +25,10 @@ def test_naive_rewrite_is_caught_torn():
 def test_acknowledged_rows_survive_kill_9():
     r = run_trials("outcome-rows", 5, seed=1, max_delay_s=0.2)
     assert r["failures"] == [] and r["acked"] > 0
+
+
+def test_the_shipped_store_keeps_every_acknowledged_outcome_and_feedback_row():
+    """Regression: the target once submitted feedback without its outcome, which the store drops as
+    orphan, and every trial read as 'all rows lost'."""
+    r = run_trials("store-rows", 3, seed=1, max_delay_s=1.5)  # room to open the store first under load
+    assert r["failures"] == [] and r["acked"] > 0

@@ -149,3 +149,26 @@ def test_sign_refuses_a_corrupt_bundle(tmp_path, keys):
     with pytest.raises(IntegrityError):
         sign_bundle(dst, keys[0])
     assert not (dst / SIGNATURE_NAME).exists()
+
+
+def test_a_request_routed_to_a_model_replaced_after_open_falls_back(signed, keys):
+    """The replaced file is refused (IntegrityError) and the request is answered by the others."""
+    with edge_eco.open(signed, trust=Trust((keys[1],))) as eco:
+        shutil.copy(signed / "home.onnx.data", signed / "travel.onnx.data")
+        a = eco.answer("book a flight to paris for tomorrow", local_only=True)
+        assert "travel" in a.provenance.get("model_errors", {})
+        assert "no longer matches" in a.provenance["model_errors"]["travel"]
+
+
+def test_sign_refuses_a_public_key(signed, keys):
+    with pytest.raises(ManifestError, match="public key"):
+        sign_bundle(signed, Path(f"{keys[0]}.pub"))
+
+
+def test_info_does_not_claim_a_signature_that_is_not_there(signed, keys, tmp_path, capsys):
+    (signed / SIGNATURE_NAME).unlink()
+    trust = tmp_path / "optional.toml"
+    trust.write_text(f'require_signature = false\n[[keys]]\ned25519 = "{base64.b64encode(keys[1]).decode()}"\n')
+    assert main(["info", str(signed), "--trust", str(trust)]) == 0
+    out = capsys.readouterr().out
+    assert "signature verified" not in out and "not signed" in out

@@ -152,8 +152,9 @@ def store_swap(folder: Path):
 
 
 def store_rows(folder: Path, *, power_safe: bool = False):
-    """Target: issue 7's ``edge_eco.store.Store``: a feedback row submitted, then ``flush()``
-    (which returns once it is committed: the acknowledgement)."""
+    """Target: issue 7's ``edge_eco.store.Store``: an outcome row and its feedback submitted, then
+    ``flush()`` (which returns once both are committed: the acknowledgement). Feedback alone would
+    be dropped as orphan (the store keeps feedback only for a recorded request)."""
     from edge_eco.store import Store
 
     db = folder / "outcomes.sqlite"
@@ -162,12 +163,14 @@ def store_rows(folder: Path, *, power_safe: bool = False):
     def write(i: int) -> None:
         if store[0] is None:
             store[0] = Store(db, power_safe=power_safe)
+        store[0].submit("outcome", (f"r{i}", float(i), "direct", f"label-{i}", 0.9, "0" * 64, None, "{}", 1.0,
+                                    b"\x80"))
         store[0].submit("feedback", (f"r{i}", f"label-{i}", float(i)))
         store[0].flush()
 
     def check(acked: list[int]) -> None:
         with Store(db) as s:  # opens (and migrates) cleanly after the kill
-            have = {r[0] for r in s.query("SELECT request_id FROM feedback")}
+            have = {r[0] for r in s.query("SELECT o.request_id FROM outcomes o JOIN feedback f USING (request_id)")}
         lost = [i for i in acked if f"r{i}" not in have]
         assert not lost, f"{len(lost)} acknowledged rows lost (first {lost[:5]})"
     return write, check
