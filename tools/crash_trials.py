@@ -31,6 +31,7 @@ import importlib
 import os
 import random
 import select
+import re
 import shutil
 import signal
 import sqlite3
@@ -63,8 +64,9 @@ def manifest_swap(folder: Path, *, naive: bool = False):
     if not eco.exists():
         shutil.copytree(ROOT / "models" / "clinc150", eco)
     base = (ROOT / "models" / "clinc150" / "ecology.toml").read_text()
-    key = "direct_threshold = 0.92"
-    assert key in base
+    found = re.search(r"^direct_threshold = [0-9.]+$", base, re.M)
+    assert found, "ecology.toml has no direct_threshold line"
+    key = found.group(0)
 
     def version(i: int) -> str:
         return base.replace(key, f"direct_threshold = {0.5 + (i % 400) / 1000:.3f}") + f"# version {i}\n" + "#" * (i % 977)
