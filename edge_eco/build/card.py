@@ -46,7 +46,12 @@ def _settings(r: Recipe, m: Manifest, metrics: dict) -> str:
         "weights in an external `.onnx.data` that ONNX Runtime memory-maps)",
         f"- calibration: temperature scaling on the `{r.calibration_split}` split (NLL)",
         f"- router: `linear-softmax` over the featurizer (l2 {ro.l2}, {ro.max_iter} iterations), int8; val accuracy "
-        f"{metrics['router']['val_accuracy']:.4f}, temperature {metrics['router']['temperature']}",
+        f"{metrics['router']['val_accuracy']:.4f}, temperature {metrics['router']['temperature']}"
+        + (f"; the request path routes with the `correctness` router stacked on it (`correctness.bin`: one "
+           f"logistic predictor of P(correct) per specialist, fitted on the `{r.calibration_split}` split's "
+           f"outcomes, lambda {r.correctness.lam}; its top choice was right on "
+           f"{metrics['correctness_router']['top_choice_correct']:.4f} of that split)"
+           if r.correctness is not None else ""),
         f"- policy (chosen by replaying the `{r.calibration_split}` split through the runtime): `direct_threshold` "
         f"{m.policy.direct_threshold}, `fallback_threshold` {m.policy.fallback_threshold}, rule "
         f"`{m.policy.remote_rule}`, target remote rate {m.policy.target_remote_rate}, remote `{m.policy.remote}`",
