@@ -23,6 +23,7 @@ from ..manifest import Calibration, FileEntry, Manifest, ModelEntry, Policy, Rem
 from ..tomlwrite import manifest_to_toml
 from .calibrate import pick_reject_floor, tune_policy
 from .data import Dataset, Row, prepare
+from .outdir import clear_out
 from .recipe import Recipe
 from .router_fit import fit_router
 
@@ -96,10 +97,7 @@ def build(recipe: Recipe, data_root: Path, out: Path, *, log: Log = lambda m: No
     log(f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test rows, "
         f"fingerprint {data.fingerprint[:16]}" + "".join(f"; {n}" for n in data.notes))
     pop = population(recipe, data)
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.iterdir():  # a rebuild never keeps a stale model of an earlier population
-        if old.is_file() and old.suffix in (".onnx", ".data", ".bin", ".toml", ".json", ".md"):
-            old.unlink()
+    clear_out(out)  # a rebuild keeps no stale model of an earlier population, and no user file is deleted
     spec = recipe.featurizer
     feat = Featurizer(spec)
     f_tr = _featurize(feat, data.train, "featurize train", progress)
