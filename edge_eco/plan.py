@@ -57,6 +57,7 @@ class DevicePlan:
     requests: int
     models: tuple[ModelPlan, ...]
     expected: Mapping[str, float]
+    feasible: bool = True  # False: the optimiser found no assignment within the platform's budgets
 
     def ids(self, decision: str) -> tuple[str, ...]:
         """Ids of the models with ``decision``."""
@@ -75,7 +76,7 @@ def make_plan(manifest: Manifest, platform: Platform, costs: list[ModelCost], de
         fallback_threshold=round(e.fallback_threshold, 6), target_remote_rate=round(e.cascade_rate, 6),
         region=tuple(sorted(region or ())), requests=requests,
         models=tuple(ModelPlan(c.id, decisions[c.id], c.bytes, round(c.load_ms, 4)) for c in costs),
-        expected={k: round(float(getattr(e, k)), 6) for k in EXPECTED_KEYS})
+        expected={k: round(float(getattr(e, k)), 6) for k in EXPECTED_KEYS}, feasible=bool(e.feasible))
 
 
 def plan_to_toml(p: DevicePlan) -> str:
@@ -83,6 +84,8 @@ def plan_to_toml(p: DevicePlan) -> str:
     def val(v: Any) -> str:
         if isinstance(v, str):
             return json.dumps(v, ensure_ascii=False)
+        if isinstance(v, bool):
+            return "true" if v else "false"
         if isinstance(v, (tuple, list)):
             return "[" + ", ".join(val(x) for x in v) + "]"
         return repr(v)
@@ -120,9 +123,11 @@ def parse_plan(text: str, where: str = "plan") -> DevicePlan:
             fallback_threshold=float(d["fallback_threshold"]),
             target_remote_rate=float(d["target_remote_rate"]), region=tuple(str(x) for x in d["region"]),
             requests=int(d["requests"]), models=models,
-            expected={k: float(d["expected"][k]) for k in EXPECTED_KEYS})
+            expected={k: float(d["expected"][k]) for k in EXPECTED_KEYS}, feasible=d.get("feasible", True))
     except (KeyError, TypeError, ValueError) as exc:
         raise ManifestError(f"{where}: missing or malformed field ({exc!r})") from exc
+    if not isinstance(plan.feasible, bool):
+        raise ManifestError(f"{where}: feasible must be true or false, got {plan.feasible!r}")
     bad = [m.id for m in plan.models if m.decision not in DECISIONS]
     if bad:
         raise ManifestError(f"{where}: model(s) {bad} have a decision that is not one of {list(DECISIONS)}")

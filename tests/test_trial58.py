@@ -1,0 +1,62 @@
+"""Defects a fresh-clone trial of ``edge-eco build`` / ``assign`` / ``run --plan`` found (issue 58)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from edge_eco import cli
+from edge_eco.build.outdir import clear_out
+from edge_eco.plan import open_with_plan, parse_plan, plan_to_toml, read_plan
+
+from conftest import DATA, MODELS
+from edge_eco.errors import BuildError
+
+
+def test_out_refuses_a_folder_of_user_files_and_clears_only_what_a_build_wrote(tmp_path):
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.md").write_text("keep me")
+    with pytest.raises(BuildError, match="not an edge_eco bundle"):
+        clear_out(user)
+    assert (user / "notes.md").read_text() == "keep me"
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "ecology.toml").write_text('name = "x"\n[[models]]\nid = "a"\npath = "a.onnx"\n'
+                                         '[router]\npath = "router.bin"\n[[files]]\npath = "a.onnx.data"\n')
+    for name in ("a.onnx", "a.onnx.data", "router.bin", "build.json", "MODEL_CARD.md", "mine.json", "other.onnx"):
+        (bundle / name).write_text("x")
+    clear_out(bundle)
+    assert sorted(p.name for p in bundle.iterdir()) == ["mine.json", "other.onnx"]
+    clear_out(tmp_path / "new" / "deep")
+    assert (tmp_path / "new" / "deep").is_dir()
+    clear_out(tmp_path / "new" / "deep")  # an empty folder is fine
+
+
+def test_an_all_excluded_plan_opens_and_answers_unavailable_and_feasibility_round_trips(fake_ecology):
+    from test_profile_plan import _fake_plan
+    plan = _fake_plan(fake_ecology, {"money": "excluded", "travel": "excluded", "generalist": "excluded"})
+    with open_with_plan(fake_ecology, plan) as eco:  # was: ValueError max() arg is an empty sequence
+        a = eco.answer("book a flight to paris")
+        assert (a.label, a.confidence, a.path) == ("oos", 0.0, "unavailable")
+    bad = dataclasses.replace(plan, feasible=False)
+    text = plan_to_toml(bad)
+    assert "feasible = false" in text and parse_plan(text).feasible is False
+    assert parse_plan(text.replace("feasible = false\n", "")).feasible is True  # plans written before the field
+
+
+@pytest.mark.skipif(not (DATA / "sib200").is_dir(), reason="SIB-200 not found")
+def test_assign_plans_all_local_for_a_remote_forbidding_ecology_and_exits_3_when_infeasible(tmp_path, capsys):
+    plan = tmp_path / "plan.toml"
+    base = ["assign", str(MODELS / "sib200"), "--requests", str(DATA / "sib200"), "--limit", "40", "--out", str(plan)]
+    assert cli.main(base + ["--platform", "rpi-zero-2w"]) == 0  # was: "no remote generalist bundle at .../generalist"
+    assert "forbids the remote: an all-local plan" in capsys.readouterr().err
+    assert read_plan(plan).remote_policy == "forbidden" and read_plan(plan).feasible
+    tiny = tmp_path / "tiny.toml"
+    tiny.write_text('name = "tiny"\nmemory_budget_bytes = 1000\nlatency_budget_ms = 0.001\nnetwork = "offline"\n')
+    assert cli.main(base + ["--platform", str(tiny)]) == 3
+    assert "INFEASIBLE" in capsys.readouterr().err and read_plan(plan).feasible is False
+    assert cli.main(["run", str(MODELS / "sib200"), "--plan", str(plan), "--requests", str(DATA / "sib200"),
+                     "--limit", "5"]) == 0
+    assert "is infeasible" in capsys.readouterr().err
