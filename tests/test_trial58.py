@@ -60,3 +60,18 @@ def test_assign_plans_all_local_for_a_remote_forbidding_ecology_and_exits_3_when
     assert cli.main(["run", str(MODELS / "sib200"), "--plan", str(plan), "--requests", str(DATA / "sib200"),
                      "--limit", "5"]) == 0
     assert "is infeasible" in capsys.readouterr().err
+
+
+def test_recipe_checks_delimiter_data_fields_and_group_ids():
+    from edge_eco.build.recipe import parse_recipe
+    from edge_eco.errors import RecipeError
+    from test_build import RECIPE
+    parse_recipe(RECIPE)
+    with pytest.raises(RecipeError, match="data.delimiter: one character"):  # was: a raw TypeError
+        parse_recipe(RECIPE.replace('format = "jsonl"', 'format = "csv"\ndelimiter = "ab"'))
+    with pytest.raises(RecipeError, match=r"data: unknown field\(s\) \['text_feild'\]"):  # was: ignored
+        parse_recipe(RECIPE.replace('format = "jsonl"', 'format = "jsonl"\ntext_feild = "q"'))
+    with pytest.raises(RecipeError, match="cannot name a model"):
+        parse_recipe(RECIPE.replace("[specialists]\n", '[specialists]\ngroups = { "../x" = ["a"] }\n'))
+    with pytest.raises(RecipeError, match="non-empty list"):
+        parse_recipe(RECIPE.replace("[specialists]\n", '[specialists]\ngroups = { g = [] }\n'))
