@@ -75,3 +75,26 @@ def test_recipe_checks_delimiter_data_fields_and_group_ids():
         parse_recipe(RECIPE.replace("[specialists]\n", '[specialists]\ngroups = { "../x" = ["a"] }\n'))
     with pytest.raises(RecipeError, match="non-empty list"):
         parse_recipe(RECIPE.replace("[specialists]\n", '[specialists]\ngroups = { g = [] }\n'))
+
+
+def _dataset(train, val):
+    from edge_eco.build.data import Dataset, Row
+    rows = lambda niches, split: tuple(Row(f"t{i}", "a", n, split, f"f:{i}") for i, n in enumerate(niches))  # noqa
+    return Dataset(rows(train, "train"), rows(val, "val"), rows(val, "test"), "0" * 64, (), ())
+
+
+def test_niches_that_cannot_name_files_or_lack_val_rows_fail_before_training(tmp_path):
+    from edge_eco.build.pipeline import population
+    from edge_eco.build.recipe import parse_recipe
+    from edge_eco.errors import DataError
+    from test_build import RECIPE, _prepare, _rows
+    recipe = parse_recipe(RECIPE)
+    assert population(recipe, _dataset(["x", "y"], ["x", "y"])).specialists == (("x", ("x",)), ("y", ("y",)))
+    with pytest.raises(BuildError, match="cannot name a model file"):  # was: a crash after training
+        population(recipe, _dataset(["a/b", "..", "y"], ["a/b", "..", "y"]))
+    with pytest.raises(BuildError, match=r"\['y'\] have no validation rows"):  # was: a TypeError after training
+        population(recipe, _dataset(["x", "y"], ["x"]))
+    rows = [{"text": f"pay {i}", "label": "a", "domain": 7 if i == 3 else "money"} for i in range(12)]
+    _rows(tmp_path, rows)
+    with pytest.raises(DataError, match="niche field 'domain' not a string"):  # was: str(7) used as a niche
+        _prepare(tmp_path, RECIPE.replace('niche_map = "domains.json"\n', ""))

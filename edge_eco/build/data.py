@@ -165,7 +165,10 @@ def _row(rec: dict, where: str, split: str | None, extra: dict, spec: DataSpec, 
     niche = None
     if spec.niche_field is not None:
         niche = niches.get(label) if niches is not None else rec.get(spec.niche_field)
-        niche = str(niche).strip() or None if niche is not None else None
+        if niche is not None and not isinstance(niche, str):
+            problems[f"niche field {spec.niche_field!r} not a string (mixed types)"].append(where)
+            return None
+        niche = niche.strip() or None if niche is not None else None
     return Row(text, label, niche, split, where, vector)
 
 
