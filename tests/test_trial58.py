@@ -98,3 +98,27 @@ def test_niches_that_cannot_name_files_or_lack_val_rows_fail_before_training(tmp
     _rows(tmp_path, rows)
     with pytest.raises(DataError, match="niche field 'domain' not a string"):  # was: str(7) used as a niche
         _prepare(tmp_path, RECIPE.replace('niche_map = "domains.json"\n', ""))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_data_with_a_bom_and_unicode_line_separators_inside_strings_loads(tmp_path, fmt):
+    import json
+
+    from edge_eco.build.data import load_rows
+    from edge_eco.build.recipe import parse_recipe
+    from edge_eco.errors import DataError
+    from test_build import RECIPE
+    texts = [f"pay\u2028bill\u0085 {i}" for i in range(4)]
+    if fmt == "jsonl":
+        body = "".join(json.dumps({"text": t, "label": "a"}, ensure_ascii=False) + "\n" for t in texts)
+    else:
+        body = "text,label\r\n" + "".join(f'"{t}",a\r\n' for t in texts)
+    (tmp_path / f"rows.{fmt}").write_text("\ufeff" + body, encoding="utf-8", newline="")
+    recipe = RECIPE.replace('format = "jsonl"', f'format = "{fmt}"').replace("rows.jsonl", f"rows.{fmt}")
+    recipe = recipe.replace('niche_field = "domain"\nniche_map = "domains.json"\n', "")
+    rows, _, _ = load_rows(tmp_path, parse_recipe(recipe).data)
+    assert [r.text for r in rows] == texts and {r.label for r in rows} == {"a"}
+    if fmt == "csv":
+        (tmp_path / "rows.csv").write_text("query,intent\nx,a\n")
+        with pytest.raises(DataError, match=r"no column\(s\) \['text', 'label'\]; the header has \['query', 'intent'\]"):
+            load_rows(tmp_path, parse_recipe(recipe).data)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import io
 import json
 import re
 from collections import Counter, defaultdict
@@ -70,14 +71,15 @@ def _records(path: Path, spec: DataSpec, keys) -> list[tuple[dict, str, str | No
     """(record, where, split) triples of one file."""
     try:
         raw = path.read_bytes()
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a UTF-8 byte-order mark (spreadsheet exports) is not data
     except OSError as exc:
         raise DataError(f"cannot read data file {path}: {exc}") from exc
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
     if spec.format == "jsonl":
         out = []
-        for n, line in enumerate(text.splitlines(), 1):
+        # JSON lines end at "\n" only: U+2028, U+0085 and the like are valid inside JSON strings.
+        for n, line in enumerate(text.split("\n"), 1):
             if line.strip():
                 try:
                     obj = json.loads(line)
@@ -89,12 +91,18 @@ def _records(path: Path, spec: DataSpec, keys) -> list[tuple[dict, str, str | No
         return out
     if spec.format in ("csv", "tsv"):
         delim = spec.delimiter or ("\t" if spec.format == "tsv" else ",")
-        reader = csv.DictReader(text.splitlines(), delimiter=delim,
+        # newline="": the csv module finds the records (quoted line breaks, U+2028 inside a field).
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim,
                                 quoting=csv.QUOTE_MINIMAL if spec.quoting else csv.QUOTE_NONE)
         try:
-            return [(dict(r), f"{path.name}:{n}", None) for n, r in enumerate(reader, 2)]
+            rows = [(dict(r), f"{path.name}:{reader.line_num}", None) for r in reader]
         except csv.Error as exc:
             raise DataError(f"{path}: not valid {spec.format.upper()} ({exc})") from exc
+        wanted = [f for f in (spec.text_field, spec.vector_field, spec.label_field) if f is not None]
+        missing = [f for f in wanted if f not in (reader.fieldnames or ())]
+        if missing:
+            raise DataError(f"{path}: no column(s) {missing}; the header has {list(reader.fieldnames or ())}")
+        return rows
     try:  # json-splits: {key: [[text, label], ...]}
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
