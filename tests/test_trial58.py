@@ -122,3 +122,23 @@ def test_data_with_a_bom_and_unicode_line_separators_inside_strings_loads(tmp_pa
         (tmp_path / "rows.csv").write_text("query,intent\nx,a\n")
         with pytest.raises(DataError, match=r"no column\(s\) \['text', 'label'\]; the header has \['query', 'intent'\]"):
             load_rows(tmp_path, parse_recipe(recipe).data)
+
+
+def test_recipe_data_mismatches_are_found_before_training(tmp_path):
+    import dataclasses as dc
+
+    from edge_eco.build.data import Row
+    from edge_eco.build.precheck import check_before_training
+    from edge_eco.build.recipe import parse_recipe
+    from test_build import RECIPE
+    data = _dataset(["x", "y"], ["x", "y"])
+    recipe = parse_recipe(RECIPE)
+    check_before_training(recipe, data)
+    long = dc.replace(data, test=data.test + (Row("z" * 20000, "a", "x", "test", "f:9"),))
+    with pytest.raises(BuildError, match="exceed the runtime's request limit of 16384 bytes"):
+        check_before_training(recipe, long)
+    bad = parse_recipe(RECIPE.replace("[policy]", '[remote]\nbundle = "nowhere"\n[policy]')
+                       .replace("[specialists]\n", '[specialists]\ndecline_label = "a"\n')
+                       .replace('seed = 3\n', 'seed = 3\nbudget_bytes = 100\n'), tmp_path)
+    with pytest.raises(BuildError, match=r"(?s)nowhere is not an edge_eco bundle.*'a' is also a label.*below the"):
+        check_before_training(bad, data)

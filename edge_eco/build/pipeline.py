@@ -24,6 +24,7 @@ from ..tomlwrite import manifest_to_toml
 from .calibrate import pick_reject_floor, tune_policy
 from .data import Dataset, Row, prepare
 from .outdir import clear_out
+from .precheck import check_before_training
 from .recipe import Recipe, unsafe_id
 from .router_fit import fit_router
 
@@ -106,6 +107,7 @@ def build(recipe: Recipe, data_root: Path, out: Path, *, log: Log = lambda m: No
     log(f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test rows, "
         f"fingerprint {data.fingerprint[:16]}" + "".join(f"; {n}" for n in data.notes))
     pop = population(recipe, data)
+    check_before_training(recipe, data)
     clear_out(out)  # a rebuild keeps no stale model of an earlier population, and no user file is deleted
     spec = recipe.featurizer
     feat = Featurizer(spec)
