@@ -142,3 +142,19 @@ def test_recipe_data_mismatches_are_found_before_training(tmp_path):
                        .replace('seed = 3\n', 'seed = 3\nbudget_bytes = 100\n'), tmp_path)
     with pytest.raises(BuildError, match=r"(?s)nowhere is not an edge_eco bundle.*'a' is also a label.*below the"):
         check_before_training(bad, data)
+
+
+def test_external_data_files_get_the_umask_mode_like_other_files(tmp_path):
+    import os
+
+    import numpy as np
+
+    from edge_eco.build.export import write_onnx
+    old = os.umask(0o022)
+    try:
+        files = write_onnx(np.ones((2048, 3), np.float32), np.zeros(3, np.float32), tmp_path, "m")
+        (tmp_path / "plain").write_text("x")
+    finally:
+        os.umask(old)
+    modes = {f: (tmp_path / f).stat().st_mode & 0o777 for f in files + ["plain"]}
+    assert modes == {"m.onnx": 0o644, "m.onnx.data": 0o644, "plain": 0o644}  # .data was 0600
