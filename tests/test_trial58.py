@@ -158,3 +158,12 @@ def test_external_data_files_get_the_umask_mode_like_other_files(tmp_path):
         os.umask(old)
     modes = {f: (tmp_path / f).stat().st_mode & 0o777 for f in files + ["plain"]}
     assert modes == {"m.onnx": 0o644, "m.onnx.data": 0o644, "plain": 0o644}  # .data was 0600
+
+
+def test_labels_of_mixed_types_are_a_data_problem(tmp_path):
+    from edge_eco.errors import DataError
+    from test_build import RECIPE, _prepare, _rows
+    rows = [{"text": f"pay {i}", "label": 1 if i < 2 else "1"} for i in range(12)]
+    _rows(tmp_path, rows)
+    with pytest.raises(DataError, match=r"labels of mixed types \(2 numbers, 10 strings\); the numbers: 2"):
+        _prepare(tmp_path, RECIPE.replace('niche_map = "domains.json"\n', ""))

@@ -143,6 +143,7 @@ def _row(rec: dict, where: str, split: str | None, extra: dict, spec: DataSpec, 
     if not isinstance(label, (str, int)) or isinstance(label, bool) or not str(label).strip():
         problems["empty or non-scalar label"].append(where)
         return None
+    problems["_label_types"].append(("number" if isinstance(label, int) else "string", where))
     label = str(label).strip()
     text = vector = None
     if spec.text_field is not None:
@@ -203,6 +204,13 @@ def load_rows(root: Path, spec: DataSpec) -> tuple[list[Row], list[Path], dict[s
                 row = _row(rec, f"{path.parent.name}/{where}", split or f.split, extra, spec, niches, problems)
                 if row is not None:
                     rows.append(row)
+    kinds = problems.pop("_label_types", [])
+    if len({k for k, _ in kinds}) > 1:  # 1 and "1" would silently become one label
+        numbers = [w for k, w in kinds if k == "number"]
+        strings = [w for k, w in kinds if k == "string"]
+        minority = numbers if len(numbers) <= len(strings) else strings
+        problems[f"labels of mixed types ({len(numbers)} numbers, {len(strings)} strings); the "
+                 f"{'numbers' if minority is numbers else 'strings'}"] = minority
     if spec.text_field is not None and rows and not any(r.text.strip() for r in rows):
         problems["the text column is empty"].append(spec.text_field)
     if spec.vector_field is not None:
