@@ -167,3 +167,20 @@ def test_labels_of_mixed_types_are_a_data_problem(tmp_path):
     _rows(tmp_path, rows)
     with pytest.raises(DataError, match=r"labels of mixed types \(2 numbers, 10 strings\); the numbers: 2"):
         _prepare(tmp_path, RECIPE.replace('niche_map = "domains.json"\n', ""))
+
+
+def test_eval_requests_files_say_what_is_wrong(tmp_path):
+    import json
+
+    from edge_eco.errors import RequestError
+    from edge_eco.evaljob import load_labelled
+    doc = tmp_path / "data_full.json"
+    doc.write_text(json.dumps({"train": [["hi", "greet"]], "test": [["yo", "greet"]]}, indent=1))
+    with pytest.raises(RequestError, match=r"one JSON document with keys \['test', 'train'\].*--split"):
+        load_labelled(doc)
+    rows = tmp_path / "r.jsonl"
+    rows.write_text("\ufeff" + json.dumps({"text": "a\u2028b", "label": "x"}, ensure_ascii=False) + "\n",
+                    encoding="utf-8")
+    assert [(e.text, e.label) for e in load_labelled(rows)] == [("a\u2028b", "x")]
+    with pytest.raises(RequestError, match=r"no row has the niche field 'domian' \(the first row has \['label', 'text'\]\)"):
+        load_labelled(rows, niche_field="domian")
