@@ -184,3 +184,28 @@ def test_eval_requests_files_say_what_is_wrong(tmp_path):
     assert [(e.text, e.label) for e in load_labelled(rows)] == [("a\u2028b", "x")]
     with pytest.raises(RequestError, match=r"no row has the niche field 'domian' \(the first row has \['label', 'text'\]\)"):
         load_labelled(rows, niche_field="domian")
+
+
+def test_plans_and_profiles_refuse_unknown_fields_negative_values_and_another_version(fake_ecology):
+    from edge_eco.bundle import read_bundle
+    from edge_eco.errors import ManifestError
+    from edge_eco.plan import apply_plan
+    from test_profile_plan import _fake_plan
+    plan = _fake_plan(fake_ecology, {"money": "pinned", "travel": "on_demand", "generalist": "on_demand"})
+    text = plan_to_toml(plan)
+    with pytest.raises(ManifestError, match=r"unknown field\(s\) \['foo'\]"):
+        parse_plan(text.replace("schema = 1\n", "schema = 1\nfoo = 2\n"))
+    with pytest.raises(ManifestError, match=r"negative or non-finite value\(s\) \['\w+\.load_ms'\]"):
+        parse_plan(text.replace("load_ms = 0.1", "load_ms = -4", 1))
+    _, m = read_bundle(fake_ecology)
+    with pytest.raises(ManifestError, match="run `edge-eco assign` again"):
+        apply_plan(m, dataclasses.replace(plan, ecology_version="9"))
+    from edge_eco.profile import parse_profile
+    prof = ('schema = 1\n[device]\ncpu_model = "x"\ncores = 2\nmemory_total_bytes = 10\nmemory_available_bytes = 5\n'
+            '[ecology]\nname = "fake"\nversion = "1"\nrepeats = 1\nruns = 1\n[[models]]\nid = "money"\n'
+            'load_ms = LOAD\np50_us = 1.0\np95_us = 2.0\np99_us = 3.0\nanon_bytes = 1\nfile_bytes = 1\n')
+    from edge_eco.profile import PROFILE_SCHEMA
+    prof = prof.replace("schema = 1", f"schema = {PROFILE_SCHEMA}")
+    assert parse_profile(prof.replace("LOAD", "1.5")).models[0].load_ms == 1.5
+    with pytest.raises(ManifestError, match=r"negative or non-finite measurement\(s\) \['money.load_ms'\]"):
+        parse_profile(prof.replace("LOAD", "-4.0"))
