@@ -209,3 +209,19 @@ def test_plans_and_profiles_refuse_unknown_fields_negative_values_and_another_ve
     assert parse_profile(prof.replace("LOAD", "1.5")).models[0].load_ms == 1.5
     with pytest.raises(ManifestError, match=r"negative or non-finite measurement\(s\) \['money.load_ms'\]"):
         parse_profile(prof.replace("LOAD", "-4.0"))
+
+
+@pytest.mark.parametrize("body, match", [
+    ('text,label\n"pay,a\nmove,b\n', r"not valid CSV .*a quoted field is never closed"),
+    ("text,label\npay,a\nmove\nbook,c,extra\n", r"2 row\(s\) with a different number of fields than the header "
+                                                 r"\(2\), first at rows.csv:3, rows.csv:4")])
+def test_malformed_csv_is_named(tmp_path, body, match):  # were: "missing label" at the last line
+    from edge_eco.build.data import load_rows
+    from edge_eco.build.recipe import parse_recipe
+    from edge_eco.errors import DataError
+    from test_build import RECIPE
+    (tmp_path / "rows.csv").write_text(body)
+    recipe = RECIPE.replace('format = "jsonl"', 'format = "csv"').replace("rows.jsonl", "rows.csv")
+    with pytest.raises(DataError, match=match):
+        load_rows(tmp_path, parse_recipe(recipe.replace('niche_field = "domain"\nniche_map = "domains.json"\n',
+                                                        "")).data)

@@ -93,11 +93,16 @@ def _records(path: Path, spec: DataSpec, keys) -> list[tuple[dict, str, str | No
         delim = spec.delimiter or ("\t" if spec.format == "tsv" else ",")
         # newline="": the csv module finds the records (quoted line breaks, U+2028 inside a field).
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim,
-                                quoting=csv.QUOTE_MINIMAL if spec.quoting else csv.QUOTE_NONE)
+                                quoting=csv.QUOTE_MINIMAL if spec.quoting else csv.QUOTE_NONE, strict=spec.quoting)
         try:
             rows = [(dict(r), f"{path.name}:{reader.line_num}", None) for r in reader]
         except csv.Error as exc:
-            raise DataError(f"{path}: not valid {spec.format.upper()} ({exc})") from exc
+            hint = " (a quoted field is never closed?)" if "end of data" in str(exc) else ""
+            raise DataError(f"{path}: not valid {spec.format.upper()} ({exc}{hint})") from exc
+        ragged = [w for r, w, _ in rows if None in r or None in r.values()]
+        if ragged:
+            raise DataError(f"{path}: {len(ragged)} row(s) with a different number of fields than the header "
+                            f"({len(reader.fieldnames or ())}), first at {', '.join(ragged[:3])}")
         wanted = [f for f in (spec.text_field, spec.vector_field, spec.label_field) if f is not None]
         missing = [f for f in wanted if f not in (reader.fieldnames or ())]
         if missing:
