@@ -206,7 +206,7 @@ def load_rows(root: Path, spec: DataSpec) -> tuple[list[Row], list[Path], dict[s
             files.append(path)
             extra = {**dict(f.fields), **extra}
             for rec, where, split in _records(path, spec, f.keys):
-                row = _row(rec, f"{path.parent.name}/{where}", split or f.split, extra, spec, niches, problems)
+                row = _row(rec, f"{path.parent.name}/{where}" if path.parent.name else where, split or f.split, extra, spec, niches, problems)
                 if row is not None:
                     rows.append(row)
     kinds = problems.pop("_label_types", [])
