@@ -34,7 +34,8 @@ def add_parsers(sub: argparse._SubParsersAction, positive: Callable, device_cmd:
     prof.add_argument("--repeats", type=positive(int), default=5, help="cold loads per model (medians)")
     prof.add_argument("--runs", type=positive(int), default=200, help="timed inferences per load")
     prof.set_defaults(fn=device_cmd("profile"))
-    asg = sub.add_parser("assign", help="decide which models are pinned, on demand or excluded on a platform")
+    asg = sub.add_parser("assign", help="decide which models are pinned, on demand or excluded on a platform "
+                                              "(exit status 3: no feasible plan; the plan says feasible = false)")
     asg.add_argument("ecology")
     asg.add_argument("--platform", required=True, help="preset name (platforms/NAME.toml) or a TOML file")
     asg.add_argument("--profile", help="device profile from `edge-eco profile` (default: file sizes)")

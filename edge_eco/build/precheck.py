@@ -1,5 +1,6 @@
 """Checks of a recipe against its data that need no training, run before any model is fitted (a
-problem found after minutes of training wastes them). Pure."""
+problem found after minutes of training wastes them). Reads nothing but whether the ``[remote]``
+bundle exists."""
 
 from __future__ import annotations
 
