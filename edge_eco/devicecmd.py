@@ -34,7 +34,8 @@ def add_parsers(sub: argparse._SubParsersAction, positive: Callable, device_cmd:
     prof.add_argument("--repeats", type=positive(int), default=5, help="cold loads per model (medians)")
     prof.add_argument("--runs", type=positive(int), default=200, help="timed inferences per load")
     prof.set_defaults(fn=device_cmd("profile"))
-    asg = sub.add_parser("assign", help="decide which models are pinned, on demand or excluded on a platform")
+    asg = sub.add_parser("assign", help="decide which models are pinned, on demand or excluded on a platform "
+                                              "(exit status 3: no feasible plan; the plan says feasible = false)")
     asg.add_argument("ecology")
     asg.add_argument("--platform", required=True, help="preset name (platforms/NAME.toml) or a TOML file")
     asg.add_argument("--profile", help="device profile from `edge-eco profile` (default: file sizes)")
@@ -61,6 +62,14 @@ def run_plan(args: argparse.Namespace, *, token, data_env, out: Emit, err: Emit)
                                                args.limit, stride=args.stride)
     options = {"remote_url": args.remote, "remote_token": token}
     plan = read_plan(args.plan) if args.plan else None
+    if plan and not plan.feasible:
+        err(f"warning: the plan {args.plan} is infeasible (it does not fit {plan.platform}'s budgets)\n")
+    has_remote = args.remote or (manifest.remote is not None and manifest.remote.url)
+    if plan and plan.remote_policy == "allowed" and not has_remote and (
+            plan.expected["remote_rate"] > 0 or plan.ids("excluded")):
+        err(f"warning: the plan expects remote calls ({plan.expected['remote_rate']:.1%} of requests, "
+            f"{len(plan.ids('excluded'))} model(s) excluded) and no --remote is given: those requests get "
+            "the unavailable answer\n")
     opener = (lambda: open_with_plan(args.ecology, plan, **options)) if plan else \
         (lambda: _ecology.open(args.ecology, **options))
     with opener() as eco:
@@ -120,7 +129,13 @@ def assign(args: argparse.Namespace, *, token, data_env, out: Emit, err: Emit) -
                                                args.limit)
     default_remote = manifest.remote.model if manifest.remote and manifest.remote.model else "generalist"
     remote_bundle = args.remote_bundle
-    if not remote_bundle and not args.remote and not (args.replay and Path(args.replay).is_file()):
+    no_remote = manifest.policy.remote != "allowed" and not args.allow_remote
+    if no_remote and (remote_bundle or args.remote):
+        raise RequestError(f"{manifest.name} forbids the remote; --remote-bundle/--remote need --allow-remote")
+    if no_remote:
+        err(f"{manifest.name} forbids the remote: an all-local plan (give --allow-remote with --remote-bundle DIR "
+            "or --remote URL to plan with a remote generalist)\n")
+    elif not remote_bundle and not args.remote and not (args.replay and Path(args.replay).is_file()):
         beside = Path(args.ecology).resolve().parent / default_remote
         if not (beside / "ecology.toml").is_file():
             raise RequestError(f"no remote generalist bundle at {beside}: give --remote-bundle DIR or --remote URL")
@@ -128,7 +143,8 @@ def assign(args: argparse.Namespace, *, token, data_env, out: Emit, err: Emit) -
     if args.replay and Path(args.replay).is_file():
         outcomes = assignjob.load_outcomes(manifest, Path(args.replay))
     else:
-        remote, close = assignjob.remote_labeller(remote_bundle, args.remote, token, default_remote)
+        remote, close = (lambda text: None, lambda: None) if no_remote else \
+            assignjob.remote_labeller(remote_bundle, args.remote, token, default_remote)
         try:
             outcomes = assignjob.replay_ecology(args.ecology, examples, niches, remote, progress=lambda i, n: err(
                 f"  replayed {i}/{n} validation requests\n"))
@@ -152,4 +168,7 @@ def assign(args: argparse.Namespace, *, token, data_env, out: Emit, err: Emit) -
         assignjob.plot_platforms(curves, Path(args.plot), f"{manifest.name}: expected accuracy vs remote rate "
                                  f"per platform ({len(outcomes)} validation requests)")
         out(f"plot written to {args.plot}")
+    if not plan.feasible:
+        err("edge-eco assign: INFEASIBLE: no assignment fits the platform's budgets (the plan says feasible = false)\n")
+        return 3
     return 0

@@ -141,7 +141,8 @@ class Ecology:
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
             raise ManifestError(f"budget_bytes must be a non-negative integer (0 = unlimited), got {budget!r}")
         if budget:
-            need = max((self._predict_bytes(m), m) for m in self._entries if m not in self._excluded)
+            need = max(((self._predict_bytes(m), m) for m in self._entries if m not in self._excluded),
+                       default=(0, ""))  # every model excluded: nothing is loaded, no budget check
             if need[0] > budget:
                 raise BudgetError(f"model {need[1]!r} needs {need[0]} bytes; the memory budget of "
                                   f"{budget} bytes cannot hold it")

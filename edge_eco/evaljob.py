@@ -138,6 +138,7 @@ def load_labelled(path, *, split: str | None = None, text_field: str = "text", l
         RequestError: unreadable file, a row without a string text or without a label.
     """
     import csv
+    import io
     import json
     from pathlib import Path
 
@@ -146,24 +147,27 @@ def load_labelled(path, *, split: str | None = None, text_field: str = "text", l
 
     path = Path(path)
     if split is not None:
+        if niche_field:
+            raise RequestError("--niche-field reads JSON lines or CSV rows; a --split data set has no niche field")
         return [Labelled(e.text, e.label) for e in load_requests(path, split)]
     if not path.is_file():
         raise RequestError(f"requests file {path} does not exist or is not a file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise RequestError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
     if path.suffix.lower() in (".csv", ".tsv"):
-        rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if path.suffix.lower() == ".tsv" else ",",
+        rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",",
                                    quoting=csv.QUOTE_NONE if path.suffix.lower() == ".tsv" else csv.QUOTE_MINIMAL))
         where = [f"{path}:{i}" for i in range(2, len(rows) + 2)]
     else:
         rows, where = [], []
-        for n, line in enumerate(text.splitlines(), 1):
+        for n, line in enumerate(text.split("\n"), 1):  # U+2028 and the like are valid inside strings
             if line.strip():
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as exc:
+                    _one_document(path, text)
                     raise RequestError(f"{path}:{n}: not valid JSON ({exc.msg})") from exc
                 where.append(f"{path}:{n}")
     out = []
@@ -175,4 +179,21 @@ def load_labelled(path, *, split: str | None = None, text_field: str = "text", l
             raise RequestError(f"{w}: no label in field {label_field!r}; eval needs labelled requests")
         niche = row.get(niche_field) if niche_field else None
         out.append(Labelled(row[text_field], str(label), None if niche is None else str(niche)))
+    if niche_field and out and all(e.niche is None for e in out):
+        raise RequestError(f"{path}: no row has the niche field {niche_field!r} (the first row has "
+                           f"{sorted(rows[0])})")
     return out
+
+
+def _one_document(path, text: str) -> None:
+    """Raise a clear RequestError when ``text`` is one JSON document of splits (not JSON lines)."""
+    import json
+
+    from .errors import RequestError
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        return
+    if isinstance(doc, dict):
+        raise RequestError(f"{path} is one JSON document with keys {sorted(doc)[:8]}, not JSON lines; "
+                           "give --split KEY to read one of its splits")

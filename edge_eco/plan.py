@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ class DevicePlan:
     requests: int
     models: tuple[ModelPlan, ...]
     expected: Mapping[str, float]
+    feasible: bool = True  # False: the optimiser found no assignment within the platform's budgets
 
     def ids(self, decision: str) -> tuple[str, ...]:
         """Ids of the models with ``decision``."""
@@ -75,7 +77,7 @@ def make_plan(manifest: Manifest, platform: Platform, costs: list[ModelCost], de
         fallback_threshold=round(e.fallback_threshold, 6), target_remote_rate=round(e.cascade_rate, 6),
         region=tuple(sorted(region or ())), requests=requests,
         models=tuple(ModelPlan(c.id, decisions[c.id], c.bytes, round(c.load_ms, 4)) for c in costs),
-        expected={k: round(float(getattr(e, k)), 6) for k in EXPECTED_KEYS})
+        expected={k: round(float(getattr(e, k)), 6) for k in EXPECTED_KEYS}, feasible=bool(e.feasible))
 
 
 def plan_to_toml(p: DevicePlan) -> str:
@@ -83,6 +85,8 @@ def plan_to_toml(p: DevicePlan) -> str:
     def val(v: Any) -> str:
         if isinstance(v, str):
             return json.dumps(v, ensure_ascii=False)
+        if isinstance(v, bool):
+            return "true" if v else "false"
         if isinstance(v, (tuple, list)):
             return "[" + ", ".join(val(x) for x in v) + "]"
         return repr(v)
@@ -120,9 +124,22 @@ def parse_plan(text: str, where: str = "plan") -> DevicePlan:
             fallback_threshold=float(d["fallback_threshold"]),
             target_remote_rate=float(d["target_remote_rate"]), region=tuple(str(x) for x in d["region"]),
             requests=int(d["requests"]), models=models,
-            expected={k: float(d["expected"][k]) for k in EXPECTED_KEYS})
+            expected={k: float(d["expected"][k]) for k in EXPECTED_KEYS}, feasible=d.get("feasible", True))
     except (KeyError, TypeError, ValueError) as exc:
         raise ManifestError(f"{where}: missing or malformed field ({exc!r})") from exc
+    if not isinstance(plan.feasible, bool):
+        raise ManifestError(f"{where}: feasible must be true or false, got {plan.feasible!r}")
+    known = {f.name for f in dataclasses.fields(DevicePlan)} | {"schema"}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ManifestError(f"{where}: unknown field(s) {unknown}")
+    negative = [f"{m.id}.{k}" for m in plan.models for k in ("resident_bytes", "load_ms")
+                if not math.isfinite(getattr(m, k)) or getattr(m, k) < 0]
+    negative += [f"expected.{k}" for k, v in plan.expected.items() if not math.isfinite(v) or v < 0]
+    negative += [k for k in ("latency_budget_ms", "remote_budget_rate", "cpu_factor")
+                 if not math.isfinite(getattr(plan, k)) or getattr(plan, k) < 0]
+    if negative:
+        raise ManifestError(f"{where}: negative or non-finite value(s) {negative[:5]}")
     bad = [m.id for m in plan.models if m.decision not in DECISIONS]
     if bad:
         raise ManifestError(f"{where}: model(s) {bad} have a decision that is not one of {list(DECISIONS)}")
@@ -153,6 +170,9 @@ def apply_plan(manifest: Manifest, plan: DevicePlan) -> Manifest:
     """
     if plan.ecology != manifest.name:
         raise ManifestError(f"the plan is for ecology {plan.ecology!r}, not {manifest.name!r}")
+    if plan.ecology_version != manifest.version:
+        raise ManifestError(f"the plan is for version {plan.ecology_version!r} of {manifest.name}, this bundle is "
+                            f"version {manifest.version!r}; run `edge-eco assign` again")
     planned = {m.id: m for m in plan.models}
     ids = [m.id for m in manifest.models]
     if set(planned) != set(ids):

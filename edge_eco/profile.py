@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import math
 import os
 import platform as _platform
 import statistics
@@ -206,9 +207,15 @@ def parse_profile(text: str, where: str = "profile") -> DeviceProfile:
         models = tuple(ModelProfile(str(m["id"]), float(m["load_ms"]), float(m["p50_us"]), float(m["p95_us"]),
                                     float(m["p99_us"]), int(m["anon_bytes"]), int(m["file_bytes"]))
                        for m in d["models"])
-        return DeviceProfile(str(dev["cpu_model"]), int(dev["cores"]), int(dev["memory_total_bytes"]),
+        prof = DeviceProfile(str(dev["cpu_model"]), int(dev["cores"]), int(dev["memory_total_bytes"]),
                              int(dev["memory_available_bytes"]), str(eco["name"]), str(eco["version"]),
                              int(eco["repeats"]), int(eco["runs"]), models)
+        bad = [f"{m.id}.{k}" for m in models for k in ("load_ms", "p50_us", "p95_us", "p99_us", "anon_bytes",
+                                                         "file_bytes")
+               if not math.isfinite(getattr(m, k)) or getattr(m, k) < 0]
+        if bad:
+            raise ManifestError(f"{where}: negative or non-finite measurement(s) {bad[:5]}")
+        return prof
     except tomllib.TOMLDecodeError as exc:
         raise ManifestError(f"{where}: not valid TOML: {exc}") from exc
     except (KeyError, TypeError, ValueError) as exc:

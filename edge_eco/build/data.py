@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import glob
 import hashlib
+import io
 import json
 import re
 from collections import Counter, defaultdict
@@ -70,14 +71,15 @@ def _records(path: Path, spec: DataSpec, keys) -> list[tuple[dict, str, str | No
     """(record, where, split) triples of one file."""
     try:
         raw = path.read_bytes()
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a UTF-8 byte-order mark (spreadsheet exports) is not data
     except OSError as exc:
         raise DataError(f"cannot read data file {path}: {exc}") from exc
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from exc
     if spec.format == "jsonl":
         out = []
-        for n, line in enumerate(text.splitlines(), 1):
+        # JSON lines end at "\n" only: U+2028, U+0085 and the like are valid inside JSON strings.
+        for n, line in enumerate(text.split("\n"), 1):
             if line.strip():
                 try:
                     obj = json.loads(line)
@@ -89,12 +91,23 @@ def _records(path: Path, spec: DataSpec, keys) -> list[tuple[dict, str, str | No
         return out
     if spec.format in ("csv", "tsv"):
         delim = spec.delimiter or ("\t" if spec.format == "tsv" else ",")
-        reader = csv.DictReader(text.splitlines(), delimiter=delim,
-                                quoting=csv.QUOTE_MINIMAL if spec.quoting else csv.QUOTE_NONE)
+        # newline="": the csv module finds the records (quoted line breaks, U+2028 inside a field).
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delim,
+                                quoting=csv.QUOTE_MINIMAL if spec.quoting else csv.QUOTE_NONE, strict=spec.quoting)
         try:
-            return [(dict(r), f"{path.name}:{n}", None) for n, r in enumerate(reader, 2)]
+            rows = [(dict(r), f"{path.name}:{reader.line_num}", None) for r in reader]
         except csv.Error as exc:
-            raise DataError(f"{path}: not valid {spec.format.upper()} ({exc})") from exc
+            hint = " (a quoted field is never closed?)" if "end of data" in str(exc) else ""
+            raise DataError(f"{path}: not valid {spec.format.upper()} ({exc}{hint})") from exc
+        ragged = [w for r, w, _ in rows if None in r or None in r.values()]
+        if ragged:
+            raise DataError(f"{path}: {len(ragged)} row(s) with a different number of fields than the header "
+                            f"({len(reader.fieldnames or ())}), first at {', '.join(ragged[:3])}")
+        wanted = [f for f in (spec.text_field, spec.vector_field, spec.label_field) if f is not None]
+        missing = [f for f in wanted if f not in (reader.fieldnames or ())]
+        if missing:
+            raise DataError(f"{path}: no column(s) {missing}; the header has {list(reader.fieldnames or ())}")
+        return rows
     try:  # json-splits: {key: [[text, label], ...]}
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -135,6 +148,7 @@ def _row(rec: dict, where: str, split: str | None, extra: dict, spec: DataSpec, 
     if not isinstance(label, (str, int)) or isinstance(label, bool) or not str(label).strip():
         problems["empty or non-scalar label"].append(where)
         return None
+    problems["_label_types"].append(("number" if isinstance(label, int) else "string", where))
     label = str(label).strip()
     text = vector = None
     if spec.text_field is not None:
@@ -165,7 +179,10 @@ def _row(rec: dict, where: str, split: str | None, extra: dict, spec: DataSpec, 
     niche = None
     if spec.niche_field is not None:
         niche = niches.get(label) if niches is not None else rec.get(spec.niche_field)
-        niche = str(niche).strip() or None if niche is not None else None
+        if niche is not None and not isinstance(niche, str):
+            problems[f"niche field {spec.niche_field!r} not a string (mixed types)"].append(where)
+            return None
+        niche = niche.strip() or None if niche is not None else None
     return Row(text, label, niche, split, where, vector)
 
 
@@ -189,9 +206,16 @@ def load_rows(root: Path, spec: DataSpec) -> tuple[list[Row], list[Path], dict[s
             files.append(path)
             extra = {**dict(f.fields), **extra}
             for rec, where, split in _records(path, spec, f.keys):
-                row = _row(rec, f"{path.parent.name}/{where}", split or f.split, extra, spec, niches, problems)
+                row = _row(rec, f"{path.parent.name}/{where}" if path.parent.name else where, split or f.split, extra, spec, niches, problems)
                 if row is not None:
                     rows.append(row)
+    kinds = problems.pop("_label_types", [])
+    if len({k for k, _ in kinds}) > 1:  # 1 and "1" would silently become one label
+        numbers = [w for k, w in kinds if k == "number"]
+        strings = [w for k, w in kinds if k == "string"]
+        minority = numbers if len(numbers) <= len(strings) else strings
+        problems[f"labels of mixed types ({len(numbers)} numbers, {len(strings)} strings); the "
+                 f"{'numbers' if minority is numbers else 'strings'}"] = minority
     if spec.text_field is not None and rows and not any(r.text.strip() for r in rows):
         problems["the text column is empty"].append(spec.text_field)
     if spec.vector_field is not None:

@@ -8,6 +8,7 @@ memory-maps.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,17 @@ def write_onnx(weight: np.ndarray, bias: np.ndarray, out: Path, name: str) -> li
     (out / data_name).unlink(missing_ok=True)  # onnx appends external data to an existing file
     onnx.save_model(model, str(out / f"{name}.onnx"), save_as_external_data=True,
                     all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
+    _umask_mode(out / data_name)
     return [f"{name}.onnx", data_name]
+
+
+def _umask_mode(path: Path) -> None:
+    """Give ``path`` the mode an ordinary new file gets (0666 less the umask): onnx writes external
+    data 0600, which another user serving the bundle cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    if path.is_file():
+        path.chmod(0o666 & ~umask)
 
 
 def onnx_logits(path: Path, feats: list) -> np.ndarray:

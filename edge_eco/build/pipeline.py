@@ -23,7 +23,9 @@ from ..manifest import Calibration, FileEntry, Manifest, ModelEntry, Policy, Rem
 from ..tomlwrite import manifest_to_toml
 from .calibrate import pick_reject_floor, tune_policy
 from .data import Dataset, Row, prepare
-from .recipe import Recipe
+from .outdir import clear_out
+from .precheck import check_before_training
+from .recipe import Recipe, unsafe_id
 from .router_fit import fit_router
 
 Log = Callable[[str], None]
@@ -52,8 +54,17 @@ def population(recipe: Recipe, data: Dataset) -> Population:
     else:
         specs = tuple((n, (n,)) for n in sorted({r.niche for r in data.train if r.niche is not None}))
     ids = [s for s, _ in specs] + [recipe.generalist.id]
+    bad = [s for s in ids if unsafe_id(s)]
+    if bad:
+        raise BuildError(f"niche value(s) {bad[:5]} cannot name a model file (1-64 letters, digits, _ - ., no "
+                         "'..'); map them with [specialists] groups = {{id = [values]}} (nothing was trained)")
     if len(set(ids)) != len(ids):
         raise BuildError(f"model ids collide: {ids} (a niche value equals the generalist's id?)")
+    val_niches = {r.niche for r in data.val}
+    no_val = [s for s, values in specs if not val_niches.intersection(values)]
+    if no_val:
+        raise BuildError(f"specialist(s) {no_val[:5]} have no validation rows (their niches appear in train only), "
+                         "so they cannot be calibrated; add data or raise [split] val_fraction (nothing was trained)")
     return Population(specs, recipe.generalist.id)
 
 
@@ -96,10 +107,8 @@ def build(recipe: Recipe, data_root: Path, out: Path, *, log: Log = lambda m: No
     log(f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test rows, "
         f"fingerprint {data.fingerprint[:16]}" + "".join(f"; {n}" for n in data.notes))
     pop = population(recipe, data)
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.iterdir():  # a rebuild never keeps a stale model of an earlier population
-        if old.is_file() and old.suffix in (".onnx", ".data", ".bin", ".toml", ".json", ".md"):
-            old.unlink()
+    check_before_training(recipe, data)
+    clear_out(out)  # a rebuild keeps no stale model of an earlier population, and no user file is deleted
     spec = recipe.featurizer
     feat = Featurizer(spec)
     f_tr = _featurize(feat, data.train, "featurize train", progress)
@@ -129,7 +138,7 @@ def build(recipe: Recipe, data_root: Path, out: Path, *, log: Log = lambda m: No
         r = _train_one(sid, labels, y_tr, y_va, x_sub, f_va, out, recipe.specialists.model, weight)
         own = np.array([row.niche in values for row in data.val])
         own_acc = float((r["val_logits"][own].argmax(1) == y_va[own]).mean()) if own.any() else None
-        log(f"{sid}: {len(labels)} labels, val accuracy {r['val_accuracy']:.4f} (own niche {own_acc:.4f}), "
+        log(f"{sid}: {len(labels)} labels, val accuracy {r['val_accuracy']:.4f} (own niche {_fmt(own_acc)}), "
             f"T={r['temperature']}")
         metrics[sid] = {"files": r["files"], "temperature": r["temperature"], "val_accuracy": r["val_accuracy"],
                         "val_accuracy_own_niche": own_acc}
@@ -201,6 +210,10 @@ def build(recipe: Recipe, data_root: Path, out: Path, *, log: Log = lambda m: No
     log(f"policy: direct_threshold={policy.direct_threshold}, fallback_threshold={policy.fallback_threshold}")
     from .finish import finish
     return finish(recipe, data, out, manifest, metrics, log=log, progress=progress)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
 
 
 def _decline_sample(mine: np.ndarray, max_rows: int, seed: int, k: int) -> np.ndarray | None:

@@ -10,6 +10,7 @@ generalist and the model card's licence.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,13 @@ SPLITS = ("train", "val", "test")
 FAMILIES = ("sparse-linear",)
 QUANTIZATIONS = ("int8-per-class",)
 REMOTE_RULES = ("cascade", "deferral")
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def unsafe_id(model_id: object) -> bool:
+    """Whether ``model_id`` cannot name a model and its files (``ID.onnx``): a safe id is 1-64 letters,
+    digits, ``_``, ``-`` and ``.``, starts with a letter or digit and holds no ``..``. Pure."""
+    return not isinstance(model_id, str) or not _SAFE_ID.fullmatch(model_id) or ".." in model_id
 
 
 @dataclass(frozen=True)
@@ -250,6 +258,9 @@ def _data(t: _T) -> DataSpec:
                     niche_field=t.get("niche_field", str, None), niche_map=t.get("niche_map", str, None),
                     split_field=t.get("split_field", str, None), delimiter=t.get("delimiter", str, None),
                     quoting=t.get("quoting", bool, True), leakage=t.choice("leakage", ("error", "warn", "drop"), "error"))
+    t.done()
+    if spec.delimiter is not None and (len(spec.delimiter) != 1 or spec.delimiter in "\r\n\"" + chr(0)):
+        raise RecipeError(f"data.delimiter: one character (not a quote or line break), got {spec.delimiter!r}")
     if (spec.text_field is None) == (spec.vector_field is None):
         raise RecipeError("data: give exactly one of text_field and vector_field")
     if spec.niche_map is not None and spec.niche_field is None:
@@ -296,6 +307,11 @@ def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe:
     groups_t = sp_t.table("groups")
     groups = tuple((g, groups_t.strings(g, ...)) for g in sorted(groups_t.data))
     groups_t.done()
+    for gid, values in groups:
+        if unsafe_id(gid):
+            raise RecipeError(f"specialists.groups: {gid!r} cannot name a model (1-64 letters, digits, _ - .)")
+        if not values or not all(v.strip() for v in values):
+            raise RecipeError(f"specialists.groups.{gid}: give a non-empty list of non-empty niche values")
     spec_model = _family(sp_t.table("model"))
     specialists = SpecialistSpec(niche=sp_t.get("niche", str), decline_label=sp_t.get("decline_label", str, "not_mine"),
                                  balance_decline=sp_t.get("balance_decline", bool, True), groups=groups,
@@ -304,6 +320,8 @@ def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe:
     g = top.table("generalist")
     generalist = GeneralistSpec(id=g.get("id", str, "generalist"), reject_floor=g.get("reject_floor", bool, True),
                                 model=_family(g.table("model")))
+    if unsafe_id(generalist.id):
+        raise RecipeError(f"generalist.id: {generalist.id!r} cannot name a model (1-64 letters, digits, _ - .)")
     r = top.table("router")
     correctness = None
     if r.choice("kind", ("linear-softmax", "correctness"), "linear-softmax") == "correctness":
