@@ -41,7 +41,11 @@ def test_file_bytes_are_the_models_own_mappings_and_foreign_growth_is_capped(tmp
         stranger = MappedSession(other)   # another thread's file pages, touched during the load
         stranger.warm()
         keep.append(stranger)
-        keep.append(np.ones(16 * MiB // 8))  # another thread's 16 MiB heap growth
+        # Another thread's 16 MiB of new anonymous memory. An anonymous mapping, touched: a numpy array
+        # could reuse heap that malloc freed earlier in this process and show no growth at all.
+        heap = mmap.mmap(-1, 16 * MiB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        heap.write(b"\1" * (16 * MiB))
+        keep.append(heap)
         return MappedSession(model)
 
     meter = Meter(read_footprint, paths=lambda m: {str(model.resolve())}, anon_cap=lambda m: 1 * MiB)
@@ -53,7 +57,7 @@ def test_file_bytes_are_the_models_own_mappings_and_foreign_growth_is_capped(tmp
         assert meter.capped and meter.capped[0][0] == "m" and meter.capped[0][1] > 1 * MiB  # the raw reading, over the cap
     finally:
         session.close()
-        [k.close() for k in keep if isinstance(k, MappedSession)]
+        [k.close() for k in keep]
 
 
 def test_the_runtime_start_up_goes_to_a_probe_not_to_the_first_model():
