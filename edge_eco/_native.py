@@ -163,7 +163,8 @@ class RouterKernel:
         if status:
             _check(status, "ee_route_text")
         nnz, n = p_nnz[0], p_n[0]
-        return idx[:nnz], val[:nnz], order[:n].tolist(), prob[:n].tolist()
+        # ffi.unpack reads the n ranked entries straight into lists (numpy slice + tolist: ~1 us more).
+        return idx[:nnz], val[:nnz], _ffi.unpack(p_order, n), _ffi.unpack(p_prob, n)
 
     def logits(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
         """float32 [K] logits of every candidate (bit-identical to ``router.linear_logits``)."""
