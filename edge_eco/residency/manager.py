@@ -301,6 +301,10 @@ class Residency:
                 if measured > slot.reserved:
                     self.stats.overshoots += 1
             victims = self._room_for_excess(model_id, measured - slot.bytes)
+            if victims == [] and measured > slot.bytes:
+                # The room is there now: charge it under this same lock, before another thread's
+                # reservation can take it (charging it later let the ledger pass the budget).
+                slot.bytes = measured
             self.stats.loads += 1
             self.stats.load_ms.append(load_ms)
             self.stats.load_times[model_id] = load_ms
