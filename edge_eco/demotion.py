@@ -78,7 +78,9 @@ def decide_rollback(pairs: Sequence[Pair], *, now_s: float, last_change_s: float
     if p_better < level or regressed:
         why = (f"the new champion is wrong on {c} pairs the previous one got right, right on {b} it got wrong "
                f"(exact McNemar p={p_better:.2g} < {level:.2g})" if p_better < level else
-               f"the new champion regresses on niche slice(s) {', '.join(regressed)}")
+               f"the new champion regresses on niche slice(s) " + ", ".join(
+                   f"{s} ({_discordant(slices[s])[1]} pairs only the previous champion got right, "
+                   f"{_discordant(slices[s])[0]} the other way)" for s in regressed))
         if last_change_s is not None and now_s - last_change_s < rule.cooldown_s:
             left = rule.cooldown_s - (now_s - last_change_s)
             return Verdict("wait", f"{why}; in cool-down for {left:.0f} s more", **base)

@@ -77,7 +77,7 @@ def test_error_disagreement_is_the_share_of_texts_exactly_one_model_gets_wrong(r
     b = np.array([y for _, y in rows], bool)
     d = error_disagreement(a, b)
     assert d == error_disagreement(b, a) and 0.0 <= d <= 1.0
-    assert d * len(rows) == sum(1 for x, y in rows if x != y) or not rows
+    assert d == (sum(1 for x, y in rows if x != y) / len(rows) if rows else 0.0)
 
 
 def _looks(rng, acc_champion, acc_other, rule, now, last_change, fn):
