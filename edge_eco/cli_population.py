@@ -147,6 +147,14 @@ def diversity(args: argparse.Namespace, who: str) -> str:
     if len(known) < len(examples):
         out += (f"\nwarning: {len(examples) - len(known)} of {len(examples)} labelled requests skipped: "
                 "their label is not in the ecology's label space")
+    if args.archive:
+        from .archive_score import score_archive
+
+        with Population(args.ecology) as pop:
+            scored = score_archive(pop, known, limit=args.limit, seed=args.seed)
+        out += ("\n\narchived versions against their champion (error disagreement, stored for the archive's "
+                "eviction: least diverse first)\n" + table(["capability", "version", "requests", "diversity"],
+                                                            [[c, v, n, f"{d:.3f}"] for c, v, d, n in scored]))
     return out
 
 
@@ -200,4 +208,6 @@ def register(sub: Any, run: Callable[[Callable[[argparse.Namespace, str], str]],
     d.add_argument("--split", choices=["train", "val", "test"])
     d.add_argument("--limit", type=_positive_int, default=600, help="requests sampled (seeded) from the file")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--archive", action="store_true",
+                   help="also score every archived version against its champion and store it (archive eviction)")
     d.set_defaults(fn=run(diversity))
