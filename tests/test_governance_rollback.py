@@ -105,3 +105,42 @@ def test_a_stale_rollback_proposal_is_refused(tmp_path):
         assert pop.manifest.model("home").version == "0" and not pop.challengers("watch")
         with pytest.raises(StoreError, match="not in shadow or watched"):
             pop.approve(pop.propose("home", "retire", "3", "test", {}, now_s=3e12), who="t", now_s=3e12)
+
+
+def test_policy_names_the_kinds_that_apply_alone_and_refuses_unknown_ones():
+    from edge_eco.errors import ManifestError
+    from edge_eco.manifest import parse_manifest
+
+    text = (ROOT / "models" / "clinc150" / "ecology.toml").read_text()
+    g = parse_manifest(text + '\n[governance]\nauto_apply = ["rollback", "retire"]\nretire_after_s = 3600.0\n').governance
+    assert g.auto_apply == ("rollback", "retire") and g.retire_after_s == 3600.0
+    with pytest.raises(ManifestError, match=r"auto_apply: \['demote'\] not among \['promote', 'reject', 'rollback', "
+                                            r"'retire'\]"):
+        parse_manifest(text + '\n[governance]\nauto_apply = ["demote"]\n')
+    with pytest.raises(ManifestError, match="retire_after_s"):
+        parse_manifest(text + '\n[governance]\nretire_after_s = -1.0\n')
+
+
+def test_a_watch_ends_by_retire_when_the_new_champion_holds_up(tmp_path):
+    """home v2 (really better) replaces v0; v0 watches it; at the last look (one look of 100 pairs
+    here) v0 has not been better, so the watch is retired into the archive and stops shadowing."""
+    import json
+    from dataclasses import replace
+
+    gov = replace(_scenario.DEMO_GOVERNANCE, min_pairs=100, looks=1)
+    root = _scenario.scenario_bundle(tmp_path / "b", gov)
+    with Population(root) as pop:
+        pop.add_challenger(ROOT / "models" / "challengers" / "home-2", who="t")
+        pop.approve(pop.propose("home", "promote", "2", "test", {}, now_s=0.0), who="t", now_s=0.0)
+    data = json.loads(CLINC.read_text())
+    _scenario.traffic(root, [tuple(x) for x in data["test"]][:1500], seed=4)
+    with Population(root) as pop:
+        made = pop.review(now_s=10 ** 10)
+        assert [(p.kind, p.version, applied) for p, applied in made] == [("retire", "0", True)]
+        ev = made[0][0].evidence
+        assert ev["status"] == "watch" and ev["n"] == 100 and ev["champion_only"] > ev["challenger_only"]
+        assert pop.manifest.model("home").version == "2" and not pop.challengers("watch")
+        a = pop.archive.get("home", "0")
+        assert a.was_champion and not a.evicted and a.diversity is not None
+        assert not (root / "population" / "staged" / "home-0").exists()
+        assert [r[3] for r in pop.audit()][-1] == "retire"
