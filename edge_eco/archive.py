@@ -4,8 +4,11 @@ Files live in ``objects/<sha256>`` (one copy per content, shared by versions tha
 each archived version's manifest entry, file list, lineage (parent, training data fingerprint,
 metrics) and standing are rows of the ``archive`` table of the outcome store. Over the byte
 budget, versions are evicted in this order: never champions before prior champions, less
-behaviourally diverse (lower ``diversity``) before more, older before newer. An evicted version
-keeps its row (lineage survives) but can no longer be restored.
+behaviourally diverse (lower ``diversity``; unmeasured counts as 0) before more, older before
+newer. ``diversity`` is the error disagreement with the champion: stored by the controller from
+feedback-labelled shadow pairs when it archives a version (promote, rollback, retire), and by
+``edge-eco diversity ECOLOGY --archive`` (:mod:`edge_eco.archive_score`) on labelled requests.
+An evicted version keeps its row (lineage survives) but can no longer be restored.
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ class Archive:
         return [_row(r) for r in self.store.query(f"SELECT * FROM archive {where} ORDER BY archived_ts DESC", args)]
 
     def set_diversity(self, capability: str, version: str, diversity: float) -> None:
-        """Record a behavioural diversity score (from ``edge-eco diversity``) used by eviction."""
+        """Record a behavioural diversity score (see the module doc) used by eviction."""
         self.store.execute("UPDATE archive SET diversity=? WHERE capability=? AND version=?",
                            (diversity, capability, version))
 

@@ -33,9 +33,12 @@ def status(args: argparse.Namespace, who: str) -> str:
         m = pop.manifest
         shadow = {}
         errors = pop.shadow_errors()
-        for ch, _, _ in pop.challengers():
+        for ch, st, _ in pop.challengers(None):
+            if st not in ("shadow", "watch"):
+                continue
             n = errors.get((ch.capability, ch.entry.version), (0, ""))[0]
-            shadow.setdefault(ch.capability, []).append(ch.entry.version + (f" ({n} errors)" if n else ""))
+            shadow.setdefault(ch.capability, []).append(ch.entry.version + (" (watch)" if st == "watch" else "")
+                                                        + (f" ({n} errors)" if n else ""))
         rows = [[e.id, e.role, e.version, e.file.sha256[:12], _when(pop.last_change_s(e.id)),
                  ",".join(shadow.get(e.id, [])) or "-"] for e in m.models]
         counts = {t: pop.store.query(f"SELECT count(*) FROM {t}")[0][0]
@@ -52,7 +55,8 @@ def status(args: argparse.Namespace, who: str) -> str:
             *[f"shadow errors: {cap} v{v}: {n}, last: {e}" for (cap, v), (n, e) in sorted(errors.items())],
             f"policy: auto-apply {list(g.auto_apply) or 'nothing'}; promote after >= {g.min_pairs} labelled pairs, "
             f"exact McNemar at {g.alpha} over {g.looks} looks, no slice regression at {g.slice_alpha}, "
-            f"cool-down {g.cooldown_s:.0f} s; shadow {g.shadow_rate:.0%} of traffic within {g.shadow_cpu_share:.0%} CPU"])
+            f"cool-down {g.cooldown_s:.0f} s; the replaced champion watches the new one (rollback on the same test); "
+            f"undecided ones retire after {g.retire_after_s:.0f} s; shadow {g.shadow_rate:.0%} of traffic within {g.shadow_cpu_share:.0%} CPU"])
 
 
 def challengers(args: argparse.Namespace, who: str) -> str:
@@ -65,11 +69,14 @@ def challengers(args: argparse.Namespace, who: str) -> str:
         now = time.time()
         rows = []
         errors = pop.shadow_errors()
-        for ch, st, lin in pop.challengers(None if args.all else "shadow"):
-            v = pop.evaluate(ch, now) if st == "shadow" else None
+        for ch, st, lin in pop.challengers(None):
+            live = st in ("shadow", "watch")  # a watch: a replaced champion shadowing the new one
+            if not (live or args.all):
+                continue
+            v = pop.evaluate(ch, now) if live else None
             rows.append([ch.capability, ch.entry.version, st, lin.get("parent") or "-",
                          errors.get((ch.capability, ch.entry.version), (0, ""))[0],
-                         len(pop.pairs(ch)) if st == "shadow" else "-",
+                         len(pop.pairs(ch)) if live else "-",
                          f"{v.challenger_only}/{v.champion_only}" if v and v.n else "-",
                          f"{v.p_better:.3g}" if v and v.n else "-", v.action if v else "-",
                          v.reason if v else ""])
@@ -140,6 +147,14 @@ def diversity(args: argparse.Namespace, who: str) -> str:
     if len(known) < len(examples):
         out += (f"\nwarning: {len(examples) - len(known)} of {len(examples)} labelled requests skipped: "
                 "their label is not in the ecology's label space")
+    if args.archive:
+        from .archive_score import score_archive
+
+        with Population(args.ecology) as pop:
+            scored = score_archive(pop, known, limit=args.limit, seed=args.seed)
+        out += ("\n\narchived versions against their champion (error disagreement, stored for the archive's "
+                "eviction: least diverse first)\n" + table(["capability", "version", "requests", "diversity"],
+                                                            [[c, v, n, f"{d:.3f}"] for c, v, d, n in scored]))
     return out
 
 
@@ -160,10 +175,11 @@ def register(sub: Any, run: Callable[[Callable[[argparse.Namespace, str], str]],
     p = ps.add_parser("status", help="champions, challengers, outcome memory and policy")
     p.add_argument("ecology")
     p.set_defaults(fn=run(status))
-    p = ps.add_parser("challengers", help="challengers in shadow and their evidence (--add DIR registers one)")
+    p = ps.add_parser("challengers", help="challengers in shadow, watches of replaced champions, their evidence "
+                                          "(--add DIR registers one)")
     p.add_argument("ecology")
     p.add_argument("--add", metavar="DIR", help="folder with challenger.toml and the model files")
-    p.add_argument("--all", action="store_true", help="include promoted and rejected challengers")
+    p.add_argument("--all", action="store_true", help="include promoted, rejected, retired and ended ones")
     p.set_defaults(fn=run(challengers))
     p = ps.add_parser("proposals", help="the controller's proposals (--review runs the controller first)")
     p.add_argument("ecology")
@@ -192,4 +208,6 @@ def register(sub: Any, run: Callable[[Callable[[argparse.Namespace, str], str]],
     d.add_argument("--split", choices=["train", "val", "test"])
     d.add_argument("--limit", type=_positive_int, default=600, help="requests sampled (seeded) from the file")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--archive", action="store_true",
+                   help="also score every archived version against its champion and store it (archive eviction)")
     d.set_defaults(fn=run(diversity))

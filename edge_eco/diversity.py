@@ -37,6 +37,18 @@ def phi(a: np.ndarray, b: np.ndarray) -> float:
     return float(((a - a.mean()) * (b - b.mean())).mean() / (sa * sb))
 
 
+def error_disagreement(a_wrong: np.ndarray, b_wrong: np.ndarray) -> float:
+    """Share of texts on which exactly one of two models is wrong (0.0 for no texts).
+
+    The behavioural diversity of an archived model against a champion: 0 when they fail on the
+    same inputs (one is redundant as a fallback for the other), higher when their errors differ.
+    """
+    a, b = np.asarray(a_wrong, bool), np.asarray(b_wrong, bool)
+    if a.shape != b.shape:
+        raise ValueError(f"error vectors differ in shape: {a.shape} and {b.shape}")
+    return float((a != b).mean()) if a.size else 0.0
+
+
 def measure(eco: Any, examples: list[tuple[str, str]], *, limit: int = 600, seed: int = 0,
             redundant_phi: float = 0.7, redundant_agree: float = 0.99, min_joint_errors: int = 10) -> dict[str, Any]:
     """Run the diversity diagnostics of ``eco`` on ``examples`` ((text, true label)); see the module doc."""

@@ -39,13 +39,19 @@ def rule_of(m: Manifest) -> PromotionRule:
 
 
 def pairs(store: Store, m: Manifest, ch: Challenger) -> list[Pair]:
-    """Feedback-labelled shadow pairs of ``ch`` against the current champion in ``m``, oldest first."""
+    """Feedback-labelled shadow pairs of ``ch`` against the current champion in ``m``, oldest first.
+
+    Only pairs recorded since ``ch`` was registered (or its watch began) count: a model registered
+    again after a rollback starts with fresh evidence, not the traffic that promoted it before.
+    """
     champ = m.model(ch.capability)
     champ_id = f"{champ.version}:{champ.file.sha256[:12]}"
     rows = store.query(
         "SELECT s.champion_label, s.challenger_label, f.label FROM shadow s JOIN feedback f USING (request_id)"
-        " WHERE s.capability=? AND s.challenger=? AND s.champion=? ORDER BY s.ts, s.rowid",
-        (ch.capability, f"{ch.entry.version}:{ch.entry.file.sha256[:12]}", champ_id))
+        " WHERE s.capability=? AND s.challenger=? AND s.champion=? AND s.ts >= coalesce((SELECT registered_ts"
+        " FROM challengers WHERE capability=? AND version=?), 0) ORDER BY s.ts, s.rowid",
+        (ch.capability, f"{ch.entry.version}:{ch.entry.file.sha256[:12]}", champ_id, ch.capability,
+         ch.entry.version))
     own = set(champ.labels) - {champ.decline_label}
     out = []
     for a, b, truth in rows:

@@ -167,9 +167,10 @@ class Governance:
     max_rows: int = 1_000_000
     max_bytes: int = 256 << 20
     archive_bytes: int = 64 << 20
+    retire_after_s: float = 30 * 86400.0  # an undecided challenger or watch is retired after this
 
 
-PROPOSAL_KINDS = ("promote", "reject", "rollback")
+PROPOSAL_KINDS = ("promote", "reject", "rollback", "retire")
 
 
 @dataclass(frozen=True)
@@ -357,7 +358,8 @@ def _governance(t: _Table | None) -> Governance:
                    shadow_cpu_share=t.get("shadow_cpu_share", float, 0.05, lo=0.0, hi=1.0),
                    store_text=t.get("store_text", bool, False), max_rows=t.get("max_rows", int, 1_000_000, lo=0),
                    max_bytes=t.get("max_bytes", int, 256 << 20, lo=0),
-                   archive_bytes=t.get("archive_bytes", int, 64 << 20, lo=0))
+                   archive_bytes=t.get("archive_bytes", int, 64 << 20, lo=0),
+                   retire_after_s=t.get("retire_after_s", float, 30 * 86400.0, lo=0.0))
     t.done()
     return g
 

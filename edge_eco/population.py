@@ -4,7 +4,8 @@ State lives beside the manifest in ``<bundle>/population/``: ``outcomes.db`` (th
 decisions, feedback, shadow pairs, challengers, proposals, audit log, archive index),
 ``staged/`` (registered challengers' files) and ``archive/objects/``.
 
-The controller only **proposes** (promote, reject); the manifest's ``[governance].auto_apply``
+The controller (:mod:`edge_eco.controller`) only **proposes** (promote, reject, rollback,
+retire); the manifest's ``[governance].auto_apply``
 says which kinds apply at once, the rest wait for :meth:`Population.approve`
 (``edge-eco population approve``). Every change of the population is an atomic manifest swap
 (:mod:`edge_eco.swap`) followed by an audit entry (who, what, why, manifest hashes).
@@ -25,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import evidence
+from . import controller, evidence
 from .archive import Archive
 from .bundle import MANIFEST_NAME, read_bundle
 from .changes import GovernanceLock, begin, finish_statements, reconcile, sha256_bytes
@@ -33,7 +34,7 @@ from .errors import StoreError
 from .evidence import Proposal, model_files, rule_of  # noqa: F401 (part of this module's API)
 from .manifest import FileEntry, ModelEntry, model_entry
 from .outcomes import Challenger, Recorder, Shadow
-from .promotion import Pair, Verdict, decide
+from .promotion import Pair, Verdict
 from .staging import stage
 from .store import Retention, Store
 from .swap import swap_manifest
@@ -122,7 +123,7 @@ class Population:
         """
         g = self.manifest.governance
         store = Store(self.store.path, retention=self.store.retention, check=False)  # checked when opened here
-        active = [c for c, _, _ in self.challengers()]
+        active = [c for c, st, _ in self.challengers(None) if st in ("shadow", "watch")]  # watches: see controller
         shadow = Shadow(eco, store, active, rate=g.shadow_rate, cpu_share=g.shadow_cpu_share, seed=seed) \
             if active else None
         rec = Recorder(store, store_text=g.store_text, shadow=shadow)
@@ -139,35 +140,26 @@ class Population:
         return evidence.last_change_s(self.store, capability)
 
     def evaluate(self, ch: Challenger, now_s: float) -> Verdict:
-        """The promotion rule's verdict on ``ch`` now."""
-        return decide(self.pairs(ch), now_s=now_s, last_change_s=self.last_change_s(ch.capability),
-                      rule=rule_of(self.manifest))
+        """The controller's verdict on ``ch`` now: the promotion rule for a challenger in shadow, the
+        rollback rule for a watch, either turned into ``retire`` past ``retire_after_s``.
+
+        Raises:
+            StoreError: ``ch`` is not in shadow or watched.
+        """
+        rows = self.store.query("SELECT status, registered_ts FROM challengers WHERE capability=? AND version=?",
+                                (ch.capability, ch.entry.version))
+        if not rows or rows[0][0] not in ("shadow", "watch"):
+            raise StoreError(f"{ch.capability} v{ch.entry.version} is not under evaluation")
+        return controller.verdict(self, ch, rows[0][0], rows[0][1], now_s)
 
     def review(self, *, now_s: float | None = None, who: str = "controller") -> list[tuple[Proposal, bool]]:
-        """Run the controller: propose what the evidence supports, apply what policy allows.
+        """Run the controller (:mod:`edge_eco.controller`): propose what the evidence supports
+        (promote, reject, rollback, retire), apply what policy allows.
 
         Returns:
             (proposal, applied) for every proposal made in this review.
         """
-        now_s = time.time() if now_s is None else now_s
-        made = []
-        with self.locked():
-            for ch, _, _ in self.challengers():
-                v = self.evaluate(ch, now_s)
-                if v.action == "wait":
-                    continue
-                pending = self.store.query("SELECT id FROM proposals WHERE capability=? AND version=? AND kind=? "
-                                           "AND status='pending'", (ch.capability, ch.entry.version, v.action))
-                if pending:
-                    continue
-                evidence = {"n": v.n, "champion_only": v.champion_only, "challenger_only": v.challenger_only,
-                            "p_better": v.p_better, "p_worse": v.p_worse, "regressed": list(v.regressed)}
-                pid = self.propose(ch.capability, v.action, ch.entry.version, v.reason, evidence, now_s=now_s)
-                auto = v.action in self.manifest.governance.auto_apply
-                if auto:
-                    self.approve(pid, who=who, now_s=now_s)
-                made.append((self.proposal(pid), auto))
-        return made
+        return controller.review(self, now_s=time.time() if now_s is None else now_s, who=who)
 
     def propose(self, capability: str, kind: str, version: str, reason: str, evidence: dict, *,
                 now_s: float) -> int:
@@ -192,7 +184,8 @@ class Population:
         raise StoreError(f"no proposal {pid}")
 
     def approve(self, pid: int, *, who: str, now_s: float | None = None) -> Proposal:
-        """Apply a pending proposal (promote, rollback: manifest swap; reject: retire the challenger).
+        """Apply a pending proposal (promote, rollback: manifest swap; reject: stop the challenger;
+        retire: archive the challenger or watch and stop it, see :func:`edge_eco.controller.retire`).
 
         Holds the governance lock: of two concurrent approvals of one proposal exactly one applies it.
 
@@ -222,6 +215,8 @@ class Population:
                 self._promote(p, who)
             elif p.kind == "rollback":
                 self.rollback(p.capability, to_version=p.version, who=who, why=p.reason, proposal_id=p.id)
+            elif p.kind == "retire":
+                controller.retire(self, p, who)
             else:
                 aid = begin(self.store, who=who, action="reject", capability=p.capability, from_v=champ.version,
                             to_v=p.version, why=p.reason, proposal_id=p.id)
@@ -255,16 +250,20 @@ class Population:
         if not found:
             raise StoreError(f"challenger {p.capability} v{p.version} is no longer registered")
         ch, lineage = found[0]
+        diversity = controller.diversity_of(self.pairs(ch))
         self.archive.put(self.root, champ, model_files(self.manifest, champ), lineage=self._lineage_of(champ),
-                         was_champion=True)
+                         was_champion=True, diversity=diversity)
+        watch_rel, watch_lineage = controller.stage_demoted(self, champ)
         files = tuple(FileEntry(path, sha) for path, sha in lineage["files"])
         for f in files:
             dest = self.root / f.path
             if not dest.exists():
                 shutil.copyfile(ch.folder / f.path, dest)
         aid = self._swap(champ, ch.entry, files, who=who, action="promote", why=p.reason, proposal_id=p.id)
-        self.archive.put(self.root, ch.entry, files, lineage=lineage, was_champion=True)
-        self.store.transaction(finish_statements(aid, "promote", p.capability, p.version, p.id, who))
+        self.archive.put(self.root, ch.entry, files, lineage=lineage, was_champion=True, diversity=diversity)
+        # the replaced champion keeps shadowing the new one: the evidence for a rollback
+        self.store.transaction(finish_statements(aid, "promote", p.capability, p.version, p.id, who)
+                               + controller.watch_statements(p.capability, champ, watch_rel, watch_lineage))
 
     def _lineage_of(self, entry: ModelEntry) -> dict:
         rows = self.store.query("SELECT lineage FROM challengers WHERE capability=? AND version=?",
@@ -293,12 +292,20 @@ class Population:
                 raise StoreError(f"no archived champion of {capability!r}"
                                  + (f" with version {to_version!r}" if to_version else "") + " to roll back to")
             target = max(candidates, key=lambda a: self._demoted_ts(a)) if to_version is None else candidates[0]
+            watched = [c for c, _, _ in self.challengers("watch") if c.capability == capability
+                       and c.entry.version == target.version]
             self.archive.put(self.root, current, model_files(self.manifest, current),
-                             lineage=self._lineage_of(current), was_champion=True)
+                             lineage=self._lineage_of(current), was_champion=True,
+                             diversity=controller.diversity_of(self.pairs(watched[0])) if watched else None)
             self.archive.restore(self.root, capability, target.version)
             aid = self._swap(current, target.entry, target.files, who=who, action="rollback",
                              why=why or f"rollback to archived champion {target.version}", proposal_id=proposal_id)
-            self.store.transaction(finish_statements(aid, "rollback", capability, target.version, proposal_id, who))
+            # watches end; the model rolled back from is not watched (no flip-flop: it must register again)
+            self.store.transaction(
+                finish_statements(aid, "rollback", capability, target.version, proposal_id, who)
+                + controller.watch_statements(capability, reinstated=target.version)
+                + [("UPDATE challengers SET status='rolled back', decided_ts=? WHERE capability=? AND version=? "
+                    "AND status='promoted'", (time.time(), capability, current.version))])
             return target.version
 
     def _demoted_ts(self, a: Any) -> float:
