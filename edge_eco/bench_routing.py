@@ -18,6 +18,7 @@ from . import routing_metrics as rm
 from ._native import Featurizer, RouterKernel
 from .datasets import Example
 from .ecology import Ecology
+from .judges import calibrated_probs
 from .router import route, route_reference
 
 
@@ -28,24 +29,28 @@ def _softmax(z: np.ndarray, t: float) -> np.ndarray:
 
 
 def _model_ece(eco: Ecology, examples: Sequence[Example]) -> dict:
-    """ECE of every local model on its own label space, before (T=1) and after calibration."""
+    """ECE of every local model on its own label space, before (softmax of the raw logits) and
+    after calibration (the runtime's calibrated probabilities: temperature, and a reject bias
+    where the model has one); each scores its own top label's probability against that label."""
     out = {}
+    reject_label = eco.manifest.reject_label
     for entry in eco.manifest.models:
         if entry.input != "hashed-text":
             continue
         index = {lab: i for i, lab in enumerate(entry.labels)}
-        fallback = index.get(entry.decline_label) if entry.decline_label else index.get(eco.manifest.reject_label)
+        fallback = index.get(entry.decline_label) if entry.decline_label else index.get(reject_label)
         conf = {"before": [], "after": []}
-        correct = []
+        correct = {"before": [], "after": []}
         for ex in examples:
             z = eco.model_logits(entry.id, ex.text)
             gold = index.get(ex.label, fallback)
-            for key, t in (("before", 1.0), ("after", entry.calibration.temperature)):
-                conf[key].append(float(_softmax(z, t).max()))
-            correct.append(int(z.argmax()) == gold)
-        ok = np.array(correct)
-        out[entry.id] = {k: round(rm.ece(np.array(v), ok), 5) for k, v in conf.items()}
+            for key, p in (("before", _softmax(z, 1.0)), ("after", calibrated_probs(entry, z, reject_label))):
+                conf[key].append(float(p.max()))
+                correct[key].append(int(p.argmax()) == gold)
+        out[entry.id] = {k: round(rm.ece(np.array(conf[k]), np.array(correct[k])), 5) for k in conf}
         out[entry.id]["temperature"] = entry.calibration.temperature
+        if entry.calibration.reject_bias:
+            out[entry.id]["reject_bias"] = entry.calibration.reject_bias
     return out
 
 
