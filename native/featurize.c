@@ -35,6 +35,29 @@ static inline unsigned char lower(unsigned char c) {
     return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c;
 }
 
+/* Keys of the char n-grams of one size over padded[0, len), appended at keys[n]; returns the new n.
+ * Sizes 2-4 (the shipped featurizer's) get a fixed-length loop the compiler unrolls. */
+static inline unsigned long char_ngrams_of(const unsigned char *padded, unsigned long len, unsigned sz,
+                                           uint32_t seed, uint32_t mask, unsigned weight, uint64_t *keys,
+                                           unsigned long n) {
+    for (unsigned long off = 0; off + sz <= len; off++) {
+        uint32_t h = seed;
+        for (unsigned j = 0; j < sz; j++) h = fnv_step(h, padded[off + j]);
+        keys[n++] = ((uint64_t)(fmix32(h) & mask) << 8) | weight;
+    }
+    return n;
+}
+
+static unsigned long char_ngrams(const unsigned char *padded, unsigned long len, unsigned sz, uint32_t seed,
+                                 uint32_t mask, unsigned weight, uint64_t *keys, unsigned long n) {
+    switch (sz) {
+    case 2: return char_ngrams_of(padded, len, 2, seed, mask, weight, keys, n);
+    case 3: return char_ngrams_of(padded, len, 3, seed, mask, weight, keys, n);
+    case 4: return char_ngrams_of(padded, len, 4, seed, mask, weight, keys, n);
+    default: return char_ngrams_of(padded, len, sz, seed, mask, weight, keys, n);
+    }
+}
+
 static int config_ok(const ee_featurizer_t *cfg) {
     if (cfg->dim < 256u || cfg->dim > (1u << 24) || (cfg->dim & (cfg->dim - 1u)) != 0) return 0;
     if (cfg->word_ngram_max > MAX_WORDS_NGRAM) return 0;
@@ -159,13 +182,8 @@ ee_status ee_featurizer_run(const ee_featurizer_t *cfg, const unsigned char *tex
         if (cfg->char_ngram_max > 0) {
             const unsigned char *padded = buf + start - 1;
             const unsigned long len = end - start + 2;
-            for (unsigned sz = cfg->char_ngram_min; sz <= cfg->char_ngram_max && sz <= len; sz++) {
-                for (unsigned long off = 0; off + sz <= len; off++) {
-                    uint32_t h = char_basis[sz];
-                    for (unsigned j = 0; j < sz; j++) h = fnv_step(h, padded[off + j]);
-                    keys[n++] = ((uint64_t)(fmix32(h) & mask) << 8) | cfg->char_weight;
-                }
-            }
+            for (unsigned sz = cfg->char_ngram_min; sz <= cfg->char_ngram_max && sz <= len; sz++)
+                n = char_ngrams(padded, len, sz, char_basis[sz], mask, cfg->char_weight, keys, n);
         }
     }
 
