@@ -22,6 +22,7 @@ except ImportError as exc:  # pragma: no cover
     _IMPORT_ERROR: ImportError | None = exc
 else:
     _IMPORT_ERROR = None
+    _run_job = _lib.ee_route_job_run
 
 _STATUS = {-1: "a required pointer was NULL", -2: "featurizer config out of range",
            -3: "output buffers too small"}
@@ -119,7 +120,6 @@ class RouterKernel:
         self._cfg.dim, self._cfg.k = weights.weight.shape
         self._local = threading.local()
         self._all = None
-        self._masks: dict[int, tuple] = {}
 
     def _buffers(self):
         buf = getattr(self._local, "buf", None)
@@ -143,28 +143,36 @@ class RouterKernel:
         ``indices``/``values`` are views of this thread's buffers, valid until the thread's next
         call: the request path uses them before it featurizes again (copy to keep them longer).
         """
-        if not featurizer.native:
-            raise NativeError("route_text needs the compiled featurizer")
-        local = self._local
-        buf = getattr(local, "text", None)
-        if buf is None or buf[0] is not featurizer or len(data) > buf[1]:
-            n_max = max(len(data), 256 if buf is None else 2 * buf[1])
-            buf = local.text = (featurizer, n_max) + _feature_buffers(featurizer.spec.capacity(n_max)) \
-                + self._buffers()
-        (_, _, cap, _, idx, val, p_scratch, p_idx, p_val, p_nnz,
-         _, order, prob, p_logit, p_order, p_prob, p_n) = buf
-        held = self._masks.get(id(mask))
-        if held is None or held[0] is not mask:  # the default mask is reused; per-deadline ones are not
-            if len(self._masks) >= 16:
-                self._masks.clear()
-            held = self._masks[id(mask)] = (mask, _ffi.from_buffer("unsigned char *", mask))
-        status = _lib.ee_route_text(featurizer._cfg, self._cfg, data, len(data), p_scratch, p_idx, p_val, cap,
-                                    p_nnz, held[1], mode, param, p_logit, p_order, p_prob, p_n)
+        job = getattr(self._local, "job", None)
+        if job is None or job[0] is not featurizer or len(data) > job[1]:
+            job = self._local.job = self._new_job(featurizer, len(data), job)
+        c = job[2]
+        if job[3] is not mask:  # the default mask is reused; per-deadline ones are not
+            c.mask = _ffi.from_buffer("unsigned char *", mask)
+            job[3] = mask
+        if job[4] != (mode, param):
+            c.mode, c.param = mode, param
+            job[4] = (mode, param)
+        status = _run_job(c, data, len(data))
         if status:
             _check(status, "ee_route_text")
-        nnz, n = p_nnz[0], p_n[0]
+        nnz, n = c.nnz, c.n
         # ffi.unpack reads the n ranked entries straight into lists (numpy slice + tolist: ~1 us more).
-        return idx[:nnz], val[:nnz], _ffi.unpack(p_order, n), _ffi.unpack(p_prob, n)
+        return job[5][:nnz], job[6][:nnz], _ffi.unpack(job[7], n), _ffi.unpack(job[8], n)
+
+    def _new_job(self, featurizer: "Featurizer", n_bytes: int, old: list | None) -> list:
+        """This thread's ee_route_job_t for ``featurizer`` and texts up to ``n_bytes`` (grown by doubling):
+        [featurizer, max bytes, the job, its mask array, (mode, param), idx, val, order and prob
+        pointers, keep-alive]."""
+        if not featurizer.native:
+            raise NativeError("route_text needs the compiled featurizer")
+        n_max = max(n_bytes, 256 if old is None or old[0] is not featurizer else 2 * old[1])
+        cap, scratch, idx, val, p_scratch, p_idx, p_val, _ = _feature_buffers(featurizer.spec.capacity(n_max))
+        logit, order, prob, p_logit, p_order, p_prob, _ = self._buffers()
+        c = _ffi.new("ee_route_job_t *", {
+            "featurizer": featurizer._cfg, "router": self._cfg, "scratch": p_scratch, "idx": p_idx, "val": p_val,
+            "cap": cap, "logit": p_logit, "order": p_order, "prob": p_prob, "mode": -1})
+        return [featurizer, n_max, c, None, None, idx, val, p_order, p_prob, (scratch, logit, order, prob)]
 
     def logits(self, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
         """float32 [K] logits of every candidate (bit-identical to ``router.linear_logits``)."""

@@ -2,7 +2,9 @@
 
 Replays labelled requests through the ecology's local tier (no remote), the remote generalist and
 the baselines, then scores every curve with :mod:`edge_eco.routing_metrics` (RouteLLM's APGR and
-CPT, with local-only as the weak model and remote-only as the strong one), the calibration (ECE)
+CPT, with local-only as the weak model and remote-only as the strong one; ``pgr_inverted`` says when
+the remote is the weaker of the two, and ``vs_local_generalist`` scores the ecology's curve against
+the local generalist as the weak model), the calibration (ECE)
 of every model before and after its temperature, the risk-coverage AURC of the local tier, and the
 cost of one routing decision (featurize + route) in the C kernel and in the numpy reference.
 """
@@ -18,6 +20,7 @@ from . import routing_metrics as rm
 from ._native import Featurizer, RouterKernel
 from .datasets import Example
 from .ecology import Ecology
+from .judges import calibrated_probs
 from .router import route, route_reference
 
 
@@ -28,24 +31,28 @@ def _softmax(z: np.ndarray, t: float) -> np.ndarray:
 
 
 def _model_ece(eco: Ecology, examples: Sequence[Example]) -> dict:
-    """ECE of every local model on its own label space, before (T=1) and after calibration."""
+    """ECE of every local model on its own label space, before (softmax of the raw logits) and
+    after calibration (the runtime's calibrated probabilities: temperature, and a reject bias
+    where the model has one); each scores its own top label's probability against that label."""
     out = {}
+    reject_label = eco.manifest.reject_label
     for entry in eco.manifest.models:
         if entry.input != "hashed-text":
             continue
         index = {lab: i for i, lab in enumerate(entry.labels)}
-        fallback = index.get(entry.decline_label) if entry.decline_label else index.get(eco.manifest.reject_label)
+        fallback = index.get(entry.decline_label) if entry.decline_label else index.get(reject_label)
         conf = {"before": [], "after": []}
-        correct = []
+        correct = {"before": [], "after": []}
         for ex in examples:
             z = eco.model_logits(entry.id, ex.text)
             gold = index.get(ex.label, fallback)
-            for key, t in (("before", 1.0), ("after", entry.calibration.temperature)):
-                conf[key].append(float(_softmax(z, t).max()))
-            correct.append(int(z.argmax()) == gold)
-        ok = np.array(correct)
-        out[entry.id] = {k: round(rm.ece(np.array(v), ok), 5) for k, v in conf.items()}
+            for key, p in (("before", _softmax(z, 1.0)), ("after", calibrated_probs(entry, z, reject_label))):
+                conf[key].append(float(p.max()))
+                correct[key].append(int(p.argmax()) == gold)
+        out[entry.id] = {k: round(rm.ece(np.array(conf[k]), np.array(correct[k])), 5) for k in conf}
         out[entry.id]["temperature"] = entry.calibration.temperature
+        if entry.calibration.reject_bias:
+            out[entry.id]["reject_bias"] = entry.calibration.reject_bias
     return out
 
 
@@ -135,9 +142,19 @@ def bench_routing(eco: Ecology, remote_label: Callable[[str], str], examples: Se
     weak_gen = float(gc.mean())
     vs_generalist = {k: v for k, v in _summarise("ecology", lc, rc, np.array(gains), weak_gen, strong).items()
                      if k in ("apgr", "cpt50", "cpt80")}
+    vs_generalist.update(weak_accuracy=round(weak_gen, 5), pgr_inverted=bool(strong < weak_gen))
+    # The figure that stays meaningful whichever tier is stronger: the best the ecology's curve
+    # reaches with at most a quarter of the requests remote, against always-remote.
+    at_most_25 = [a for r, a in zip(ours["rates"], ours["accuracy"]) if r <= 0.25 + 1e-9]
     return {
         "ecology": eco.name, "requests": len(examples), "weak_accuracy": round(weak, 5),
-        "strong_accuracy": round(strong, 5), "apgr": ours["apgr"], "cpt50": ours["cpt50"], "cpt80": ours["cpt80"],
+        "strong_accuracy": round(strong, 5),
+        # RouteLLM's PGR assumes strong > weak; True: the remote is weaker than the local tier, PGR's
+        # denominator is negative and apgr/cpt50/cpt80 do not read as "gap recovered" (see
+        # vs_local_generalist for the same curve scored against the local generalist as the weak model).
+        "pgr_inverted": bool(strong < weak),
+        "apgr": ours["apgr"], "cpt50": ours["cpt50"], "cpt80": ours["cpt80"],
+        "best_accuracy_at_most_25pct_remote": round(float(max(at_most_25)), 5),
         "accuracy_at_remote_rate": ours["accuracy_at_remote_rate"], "curves": curves,
         "local_generalist_accuracy": round(weak_gen, 5), "vs_local_generalist": vs_generalist,
         "ece": _model_ece(eco, examples), "aurc_local": round(rm.aurc(conf, lc), 5),

@@ -174,8 +174,9 @@ def _cmd_bench_routing(args: argparse.Namespace) -> int:
     print(f"routing on {r['requests']} requests: local-only (weak) {100 * r['weak_accuracy']:.2f} %, "
           f"remote-only (strong) {100 * r['strong_accuracy']:.2f} %")
     if r["strong_accuracy"] <= r["weak_accuracy"]:
-        print("note: the remote is not stronger than the local tier here, so PGR-based figures (apgr, cpt) "
-              "read backwards or are undefined; compare the accuracy columns")
+        print("note: the remote is not stronger than the local tier here (pgr_inverted), so PGR-based figures "
+              "(apgr, cpt) read backwards or are undefined; compare the accuracy columns, and the scores "
+              "against the local generalist below")
     print(f"\n{'curve':26}{'apgr':>8}{'cpt50':>8}{'cpt80':>8}" + "".join(f"{'@' + k:>9}" for k in
                                                                        r["accuracy_at_remote_rate"]))
     for name, c in r["curves"].items():
@@ -184,7 +185,10 @@ def _cmd_bench_routing(args: argparse.Namespace) -> int:
               + "".join(f"{100 * v:8.2f}%" for v in c["accuracy_at_remote_rate"].values()))
     v = r["vs_local_generalist"]
     print(f"\necology scored with the local generalist ({100 * r['local_generalist_accuracy']:.2f} %) as the weak "
-          f"model: apgr {v['apgr']}, cpt50 {v['cpt50']}, cpt80 {v['cpt80']}")
+          f"model: apgr {_num(v['apgr'])}, cpt50 {_num(v['cpt50'])}, cpt80 {_num(v['cpt80'])}"
+          + (" (inverted too)" if v["pgr_inverted"] else ""))
+    print(f"best ecology accuracy with <= 25 % remote calls {100 * r['best_accuracy_at_most_25pct_remote']:.2f} % "
+          f"vs always-remote {100 * r['strong_accuracy']:.2f} %")
     print(f"local tier AURC {r['aurc_local']}  (E-AURC {r['eaurc_local']})")
     print("ECE before -> after calibration: " + ", ".join(
         f"{m} {v['before']:.3f}->{v['after']:.3f}" for m, v in r["ece"].items()))
@@ -202,6 +206,10 @@ def _cmd_bench_routing(args: argparse.Namespace) -> int:
                     f"{r['ecology']}: accuracy vs remote-call rate ({r['requests']} requests)")
         print(f"plot written to {args.plot}")
     return 0
+
+
+def _num(x: float | None) -> str:
+    return "none" if x is None else f"{x:.3f}"
 
 
 def _cmd_fit_router(args: argparse.Namespace) -> int:

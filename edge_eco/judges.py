@@ -19,17 +19,25 @@ class Vote:
     declined: bool = False
 
 
+def calibrated_probs(entry: ModelEntry, logits: np.ndarray, reject_label: str) -> np.ndarray:
+    """float64 [C] softmax of ``logits / temperature``, with ``reject_bias`` added to the reject
+    label's scaled logit when the model has that label."""
+    z = np.asarray(logits, dtype=np.float64).reshape(-1) / entry.calibration.temperature
+    if entry.calibration.reject_bias != 0.0 and reject_label in entry.labels:
+        z[entry.labels.index(reject_label)] += entry.calibration.reject_bias
+    z -= z.max()
+    p = np.exp(z)
+    return p / p.sum()
+
+
 def calibrated_vote(entry: ModelEntry, logits: np.ndarray, reject_label: str) -> Vote:
-    """Temperature-scaled softmax of ``logits`` -> the model's answer.
+    """Calibrated softmax of ``logits`` (:func:`calibrated_probs`) -> the model's answer.
 
     A specialist whose top label is its ``decline_label`` declines (the request is not in its
     niche). A model whose top probability is under ``reject_below`` answers ``reject_label``
     with that (low) probability as its confidence.
     """
-    z = np.asarray(logits, dtype=np.float64).reshape(-1) / entry.calibration.temperature
-    z -= z.max()
-    p = np.exp(z)
-    p /= p.sum()
+    p = calibrated_probs(entry, logits, reject_label)
     top = int(p.argmax())
     label, conf = entry.labels[top], float(p[top])
     if label == entry.decline_label:

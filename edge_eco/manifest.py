@@ -37,10 +37,16 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Temperature scaling, plus an optional floor under which the answer is the reject label."""
+    """Temperature scaling, plus an optional floor under which the answer is the reject label.
+
+    ``reject_bias`` is added to the reject label's temperature-scaled logit: a prior correction for
+    a reject class that training saw less often than held-out traffic has it (only models whose
+    labels include the ecology's reject label may carry one).
+    """
 
     temperature: float = 1.0
     reject_below: float = 0.0
+    reject_bias: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -306,7 +312,8 @@ def _model(raw: Any, i: int) -> ModelEntry:
         raise ManifestError(f"{t.where}.labels: a classifier needs at least 2 labels")
     cal = t.table("calibration")
     calibration = Calibration(cal.get("temperature", float, 1.0, lo=1e-3, hi=1e3),
-                              cal.get("reject_below", float, 0.0, lo=0.0, hi=1.0)) if cal else Calibration()
+                              cal.get("reject_below", float, 0.0, lo=0.0, hi=1.0),
+                              cal.get("reject_bias", float, 0.0, lo=-50.0, hi=50.0)) if cal else Calibration()
     if cal:
         cal.done()
     ct = t.table("cost")
@@ -460,6 +467,9 @@ def _check_references(m: Manifest) -> None:
             raise ManifestError(f"model {x.id!r} takes 'hashed-text' but the manifest has no [featurizer]")
         if x.input == "dense-vector" and m.dense is None:
             raise ManifestError(f"model {x.id!r} takes 'dense-vector' but the manifest has no [dense]")
+        if x.calibration.reject_bias != 0.0 and m.reject_label not in x.labels:
+            raise ManifestError(f"model {x.id!r}: calibration.reject_bias needs the reject label "
+                                f"{m.reject_label!r} among its labels")
         if x.tokenizer and x.tokenizer not in paths:
             raise ManifestError(f"model {x.id!r}: tokenizer {x.tokenizer!r} is not listed in [[files]]")
     if m.policy.remote_rule == "deferral" and m.deferral is None:

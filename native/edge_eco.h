@@ -85,3 +85,28 @@ ee_status ee_route_text(const ee_featurizer_t *f, const ee_router_t *r, const un
                         unsigned long cap, unsigned long *out_nnz, const unsigned char *mask,
                         int mode, double param, float *out_logit, int *out_order, double *out_prob,
                         unsigned int *out_n);
+
+/* One thread's routing job: the settings and buffers of ee_route_text bound once, so that a call
+ * passes only the text (cffi converts every argument of every call; sixteen of them cost about
+ * as much as the featurizer). Not shared between threads: the outputs live in it. */
+typedef struct {
+    const ee_featurizer_t *featurizer;
+    const ee_router_t *router;
+    unsigned long long *scratch;  /* [2 * cap] uint64 work space */
+    int *idx;                     /* [cap] out: feature indices */
+    float *val;                   /* [cap] out: feature values */
+    unsigned long cap;            /* n-gram capacity of idx/val/scratch */
+    const unsigned char *mask;    /* [k] 1 = eligible */
+    int mode;                     /* EE_ROUTE_SOFTMAX or EE_ROUTE_UTILITY */
+    double param;                 /* temperature or lambda, as ee_route_text */
+    float *logit;                 /* [k] out */
+    int *order;                   /* [k] out: eligible candidates, best first */
+    double *prob;                 /* [k] out: probability of order[j] */
+    unsigned long nnz;            /* out: features written */
+    unsigned int n;               /* out: candidates ranked */
+} ee_route_job_t;
+
+/* ee_route_text over a bound job: job->nnz and job->n receive the counts.
+ *   text  [n_bytes]  raw UTF-8 bytes
+ */
+ee_status ee_route_job_run(ee_route_job_t *job, const unsigned char *text, unsigned long n_bytes);

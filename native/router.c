@@ -19,11 +19,43 @@ static inline int32_t fixed_q(float value) {
     return (int32_t)((x + 8388608.0f) - 8388608.0f);
 }
 
+#define LANES 16u
+
+/* Small k (<= LANES): every row is read as LANES int8 lanes, a fixed-length loop that compilers
+ * vectorise (SSE2 on x86-64, NEON on ARM; q and the weight fit int16, so a widening 16x16 -> 32
+ * multiply); lanes k..LANES-1 read the next row's bytes and are discarded. Lanes accumulate in
+ * uint32, which wraps where int32 could overflow (in the discarded lanes only: the kept sums fit
+ * int32, see score()), so the kept lanes are exact. Rows whose LANES bytes would pass the end of
+ * weight, and q = 32768 (value 1.0, outside int16), take the plain loop. */
+static ee_status score_lanes(const ee_router_t *r, const int *idx, const float *val, unsigned long nnz,
+                             int64_t *acc) {
+    const unsigned int k = r->k;
+    const size_t last_row = ((size_t)r->dim * k - LANES) / k; /* rows 0..last_row have LANES bytes */
+    uint32_t lane[LANES] = {0};
+    for (unsigned long i = 0; i < nnz; i++) {
+        if (idx[i] < 0 || (unsigned int)idx[i] >= r->dim) return EE_ERR_CONFIG;
+        const int32_t q = fixed_q(val[i]);
+        const signed char *row = r->weight + (size_t)idx[i] * k;
+        if ((size_t)idx[i] <= last_row && q < 32768) {
+            const int16_t q16 = (int16_t)q;
+            for (unsigned int c = 0; c < LANES; c++) {
+                const int16_t w = row[c];
+                lane[c] += (uint32_t)((int32_t)q16 * (int32_t)w);
+            }
+        } else {
+            for (unsigned int c = 0; c < k; c++) lane[c] += (uint32_t)(q * (int32_t)row[c]);
+        }
+    }
+    for (unsigned int c = 0; c < k; c++) acc[c] = (int32_t)lane[c];
+    return EE_OK;
+}
+
 /* acc[c] = sum_i q_i * weight[idx_i, c]. Values are L2-normalised (sum q_i <= 32768 sqrt(nnz)),
  * so |acc| <= 127 * 32768 * sqrt(nnz) fits int32 while nnz <= 16384; longer inputs use int64. */
 static ee_status score(const ee_router_t *r, const int *idx, const float *val, unsigned long nnz,
                        int64_t *acc) {
     const unsigned int k = r->k;
+    if (nnz <= 16384ul && k <= LANES && (size_t)r->dim * k >= LANES) return score_lanes(r, idx, val, nnz, acc);
     if (nnz <= 16384ul) {
         int32_t acc32[MAX_K] = {0};
         for (unsigned long i = 0; i < nnz; i++) {
@@ -141,4 +173,10 @@ ee_status ee_route_text(const ee_featurizer_t *f, const ee_router_t *r, const un
     if (mode == EE_ROUTE_UTILITY)
         return ee_router_route(r, out_idx, out_val, *out_nnz, mask, param, out_logit, out_order, out_prob, out_n);
     return softmax_rank(r, out_idx, out_val, *out_nnz, mask, param, out_logit, out_order, out_prob, out_n);
+}
+
+ee_status ee_route_job_run(ee_route_job_t *job, const unsigned char *text, unsigned long n_bytes) {
+    if (job == NULL) return EE_ERR_NULL;
+    return ee_route_text(job->featurizer, job->router, text, n_bytes, job->scratch, job->idx, job->val, job->cap,
+                         &job->nnz, job->mask, job->mode, job->param, job->logit, job->order, job->prob, &job->n);
 }

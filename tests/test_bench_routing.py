@@ -35,3 +35,11 @@ def test_bench_routing_reports_every_figure(tmp_path):
     assert r["router_us"]["c"]["p50"] < r["router_us"]["numpy"]["p50"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "apgr" in done.stdout and "router decision" in done.stdout
+    # PGR's direction is reported, not assumed: the flag agrees with the two accuracies.
+    assert r["pgr_inverted"] == (r["strong_accuracy"] < r["weak_accuracy"])
+    g = r["vs_local_generalist"]
+    assert g["weak_accuracy"] == r["local_generalist_accuracy"]
+    assert g["pgr_inverted"] == (r["strong_accuracy"] < g["weak_accuracy"])
+    best = max(a for x, a in zip(r["curves"]["ecology"]["rates"], r["curves"]["ecology"]["accuracy"]) if x <= 0.25)
+    assert r["best_accuracy_at_most_25pct_remote"] == round(best, 5)
+    assert "best ecology accuracy with <= 25 % remote calls" in done.stdout

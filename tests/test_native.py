@@ -87,3 +87,16 @@ def test_ecology_answers_the_same_without_the_compiled_kernel(clinc_test):
             a, b = c.answer(text, local_only=True), py.answer(text, local_only=True)
             assert (a.label, a.path, a.provenance["route"]) == (b.label, b.path, b.provenance["route"])
             assert a.confidence == pytest.approx(b.confidence, abs=1e-9)
+
+
+@pytest.mark.parametrize("dim", [1 << 8, 1 << 16, 1 << 24])
+def test_every_sort_path_equals_the_reference(dim):
+    """Short, CLINC-sized and long texts: insertion sort (<= 48 n-grams), one bucket pass + insertion
+    sort (<= 2,048), LSD radix (longer), at the smallest, the shipped and the largest dimension."""
+    spec = FeaturizerSpec(seed=7, dim=dim)
+    native = _native.Featurizer(spec, use_native=True)
+    words = b"transfer money from my checking account to savings please Quickly 42 caf\xc3\xa9".split()
+    rng = np.random.default_rng(dim)
+    for n_words in (1, 2, 6, 30, 150, 900):
+        text = b" ".join(words[i] for i in rng.integers(len(words), size=n_words))
+        assert _same(spec, native, text), n_words

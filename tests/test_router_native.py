@@ -136,3 +136,50 @@ def test_route_text_refuses_an_unknown_mode_and_a_bad_parameter():
     for mode, param in ((2, 1.0), (0, 0.0), (1, -1.0)):
         with pytest.raises(NativeError):
             kernel.route_text(feat, b"hello there", mask, param, mode)
+
+
+@pytest.mark.parametrize("k", [1, 10, 16, 17])
+def test_lane_scoring_edges_match_the_reference(k):
+    """k <= 16 reads every weight row as 16 lanes: the last rows (fewer than 16 bytes left) and a
+    value of 1.0 (q = 32768, outside int16) take the plain loop; k = 17 takes the general one."""
+    dim = 256
+    w = weights(k, dim, 11 + k)
+    kernel = RouterKernel(w)
+    mask = np.ones(k, bool)
+    cases = [(np.array([dim - 1], np.int32), np.array([1.0], np.float32)),          # q = 32768, last row
+             (np.array([0], np.int32), np.array([1.0], np.float32)),                # q = 32768, first row
+             (np.arange(dim - 4, dim, dtype=np.int32), np.full(4, 0.5, np.float32)),  # the last rows
+             (np.arange(0, dim, 3, dtype=np.int32), np.full(86, 0.999, np.float32))]
+    for idx, val in cases:
+        assert same(kernel, w, idx, val, mask, 0.0)
+
+
+def test_route_text_of_a_one_feature_text_matches_the_reference():
+    """A single word with word n-grams only has one feature of value 1.0 (the q = 32768 case)."""
+    from edge_eco.featurizer import featurize_reference
+
+    spec = FeaturizerSpec(seed=3, dim=1 << 16, char_ngram_max=0, char_ngram_min=0)
+    w = weights(10, spec.dim, 12)
+    kernel, feat = RouterKernel(w), Featurizer(spec, use_native=True)
+    idx, val, order, probs = kernel.route_text(feat, b"balance", np.ones(10, np.uint8), 0.2, 1)
+    assert val.tolist() == [1.0]
+    ri, rv = featurize_reference(spec, b"balance")
+    r = route_reference(w, ri, rv, np.ones(10, bool), 0.2)
+    assert tuple(order) == r.order and np.allclose(probs, r.probs, rtol=0, atol=1e-12)
+
+
+def test_route_text_follows_a_changed_mask_and_parameter_on_the_same_thread():
+    """The per-thread job is rebound when the mask array, the mode or the parameter changes."""
+    from edge_eco.featurizer import featurize_reference
+
+    w = weights(6, SPEC.dim, 13)
+    kernel, feat = RouterKernel(w), Featurizer(SPEC, use_native=True)
+    a, b = np.array([1, 1, 1, 0, 0, 0], np.uint8), np.array([0, 0, 0, 1, 1, 1], np.uint8)
+    text = b"book a table for two"
+    ri, rv = featurize_reference(SPEC, text)
+    for mask, lam in ((a, 0.0), (b, 0.0), (a, 2.0), (a, 2.0), (b, 0.5)):
+        _, _, order, probs = kernel.route_text(feat, text, mask, lam, 1)
+        r = route_reference(w, ri, rv, mask.astype(bool), lam)
+        assert tuple(order) == r.order and np.allclose(probs, r.probs, rtol=0, atol=1e-12)
+    b[:] = [1, 0, 0, 0, 0, 0]  # the same array changed in place: read at the call, as before
+    assert kernel.route_text(feat, text, b, 0.5, 1)[2] == [0]

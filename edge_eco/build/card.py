@@ -44,7 +44,12 @@ def _settings(r: Recipe, m: Manifest, metrics: dict) -> str:
         + (f", reject floor {metrics[r.generalist.id]['reject_below']}" if metrics[r.generalist.id]["reject_below"] else ""),
         f"- quantization: `{r.quantization}` (symmetric int8 weights per class, ONNX Gather + DequantizeLinear, "
         "weights in an external `.onnx.data` that ONNX Runtime memory-maps)",
-        f"- calibration: temperature scaling on the `{r.calibration_split}` split (NLL)",
+        f"- calibration: temperature scaling on the `{r.calibration_split}` split (NLL)"
+        + (f"; the generalist also gets a bias on the `{r.reject_label}` logit, fitted with its temperature "
+           f"(reject bias {metrics[r.generalist.id].get('reject_bias', 0.0)})"
+           if r.calibration.method == "temperature-reject-bias" else "")
+        + (f"; the generalist's calibration rows reweighted to a declared `{r.reject_label}` share of "
+           f"{r.calibration.reject_share}" if r.calibration.reject_share is not None else ""),
         f"- router: `linear-softmax` over the featurizer (l2 {ro.l2}, {ro.max_iter} iterations), int8; val accuracy "
         f"{metrics['router']['val_accuracy']:.4f}, temperature {metrics['router']['temperature']}"
         + (f"; the request path routes with the `correctness` router stacked on it (`correctness.bin`: one "

@@ -79,6 +79,22 @@ def _train_one(name: str, labels: list[str], y_tr, y_va, x_tr, f_va, out: Path, 
             "val_accuracy": float((logits.argmax(1) == y_va).mean())}
 
 
+def _calibrate_generalist(recipe: Recipe, trained: dict, y_va: np.ndarray, reject: int | None) -> tuple[float, float]:
+    """(temperature, reject bias) of the generalist by the recipe's ``[calibration]`` method.
+
+    Without a reject label in its labels the generalist keeps its plain temperature.
+    """
+    cal = recipe.calibration
+    if reject is None or (cal.method == "temperature" and cal.reject_share is None):
+        return trained["temperature"], 0.0
+    from .train import fit_temperature, fit_temperature_reject_bias, reject_share_weights
+
+    weight = None if cal.reject_share is None else reject_share_weights(y_va, reject, cal.reject_share)
+    if cal.method == "temperature":
+        return fit_temperature(trained["val_logits"], y_va, weight), 0.0
+    return fit_temperature_reject_bias(trained["val_logits"], y_va, reject, weight)
+
+
 def build(recipe: Recipe, data_root: Path, out: Path, *, log: Log = lambda m: None,
           progress: Progress | None = None) -> dict:
     """Build the bundle of ``recipe`` into ``out`` (created or emptied of what a build writes).
@@ -156,18 +172,22 @@ def build(recipe: Recipe, data_root: Path, out: Path, *, log: Log = lambda m: No
     y_va = np.array([index[r.label] for r in data.val])
     r = _train_one(gid, labels, np.array([index[r.label] for r in data.train]), y_va, x_tr, f_va, out,
                    recipe.generalist.model)
+    temperature, bias = _calibrate_generalist(recipe, r, y_va, index.get(recipe.reject_label))
     reject = 0.0
     if has_reject and recipe.generalist.reject_floor:
         from .train import softmax
-        reject = pick_reject_floor(softmax(r["val_logits"], r["temperature"]), y_va, index[recipe.reject_label])
-    log(f"{gid}: {len(labels)} labels, val accuracy {r['val_accuracy']:.4f}, T={r['temperature']}, "
-        f"reject floor {reject}")
-    metrics[gid] = {"files": r["files"], "temperature": r["temperature"], "val_accuracy": r["val_accuracy"],
+        reject = pick_reject_floor(softmax(r["val_logits"], temperature, index[recipe.reject_label], bias), y_va,
+                                   index[recipe.reject_label])
+    log(f"{gid}: {len(labels)} labels, val accuracy {r['val_accuracy']:.4f}, T={temperature}"
+        + (f", reject bias {bias}" if bias else "") + f", reject floor {reject}")
+    metrics[gid] = {"files": r["files"], "temperature": temperature, "val_accuracy": r["val_accuracy"],
                     "reject_below": reject}
+    if bias:
+        metrics[gid]["reject_bias"] = bias
     models.append(ModelEntry(
         id=gid, version=recipe.version, role="generalist", backend="ort", file=FileEntry(r["files"][0], ""),
         input="hashed-text", labels=tuple(labels), niches={recipe.specialists.niche: "*"},
-        calibration=Calibration(temperature=r["temperature"], reject_below=reject)))
+        calibration=Calibration(temperature=temperature, reject_below=reject, reject_bias=bias)))
     if progress:
         progress("train models", steps - 1, steps)
     candidates = tuple(s for s, _ in pop.specialists) + (gid,)

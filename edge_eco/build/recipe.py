@@ -153,6 +153,24 @@ class CorrectnessSpec:
     include_generalist: bool = False
 
 
+CALIBRATION_METHODS = ("temperature", "temperature-reject-bias")
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """How models are calibrated on the calibration split.
+
+    ``method``: ``temperature`` (one temperature per model, NLL) or ``temperature-reject-bias``
+    (the generalist, whose labels include the reject label, also gets a bias on that label's
+    logit, fitted jointly with its temperature; other models get a temperature).
+    ``reject_share``: an optional declared share of the reject label in deployment traffic; the
+    generalist's calibration rows are reweighted to it (label shift). None: the split as it is.
+    """
+
+    method: str = "temperature"
+    reject_share: float | None = None
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A validated build recipe."""
@@ -177,6 +195,7 @@ class Recipe:
     card: CardSpec
     base_dir: Path = Path(".")
     correctness: CorrectnessSpec | None = None  # [router] kind = "correctness": fitted after the domain router
+    calibration: CalibrationSpec = CalibrationSpec()
 
 
 class _T:
@@ -302,7 +321,8 @@ def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe:
     quant = q.choice("weights", QUANTIZATIONS, "int8-per-class")
     c = top.table("calibration")
     cal_split = c.choice("split", ("val",), "val")
-    c.choice("method", ("temperature",), "temperature")
+    calibration = CalibrationSpec(c.choice("method", CALIBRATION_METHODS, "temperature"),
+                                  c.get("reject_share", float, None, 0.001, 0.999))
     sp_t = top.table("specialists", required=True)
     groups_t = sp_t.table("groups")
     groups = tuple((g, groups_t.strings(g, ...)) for g in sorted(groups_t.data))
@@ -354,7 +374,8 @@ def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe:
                     budget_bytes=b.get("budget_bytes", int, 64 << 20, 0), seed=b.get("seed", int, 0, 0),
                     data=data, split=split, featurizer=feat, quantization=quant, calibration_split=cal_split,
                     specialists=specialists, generalist=generalist, router=router, policy=policy,
-                    remote=remote, deferral=deferral, card=card, base_dir=base_dir, correctness=correctness)
+                    remote=remote, deferral=deferral, card=card, base_dir=base_dir, correctness=correctness,
+                    calibration=calibration)
     for t in (top, b, s, f, q, c, sp_t, g, r, p, d, card_t):
         t.done()
     return recipe
