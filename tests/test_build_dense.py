@@ -135,6 +135,9 @@ def test_recordings_build_is_byte_identical_and_scores_like_eval(har_small, tmp_
     build_json = json.loads((tmp_path / "a" / "build.json").read_text())
     # 6 train recordings x 37 windows (hop 26) per class; 2 val and 2 test recordings x 19 windows (hop 52)
     assert (build_json["data"]["train"], build_json["data"]["val"], build_json["data"]["test"]) == (666, 114, 114)
+    assert build_json["dense"]["recordings"]["test"] == ["running_01_26Hz_4g_mg.csv", "running_06_26Hz_4g_mg.csv",
+                                                         "stationary_01_26Hz_4g_mg.csv", "stationary_06_26Hz_4g_mg.csv",
+                                                         "walking_01_26Hz_4g_mg.csv", "walking_06_26Hz_4g_mg.csv"]
     test = build_json["test"]
     assert test["accuracy"] >= 0.95 and test["remote_rate"] == 0.0 and test["errors"] == 0
     assert set(test["eval"]["by_niche_local"]) == set(CLASSES)
@@ -280,3 +283,22 @@ def test_the_shipped_har_recipe_parses():
     assert r.dense.featurizer == "accel-window-v1" and r.data.windows.train_hop == 13
     assert r.specialists.family("active_large").hidden == (64, 64) and r.specialists.family("active_tiny").hidden == (8,)
     assert r.card.licence_file == "stm32_har/LICENSE_upstream.txt"
+
+
+def test_the_har_recipe_rebuilds_the_shipped_bundle(tmp_path):
+    """models/har is what recipes/har.toml builds. On this machine the rebuild is byte-identical; float
+    sums in training may round differently on another CPU's BLAS, so the bytes of the tiny models
+    (the ones the router uses) and the figures are what must match everywhere."""
+    root = Path(__file__).resolve().parent.parent
+    shipped = root / "models" / "har"
+    done = _cli("build", str(root / "recipes" / "har.toml"), "--out", str(tmp_path / "har"), "--data", str(DATA),
+                "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "har").iterdir()) == sorted(p.name for p in shipped.iterdir())
+    for name in ("featurizer.bin", "still_tiny.tflite", "active_tiny.tflite"):
+        assert (tmp_path / "har" / name).read_bytes() == (shipped / name).read_bytes(), name
+    new, old = (json.loads((d / "build.json").read_text()) for d in (tmp_path / "har", shipped))
+    assert new["data"] == old["data"] and new["dense"] == old["dense"]
+    assert abs(new["test"]["accuracy"] - old["test"]["accuracy"]) <= 0.003  # one window of 380
+    assert old["test"]["accuracy"] == 0.97632 and old["test"]["paths"] == {"direct": 363, "coalition": 17,
+                                                                            "remote": 0, "unavailable": 0}

@@ -177,6 +177,8 @@ def build_dense(recipe: Recipe, data: Dataset, out: Path, *, log: Callable[[str]
     log(f"policy: direct_threshold={policy.direct_threshold} (val local accuracy {tuning['val_local_accuracy']:.4f})")
     metrics["dense"] = {"featurizer": d.featurizer, "samples": d.samples, "axes": d.axes, "max_abs": d.max_abs,
                         "features": n_in}
+    if recipe.data.windows is not None:  # which recordings went where (splits are by whole recording)
+        metrics["dense"]["recordings"] = {k: sorted({Path(r.group).name for r in rows}) for k, rows in splits.items()}
     return finish(recipe, data, out, manifest, metrics, log=log, progress=progress, requests=list(req["test"]))
 
 
