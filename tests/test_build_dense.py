@@ -260,6 +260,7 @@ def test_bad_recordings_are_named_with_file_and_line(tmp_path):
     (("[policy]", '[remote]\nmodel = "x"\n[policy]'), "remote generalist clients send text"),
     (("hidden = [8]", "hidden = []"), r"hidden: a non-empty list of layer sizes"),
     (("active_large = { hidden", "nobody = { hidden"), r"specialists.models: \['nobody'\] are not specialists"),
+    (("[router]", '[router]\nkind = "correctness"'), "'correctness' reads text features"),
 ])
 def test_dense_recipe_mistakes_are_named(edit, why):
     with pytest.raises(RecipeError, match=why):

@@ -19,7 +19,7 @@ from typing import Any
 from ..errors import RecipeError
 from ..featurizer import FeaturizerSpec
 from ..manifest import ManifestError
-from .recipe_dense import DenseRecipe, WindowSpec, mlp_settings, parse_dense, parse_windows
+from .recipe_dense import DenseRecipe, WindowSpec, check_dense, mlp_settings, parse_dense, parse_windows
 
 FORMATS = ("jsonl", "csv", "tsv", "json-splits", "recordings")
 SPLITS = ("train", "val", "test")
@@ -385,7 +385,7 @@ def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe:
     dense = None
     if dense_data:
         dense = parse_dense(top.table("dense"), data.windows)
-        _check_dense(dense, specialists, generalist, router, correctness, remote)
+        check_dense(specialists, generalist, router, correctness, remote)
     elif "dense" in top.data:
         raise RecipeError("[dense] describes vector data: give data.vector_field (or format = 'recordings')")
     else:
@@ -408,23 +408,6 @@ def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe:
     for t in (top, b, s, f, q, c, sp_t, g, r, p, d, card_t):
         t.done()
     return recipe
-
-
-def _check_dense(dense: DenseRecipe, specialists: SpecialistSpec, generalist: GeneralistSpec, router: ModelFamily,
-                 correctness: CorrectnessSpec | None, remote: RemoteSpec | None) -> None:
-    """What a dense-vector build does not do (yet), refused before any data is read."""
-    models = [("specialists.model", specialists.model), ("generalist.model", generalist.model)]
-    models += [(f"specialists.models.{k}", m) for k, m in specialists.models]
-    bad = [where for where, m in models if m.family != "mlp"]
-    if bad:
-        raise RecipeError(f"{', '.join(bad)}: dense vectors train family 'mlp' models (sparse-linear reads text)")
-    if router.family != "sparse-linear" or router.hidden:
-        raise RecipeError("router.model: a dense router is linear (family 'sparse-linear' over the dense features)")
-    if correctness is not None:
-        raise RecipeError("router.kind 'correctness' reads text features; a dense recipe uses 'linear-softmax'")
-    if remote is not None:
-        raise RecipeError("[remote]: the remote generalist clients send text; a dense-vector ecology answers locally "
-                          "(remove [remote])")
 
 
 def load_recipe(path: str | Path) -> Recipe:

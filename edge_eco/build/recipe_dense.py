@@ -81,3 +81,19 @@ def mlp_settings(t) -> dict:
         raise RecipeError(f"{t.where}.hidden: a non-empty list of layer sizes 1-4096, got {hidden!r}")
     return {"hidden": tuple(hidden), "learning_rate": t.get("learning_rate", float, 3e-3, 1e-6, 1.0),
             "backend": t.choice("backend", BACKENDS, "tflite")}
+
+
+def check_dense(specialists, generalist, router, correctness, remote) -> None:
+    """What a dense-vector build does not do (yet), refused before any data is read."""
+    models = [("specialists.model", specialists.model), ("generalist.model", generalist.model)]
+    models += [(f"specialists.models.{k}", m) for k, m in specialists.models]
+    bad = [where for where, m in models if m.family != "mlp"]
+    if bad:
+        raise RecipeError(f"{', '.join(bad)}: dense vectors train family 'mlp' models (sparse-linear reads text)")
+    if router.family != "sparse-linear" or router.hidden:
+        raise RecipeError("router.model: a dense router is linear (family 'sparse-linear' over the dense features)")
+    if correctness is not None:
+        raise RecipeError("router.kind 'correctness' reads text features; a dense recipe uses 'linear-softmax'")
+    if remote is not None:
+        raise RecipeError("[remote]: the remote generalist clients send text; a dense-vector ecology answers locally "
+                          "(remove [remote])")
