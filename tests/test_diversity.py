@@ -19,6 +19,8 @@ from edge_eco.tomlwrite import manifest_to_toml
 
 import numpy as np
 
+from conftest import CLINC
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -55,7 +57,7 @@ def test_a_duplicated_model_is_flagged_redundant_and_niches_report_the_oracle_ga
 
 
 def test_cli_diversity_prints_tables(capsys):
-    data = ROOT.parent / "shared" / "data" / "clinc150" / "data_full.json"
+    data = CLINC  # $EDGE_ECO_DATA or ../shared/data (a worktree elsewhere has no ../shared)
     assert cli(["diversity", str(ROOT / "models" / "clinc150"), "--requests", str(data), "--split", "test",
                 "--limit", "20"]) == 0
     out = capsys.readouterr().out
