@@ -19,7 +19,7 @@ import edge_eco
 from edge_eco.build.data import prepare
 from edge_eco.build.pipeline import build
 from edge_eco.build.recipe import parse_recipe
-from edge_eco.errors import BuildError, DataError, RecipeError
+from edge_eco.errors import BuildError, DataError, RecipeError, RequestError
 
 from conftest import DATA
 
@@ -183,6 +183,10 @@ def test_vector_rows_build_onnx_models_served_as_feature_vectors(har_small, tmp_
     with edge_eco.open(tmp_path / "vec") as eco:
         assert eco.manifest.dense.kind == "vector-v1" and eco.feature_dim == 24
         answers = [eco.answer_features(np.array(r["v"], np.float32)) for r in test_rows]
+        with pytest.raises(RequestError, match=r"expected 24 features .*got shape \[23\]"):
+            eco.answer_features(np.zeros(23, np.float32))
+        with pytest.raises(RequestError, match="NaN or infinity"):
+            eco.answer(np.full(24, np.nan))
         acc = np.mean([a.label == r["label"] for a, r in zip(answers, test_rows)])
     assert round(float(acc), 5) == report["test"]["accuracy"]  # the report rounds to 5 digits
     (tmp_path / "t.jsonl").write_text("".join(json.dumps({"features": " ".join(map(str, r["v"])), "label": r["label"]})
