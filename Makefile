@@ -44,6 +44,7 @@ models: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[build,remote,dev]"
 	$(VENV)/bin/edge-eco build recipes/clinc150.toml --data $(DATA) --out models/clinc150
 	$(VENV)/bin/edge-eco build recipes/sib200.toml --data $(DATA) --out models/sib200
+	$(MAKE) har
 
 minilm: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[build,remote,dev]"
@@ -51,7 +52,7 @@ minilm: $(STAMP)
 
 har: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[build,litert,remote,dev]"
-	$(PY) tools/build_har.py --data $(DATA) --out models/har
+	$(VENV)/bin/edge-eco build recipes/har.toml --data $(DATA) --out models/har
 
 clean:
 	rm -rf build $(VENV) $(PEERS) edge_eco/*.so

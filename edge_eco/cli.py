@@ -59,8 +59,9 @@ def _port(text: str) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.out and Path(args.out).is_dir():
         raise CliError(f"--out {args.out} is a directory; give a file name")
-    if args.plan or args.by_niche or Path(args.requests).is_dir():
-        return _device_cmd("run_plan")(args)
+    from .har_data import is_har_folder
+    if args.plan or args.by_niche or (Path(args.requests).is_dir() and not is_har_folder(Path(args.requests))):
+        return _device_cmd("run_plan")(args)  # a folder of per-niche files (sib200); stm32_har is one request set
     examples = load_requests(args.requests, args.split)
     if args.limit:
         examples = examples[: args.limit]
@@ -396,7 +397,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.remote and args.remote_bundle:
         raise CliError("give the remote generalist at most once: --remote URL or --remote-bundle DIR")
     examples = load_labelled(args.requests, split=args.split, text_field=args.text_field,
-                             label_field=args.label_field, niche_field=args.niche_field)
+                             label_field=args.label_field, niche_field=args.niche_field,
+                             vector_field=args.vector_field)
     if args.limit:
         examples = examples[: args.limit]
     if not examples:
@@ -541,9 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
     bld.set_defaults(fn=_cmd_build)
     ev = sub.add_parser("eval", help="score a bundle on a labelled file (the keys of `run`, plus an eval block)")
     ev.add_argument("ecology")
-    ev.add_argument("--requests", required=True, help="JSON lines, CSV/TSV, or a CLINC150 json with --split")
+    ev.add_argument("--requests", required=True, help="JSON lines, CSV/TSV, or a CLINC150 json or the stm32_har "
+                                                      "folder with --split")
     ev.add_argument("--split", choices=["train", "val", "test"])
     ev.add_argument("--text-field", default="text")
+    ev.add_argument("--vector-field", help="field holding each row's vector (a dense-vector ecology)")
     ev.add_argument("--label-field", default="label")
     ev.add_argument("--niche-field", help="field giving each request's niche (per-niche accuracy)")
     ev.add_argument("--remote", help="remote generalist URL (Open Inference Protocol v2)")

@@ -1,4 +1,7 @@
-"""Dense-vector input contract: accelerometer windows -> standardized feature vectors. Pure numpy.
+"""Dense-vector input contract: sensor windows or plain vectors -> standardized features. Pure numpy.
+
+Featurizer ``vector-v1``: the request is a vector of ``samples`` numbers (``axes`` 1) and is itself the
+feature vector, standardized like the window features below.
 
 Featurizer ``accel-window-v1``: a window of ``samples`` x ``axes`` readings (mg) becomes, per
 axis, mean, standard deviation, min, max and mean absolute first difference, plus the same five
@@ -17,13 +20,16 @@ import numpy as np
 from .errors import RequestError
 
 KIND = "accel-window-v1"
+VECTOR = "vector-v1"
+KINDS = (VECTOR, KIND)
 BANDS = 4
 CLIP = 8.0
 
 
-def dim(axes: int) -> int:
-    """Feature count for ``axes`` axes: 5 statistics per axis and of the magnitude, plus bands."""
-    return 5 * (axes + 1) + BANDS
+def dim(axes: int, kind: str = KIND, samples: int = 0) -> int:
+    """Feature count: for ``accel-window-v1``, 5 statistics per axis and of the magnitude plus the
+    bands; for ``vector-v1``, the request's length ``samples * axes``."""
+    return samples * axes if kind == VECTOR else 5 * (axes + 1) + BANDS
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,14 @@ def raw_features(windows: np.ndarray) -> np.ndarray:
     bands = np.array_split(spec[:, 1:], BANDS, axis=1)
     energy = np.stack([np.log1p(b.sum(1)) for b in bands], axis=1)
     return np.concatenate(stats + [energy], axis=1).astype(np.float32)
+
+
+def features(windows: np.ndarray, kind: str) -> np.ndarray:
+    """float32 [n, dim] unstandardized features of requests float [n, samples, axes] for featurizer ``kind``."""
+    if kind == VECTOR:
+        w = np.asarray(windows, dtype=np.float32)
+        return w.reshape(len(w), -1)
+    return raw_features(windows)
 
 
 def standardize(raw: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ from .bundle import read_bundle
 from .errors import (BackendError, BudgetError, EdgeEcoError, FallbackError, InferenceError, IntegrityError,
                      ManifestError, RequestError,
                      RoutingError)
-from .dense import DenseSpec, dim as dense_dim, raw_features, standardize, validate_window
+from .dense import DenseSpec, dim as dense_dim, features as dense_features, standardize, validate_window
 from .inputs import Feeds, hashed_feeds, token_adapter
 from .judges import Vote, calibrated_vote, judge, settle
 from .manifest import Manifest, RemoteSpec
@@ -606,7 +606,7 @@ class _Dense:
 
     def feeds(self, window: Any) -> Feeds:
         a = validate_window(window, self.spec)
-        return {"x": standardize(raw_features(a[None]), self.mean, self.std)}
+        return {"x": standardize(dense_features(a[None], self.spec.kind), self.mean, self.std)}
 
 
 def _load_dense(root: Path, manifest: Manifest) -> _Dense | None:
@@ -615,7 +615,7 @@ def _load_dense(root: Path, manifest: Manifest) -> _Dense | None:
         return None
     _, arrays = read_router(root / d.file.path)
     mean, std = arrays.get("mean"), arrays.get("std")
-    want = dense_dim(d.axes)
+    want = dense_dim(d.axes, d.kind, d.samples)
     if mean is None or std is None or mean.shape != (want,) or std.shape != (want,) or not (std > 0).all():
         raise ManifestError(f"{d.file.path}: expected float32 mean and positive std of {want} features")
     return _Dense(DenseSpec(d.kind, d.samples, d.axes, d.max_abs), np.array(mean), np.array(std))

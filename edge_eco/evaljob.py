@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -52,11 +52,18 @@ class InProcessRemote:
 
 @dataclass(frozen=True)
 class Labelled:
-    """A labelled example with its niche (None when it has none)."""
+    """A labelled example with its niche (None when it has none); a dense request carries its
+    ``vector`` (``text`` then names its source)."""
 
     text: str
     label: str
     niche: str | None = None
+    vector: Any = None
+
+    @property
+    def request(self) -> Any:
+        """What the ecology answers: the vector when there is one, else the text."""
+        return self.text if self.vector is None else self.vector
 
 
 def niche_accuracy(predicted: Sequence[str], examples: Sequence[Labelled]) -> dict[str, dict]:
@@ -83,7 +90,7 @@ def local_metrics(eco: Ecology, examples: Sequence[Labelled], remote_label: Call
     """
     local_ok, conf, score, labels, remote_ok = [], [], [], [], []
     for i, ex in enumerate(examples):
-        a = eco.answer(ex.text, local_only=True)
+        a = eco.answer(ex.request, local_only=True)
         labels.append(a.label)
         local_ok.append(a.label == ex.label)
         conf.append(min(1.0, max(0.0, float(a.confidence))))
@@ -121,7 +128,7 @@ def eval_bundle(eco: Ecology, examples: Sequence[Labelled], *, source: str = "",
     Returns:
         The report dict.
     """
-    plain = [Example(e.text, e.label) for e in examples]
+    plain = [Example(e.text, e.label, e.vector) for e in examples]
     has_generalist = any(m.id == "generalist" for m in eco.manifest.models)
     report = run_job(eco, plain, RunOptions(local_baseline="generalist" if has_generalist else None,
                                             remote_baseline=not local_only, local_only=local_only),
@@ -131,11 +138,14 @@ def eval_bundle(eco: Ecology, examples: Sequence[Labelled], *, source: str = "",
 
 
 def load_labelled(path, *, split: str | None = None, text_field: str = "text", label_field: str = "label",
-                  niche_field: str | None = None) -> list[Labelled]:
-    """Labelled examples from JSON lines, CSV/TSV (by extension) or a CLINC150 JSON with ``split``.
+                  niche_field: str | None = None, vector_field: str | None = None) -> list[Labelled]:
+    """Labelled examples from JSON lines, CSV/TSV (by extension), a CLINC150 JSON with ``split``, or
+    the stm32_har folder with ``split``. With ``vector_field`` every row is a dense request: a list of
+    numbers, or a string of numbers separated by spaces or commas (the ecology checks its length).
 
     Raises:
-        RequestError: unreadable file, a row without a string text or without a label.
+        RequestError: unreadable file, a row without a string text (or a vector of numbers) or
+        without a label.
     """
     import csv
     import io
@@ -149,7 +159,7 @@ def load_labelled(path, *, split: str | None = None, text_field: str = "text", l
     if split is not None:
         if niche_field:
             raise RequestError("--niche-field reads JSON lines or CSV rows; a --split data set has no niche field")
-        return [Labelled(e.text, e.label) for e in load_requests(path, split)]
+        return [Labelled(e.text, e.label, vector=e.vector) for e in load_requests(path, split)]
     if not path.is_file():
         raise RequestError(f"requests file {path} does not exist or is not a file")
     try:
@@ -172,17 +182,35 @@ def load_labelled(path, *, split: str | None = None, text_field: str = "text", l
                 where.append(f"{path}:{n}")
     out = []
     for row, w in zip(rows, where):
-        if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+        vector = None
+        if vector_field is not None:
+            vector = _vector(row, vector_field, w)
+        elif not isinstance(row, dict) or not isinstance(row.get(text_field), str):
             raise RequestError(f"{w}: expected a string field {text_field!r}")
         label = row.get(label_field)
         if label is None or not str(label).strip():
             raise RequestError(f"{w}: no label in field {label_field!r}; eval needs labelled requests")
         niche = row.get(niche_field) if niche_field else None
-        out.append(Labelled(row[text_field], str(label), None if niche is None else str(niche)))
+        out.append(Labelled(w if vector is not None else row[text_field], str(label),
+                            None if niche is None else str(niche), vector))
     if niche_field and out and all(e.niche is None for e in out):
         raise RequestError(f"{path}: no row has the niche field {niche_field!r} (the first row has "
                            f"{sorted(rows[0])})")
     return out
+
+
+def _vector(row, field: str, where: str) -> np.ndarray:
+    """A row's dense request as float64 [n], or RequestError naming the row."""
+    from .errors import RequestError
+    v = row.get(field) if isinstance(row, dict) else None
+    if isinstance(v, str):
+        try:
+            v = [float(x) for x in v.replace(",", " ").split()]
+        except ValueError:
+            raise RequestError(f"{where}: field {field!r} holds text that is not numbers") from None
+    if not isinstance(v, list) or not v or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        raise RequestError(f"{where}: expected field {field!r} to be a non-empty list of numbers")
+    return np.array(v, dtype=np.float64)
 
 
 def _one_document(path, text: str) -> None:

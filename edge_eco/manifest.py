@@ -436,7 +436,7 @@ def parse_manifest(text: str) -> Manifest:
         dt.done()
     dense = None
     if (dn := top.table("dense")) is not None:
-        dense = DenseInput(_file(dn), dn.choice("kind", ("accel-window-v1",)), dn.get("samples", int, lo=2, hi=1 << 16),
+        dense = DenseInput(_file(dn), dn.choice("kind", ("accel-window-v1", "vector-v1")), dn.get("samples", int, lo=2, hi=1 << 16),
                            dn.get("axes", int, lo=1, hi=64), dn.get("max_abs", float, lo=0.0))
         dn.done()
     raw_models = top.get("models", list)

@@ -1,11 +1,10 @@
 """Loading modes give the same outputs as a plain load; the LiteRT backend is exact, safe on
-malformed files and thread-safe. Models are built here from random weights by tools/ writers
-(onnx_mlp.py, tflite_mlp.py) and, for ORT, the shipped CLINC150 specialist is used as well."""
+malformed files and thread-safe. Models are built here from random weights by the build's writers
+(edge_eco/build/onnx_mlp.py, tflite_mlp.py) and, for ORT, the shipped CLINC150 specialist is used as well."""
 
 from __future__ import annotations
 
 import shutil
-import sys
 import threading
 from pathlib import Path
 
@@ -16,9 +15,8 @@ from edge_eco.backends import open_model, ort as ort_backend
 from edge_eco.errors import InferenceError, ModelLoadError
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-onnx_mlp = pytest.importorskip("onnx_mlp", reason="needs the onnx package (dev extra)")
-tflite_mlp = pytest.importorskip("tflite_mlp")
+onnx_mlp = pytest.importorskip("edge_eco.build.onnx_mlp", reason="needs the onnx package (dev extra)")
+tflite_mlp = pytest.importorskip("edge_eco.build.tflite_mlp")
 pytest.importorskip("ai_edge_litert", reason="needs ai-edge-litert (litert extra)")
 
 

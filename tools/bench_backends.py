@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge_eco.backends import ort as ort_backend, tflite as tfl_backend  # noqa: E402
 from edge_eco.residency.footprint import read_footprint, release_heap  # noqa: E402
-from onnx_mlp import int8_mlp, random_mlp, save  # noqa: E402
-from tflite_mlp import quantize_mlp, write_tflite  # noqa: E402
+from edge_eco.build.onnx_mlp import int8_mlp, random_mlp, save  # noqa: E402
+from edge_eco.build.tflite_mlp import quantize_mlp, write_tflite  # noqa: E402
 
 N_IN, N_OUT = 512, 8
 

@@ -7,7 +7,10 @@ never imports them and a missing one is reported with the extra that installs it
 Modules: ``recipe`` (the TOML recipe), ``data`` (loading, validation, splits), ``train`` (sparse
 logistic regression), ``export`` (int8 ONNX), ``calibrate`` (temperatures, thresholds),
 ``router_fit`` (the router: one call, swappable), ``deferral_fit`` (optional learned deferral),
-``evaluate`` (test-split metrics), ``card`` (MODEL_CARD.md), ``pipeline`` (the whole build).
+``finish`` (test-split metrics, build.json), ``card`` (MODEL_CARD.md), ``pipeline`` (the whole build).
+Dense-vector recipes: ``recipe_dense`` (``[dense]``, ``[data.windows]``, the ``mlp`` family),
+``recordings`` (raw sensor recordings -> windows), ``train_dense`` (scikit-learn MLPs written by
+``tflite_mlp`` or ``onnx_mlp``), ``dense_build`` (the build of a dense bundle).
 """
 
 from __future__ import annotations

@@ -26,7 +26,47 @@ def _population(m: Manifest, metrics: dict, out: Path) -> str:
                               "right on other niches' requests; the second figure is on its own niche only.")
 
 
+def _mlp(fam) -> str:
+    return (f"hidden {list(fam.hidden)}, tier `{fam.tier}`, alpha {fam.l2}, {fam.max_iter} epochs of Adam "
+            f"(step {fam.learning_rate}), written for `{fam.backend}`")
+
+
+def _dense_settings(r: Recipe, m: Manifest, metrics: dict) -> str:
+    d, w, s = metrics["dense"], r.data.windows, r.specialists
+    split = f"- split: {r.split.mode}" + (f" (per label, recordings in name order take the splits {list(r.split.cycle)} "
+                                          "in turn)" if r.split.mode == "by-recording" else "")
+    lines = [
+        f"- dense featurizer `{d['featurizer']}`: a request is {d['samples']} x {d['axes']} numbers (|x| <= "
+        f"{d['max_abs']:g}); {d['features']} features, standardized with the train mean and std (`featurizer.bin`), "
+        "clipped to +-8; the same code at build and serving time (`edge_eco/dense.py`)",
+        split]
+    if w is not None:
+        lines.append(f"- recordings cut into windows of {w.samples} rows x {w.axes} axes, every {w.train_hop} rows in "
+                     f"train and every {w.hop} rows (no overlap) in val and test")
+    lines += [f"- specialist `{sid}` ({r.specialists.niche} {','.join(v)}): family `mlp`, {_mlp(s.family(sid))}"
+              for sid, v in (s.groups or ())]
+    if not s.groups:
+        lines.append(f"- specialists: one per `{s.niche}` value, family `mlp`, {_mlp(s.model)}")
+    lines += [
+        f"- each specialist answers its niche's labels + `{s.decline_label}`"
+        + (", decline class re-weighted to balance" if s.balance_decline else ""),
+        f"- generalist `{r.generalist.id}`: family `mlp`, {_mlp(r.generalist.model)}",
+        "- quantization: `.tflite` full int8 (per-tensor symmetric int8 weights, int32 biases, int8 activations "
+        "ranged on the train features) / `.onnx` int8 weights with dynamic int8 activations; every logit used "
+        "for calibration comes from the written file through the runtime's backend",
+        f"- calibration: temperature scaling on the `{r.calibration_split}` split (NLL)",
+        f"- router: `linear-softmax` over the dense features (l2 {r.router.l2}, {r.router.max_iter} iterations), int8; "
+        "target: the cheapest specialist owning the request's niche; val accuracy "
+        f"{metrics['router']['val_accuracy']:.4f}, temperature {metrics['router']['temperature']}",
+        f"- policy (chosen by replaying the `{r.calibration_split}` split through the runtime): `direct_threshold` "
+        f"{m.policy.direct_threshold}, coalition of {m.policy.coalition_size}, remote `{m.policy.remote}`",
+        f"- seed {r.seed}"]
+    return "\n".join(lines)
+
+
 def _settings(r: Recipe, m: Manifest, metrics: dict) -> str:
+    if r.dense is not None:
+        return _dense_settings(r, m, metrics)
     f = r.featurizer
     s, g, ro = r.specialists.model, r.generalist.model, r.router
     lines = [
@@ -99,14 +139,16 @@ def _metrics(r: Recipe, metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def model_card(recipe: Recipe, m: Manifest, metrics: dict, out: Path) -> str:
+def model_card(recipe: Recipe, m: Manifest, metrics: dict, out: Path, licence_text: str = "") -> str:
     """The model card text.
 
     Args:
-        recipe: the recipe built; m: the final manifest; metrics: the build report; out: the bundle folder.
+        recipe: the recipe built; m: the final manifest; metrics: the build report; out: the bundle folder;
+        licence_text: the text of the recipe's ``card.licence_file``, reproduced on the card ("" when none).
     """
     c, d = recipe.card, metrics["data"]
     notes = "".join(f"\n- {n}" for n in d["notes"])
+    licence = f"\n\nThe licence, reproduced as it requires:\n\n```\n{licence_text}\n```" if licence_text else ""
     return f"""# Model card: {m.name} ecology
 
 {m.description}
@@ -119,7 +161,7 @@ def model_card(recipe: Recipe, m: Manifest, metrics: dict, out: Path) -> str:
 - Data fingerprint (sha256 over every input file's path and sha256): `{d['fingerprint_sha256']}`
 - Rows: {d['train']} train / {d['val']} val / {d['test']} test{notes}
 
-The models here are derived from that data and are shared under its licence.
+The models here are derived from that data and are shared under its licence.{licence}
 
 ## Population
 {_population(m, metrics, out)}

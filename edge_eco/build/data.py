@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import DataError
 from .recipe import SPLITS, DataSpec, SplitSpec
+from .recordings import keep_window, split_by_recording, window_records
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 LEAKAGE_POLICIES = ("error", "warn", "drop")
@@ -37,6 +38,8 @@ class Row:
     split: str | None
     where: str
     vector: tuple[float, ...] | None = None
+    group: str | None = None  # the recording a window was cut from (format "recordings")
+    start: int | None = None  # the window's first row in its recording
 
 
 @dataclass(frozen=True)
@@ -49,16 +52,18 @@ class Dataset:
     fingerprint: str
     files: tuple[str, ...]
     notes: tuple[str, ...]
+    licence_text: str = ""  # the recipe's card.licence_file, reproduced on the model card
 
 
 def _expand(root: Path, template: str) -> list[tuple[Path, dict[str, str]]]:
     """Files matching a path template, each with the values its ``{field}`` placeholders took."""
     names = _PLACEHOLDER.findall(template)
     full = template if Path(template).is_absolute() else str(root / template)
-    if not names:
+    if not names and "*" not in template:
         return [(Path(full), {})]
-    pattern = re.compile("^" + "".join(
-        f"(?P<{p}>[^/]+)" if i % 2 else re.escape(p) for i, p in enumerate(_PLACEHOLDER.split(full))) + "$")
+    pattern = re.compile("^" + "".join(  # a "*" in the template matches within one path component
+        f"(?P<{p}>[^/]+)" if i % 2 else re.escape(p).replace(r"\*", "[^/]*")
+        for i, p in enumerate(_PLACEHOLDER.split(full))) + "$")
     out = []
     for path in sorted(glob.glob(_PLACEHOLDER.sub("*", full))):
         m = pattern.match(path)
@@ -69,6 +74,9 @@ def _expand(root: Path, template: str) -> list[tuple[Path, dict[str, str]]]:
 
 def _records(path: Path, spec: DataSpec, keys) -> list[tuple[dict, str, str | None]]:
     """(record, where, split) triples of one file."""
+    if spec.format == "recordings":
+        return [({**rec, "_start": start}, where, None) for rec, where, start in
+                window_records(path, spec.windows, spec.vector_field)]
     try:
         raw = path.read_bytes()
         text = raw.decode("utf-8-sig")  # a UTF-8 byte-order mark (spreadsheet exports) is not data
@@ -160,17 +168,9 @@ def _row(rec: dict, where: str, split: str | None, extra: dict, spec: DataSpec, 
             problems[f"empty text in {spec.text_field!r}"].append(where)
             return None
     else:
-        v = rec.get(spec.vector_field)
-        if isinstance(v, str):
-            try:
-                v = [float(x) for x in v.replace(",", " ").split()]
-            except ValueError:
-                v = None
-        if not isinstance(v, list) or not v or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                       for x in v):
-            problems[f"vector field {spec.vector_field!r} missing or not a list of numbers (mixed types)"].append(where)
+        vector = _vector(rec.get(spec.vector_field), spec.vector_field, where, problems)
+        if vector is None:
             return None
-        vector = tuple(float(x) for x in v)
     if spec.split_field is not None:
         split = str(rec.get(spec.split_field, "")).strip() or split
         if split not in SPLITS:
@@ -184,6 +184,34 @@ def _row(rec: dict, where: str, split: str | None, extra: dict, spec: DataSpec, 
             return None
         niche = niche.strip() or None if niche is not None else None
     return Row(text, label, niche, split, where, vector)
+
+
+def _vector(v, field: str, where: str, problems: dict[str, list[str]]) -> tuple[float, ...] | None:
+    """A dense row's vector (a list of numbers, a string of numbers split by commas or spaces, or a
+    recording's window), or None with the problem recorded."""
+    if isinstance(v, np.ndarray):
+        a = v.astype(np.float64).reshape(-1)
+    else:
+        if isinstance(v, str):
+            try:
+                v = [float(x) for x in v.replace(",", " ").split()]
+            except ValueError:
+                problems[f"vector field {field!r} holds text that is not numbers"].append(where)
+                return None
+        if v is None:
+            problems[f"vector field {field!r} missing"].append(where)
+            return None
+        if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+            problems[f"vector field {field!r} not a list of numbers (mixed types)"].append(where)
+            return None
+        a = np.array(v, dtype=np.float64)
+    if not a.size:
+        problems[f"vector field {field!r} is an empty vector"].append(where)
+        return None
+    if not np.isfinite(a).all():
+        problems[f"vector field {field!r} holds NaN or infinity"].append(where)
+        return None
+    return tuple(a.tolist())
 
 
 def load_rows(root: Path, spec: DataSpec) -> tuple[list[Row], list[Path], dict[str, str] | None]:
@@ -206,9 +234,10 @@ def load_rows(root: Path, spec: DataSpec) -> tuple[list[Row], list[Path], dict[s
             files.append(path)
             extra = {**dict(f.fields), **extra}
             for rec, where, split in _records(path, spec, f.keys):
+                start = rec.pop("_start", None) if spec.format == "recordings" else None
                 row = _row(rec, f"{path.parent.name}/{where}" if path.parent.name else where, split or f.split, extra, spec, niches, problems)
                 if row is not None:
-                    rows.append(row)
+                    rows.append(row if start is None else replace(row, group=str(path), start=start))
     kinds = problems.pop("_label_types", [])
     if len({k for k, _ in kinds}) > 1:  # 1 and "1" would silently become one label
         numbers = [w for k, w in kinds if k == "number"]
@@ -289,12 +318,18 @@ def prepare(root: Path, spec: DataSpec, split: SplitSpec, *, niche_values: tuple
             problems[f"labels with fewer than {split.min_per_label} examples (too few for a train/val/test "
                      "split)"] = [f"{lab!r} ({counts[lab]})" for lab in few]
         rows = stratified_split(rows, split)
+    elif split.mode == "by-recording":
+        groups: dict[str, list[str]] = defaultdict(list)
+        for r in rows:
+            groups[r.label].append(r.group)
+        assigned = split_by_recording(groups, split.cycle)
+        rows = [replace(r, split=assigned[r.group]) for r in rows]
     else:
         missing = [r.where for r in rows if r.split is None]
         if missing:
             problems["rows without a split (give split per file, a split_field, or [split] mode = "
                      "'stratified')"] = missing
-    parts = {s: [r for r in rows if r.split == s] for s in SPLITS}
+    parts = {s: [r for r in rows if r.split == s and keep_window(r.start, s, spec.windows)] for s in SPLITS}
     train_labels = {r.label for r in parts["train"]}
     for s in ("val", "test"):
         unseen = sorted({r.label for r in parts[s]} - train_labels)
@@ -316,16 +351,18 @@ def prepare(root: Path, spec: DataSpec, split: SplitSpec, *, niche_values: tuple
             if unmapped:
                 notes.append(f"{len(unmapped)} label(s) not in the niche map (answered by the generalist): "
                              + ", ".join(unmapped[:5]))
-    if spec.text_field is not None:
-        seen = {r.text.strip() for r in parts["train"]}
-        leaked = [r for r in parts["test"] if r.text.strip() in seen]
+    key = (lambda r: r.text.strip()) if spec.text_field is not None else (lambda r: r.vector)  # noqa: E731
+    what = "text" if spec.text_field is not None else "vector"
+    if parts["train"] and parts["test"]:
+        seen = {key(r) for r in parts["train"]}
+        leaked = [r for r in parts["test"] if key(r) in seen]
         if leaked:
-            msg = (f"{len(leaked)} test row(s) ({len({r.text.strip() for r in leaked})} distinct texts) also "
+            msg = (f"{len(leaked)} test row(s) ({len({key(r) for r in leaked})} distinct {what}s) also "
                    f"appear in train, first at {', '.join(r.where for r in leaked[:3])}")
             if leakage == "error":
-                problems["leakage: the same text in train and test"] = [msg]
+                problems[f"leakage: the same {what} in train and test"] = [msg]
             elif leakage == "drop":
-                parts["test"] = [r for r in parts["test"] if r.text.strip() not in seen]
+                parts["test"] = [r for r in parts["test"] if key(r) not in seen]
                 notes.append(f"leakage: {msg}; dropped from test")
             else:
                 notes.append(f"leakage: {msg}; kept (declared in the recipe)")

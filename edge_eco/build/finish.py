@@ -28,8 +28,10 @@ def _stable(report: dict) -> dict:
 
 
 def finish(recipe: Recipe, data: Dataset, out: Path, manifest, metrics: dict, *,
-           log: Callable[[str], None], progress) -> dict:
+           log: Callable[[str], None], progress, requests: list | None = None) -> dict:
     """Fit the deferral (when asked), score the test split, write build.json and MODEL_CARD.md.
+
+    ``requests``: a dense build's test requests (arrays, in test-split order); None for text.
 
     Returns:
         The build report (what build.json holds).
@@ -52,7 +54,8 @@ def finish(recipe: Recipe, data: Dataset, out: Path, manifest, metrics: dict, *,
             (out / "ecology.toml").write_text(manifest_to_toml(manifest))
             metrics["deferral"] = report
             log(f"deferral: margin {report['margin']} ({report['val_gain']} gains, {report['val_loss']} losses on val)")
-        test = [Labelled(r.text, r.label, r.niche) for r in data.test]
+        test = [Labelled(r.text, r.label, r.niche) for r in data.test] if requests is None else \
+            [Labelled(r.where, r.label, r.niche, v) for r, v in zip(data.test, requests)]
         with edge_eco.open(out, remote_client=remote) as eco:
             # Timing must not change answers in a build: no coalition member may miss its deadline.
             eco.policy = replace(eco.policy, coalition_timeout_ms=600_000.0)
@@ -65,11 +68,12 @@ def finish(recipe: Recipe, data: Dataset, out: Path, manifest, metrics: dict, *,
     metrics["test"] = _stable(report)
     metrics["data"] = {"fingerprint_sha256": data.fingerprint, "train": len(data.train), "val": len(data.val),
                        "test": len(data.test), "notes": list(data.notes)}
-    metrics["featurizer"] = {f: getattr(recipe.featurizer, f) for f in recipe.featurizer.__dataclass_fields__}
+    if recipe.dense is None:
+        metrics["featurizer"] = {f: getattr(recipe.featurizer, f) for f in recipe.featurizer.__dataclass_fields__}
     t = metrics["test"]
     log(f"test: accuracy {t['accuracy']}, remote rate {t['remote_rate']}, local {t['eval']['local_accuracy']}, "
         f"APGR {t['eval'].get('apgr')}, ECE {t['eval']['ece_local']}")
     (out / "build.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
-    (out / "MODEL_CARD.md").write_text(model_card(recipe, manifest, metrics, out))
+    (out / "MODEL_CARD.md").write_text(model_card(recipe, manifest, metrics, out, data.licence_text))
     metrics["bundle_sha256"] = sha256_file(out / "ecology.toml")
     return metrics

@@ -18,7 +18,7 @@ import numpy as np
 
 from .._native import Featurizer
 from ..bundle import sha256_file
-from ..errors import BuildError
+from ..errors import BuildError, DataError
 from ..manifest import Calibration, FileEntry, Manifest, ModelEntry, Policy, RemoteSpec, RouterSpec
 from ..tomlwrite import manifest_to_toml
 from .calibrate import pick_reject_floor, tune_policy
@@ -117,11 +117,12 @@ def build(recipe: Recipe, data_root: Path, out: Path, *, log: Log = lambda m: No
 
     data = prepare(data_root, recipe.data, recipe.split, reject_label=recipe.reject_label,
                    niche_values=tuple(v for _, vals in recipe.specialists.groups for v in vals))
-    if recipe.data.vector_field is not None:
-        raise BuildError("dense-vector inputs validate, but the runtime serves text requests (hashed-text or "
-                         "text-tokens models) only; a vector input model is not supported yet")
+    data = replace(data, licence_text=_licence_text(data_root, recipe.card.licence_file))
     log(f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test rows, "
         f"fingerprint {data.fingerprint[:16]}" + "".join(f"; {n}" for n in data.notes))
+    if recipe.dense is not None:  # vectors: MLPs over the dense featurizer, served by the dense contract
+        from .dense_build import build_dense
+        return build_dense(recipe, data, out, log=log, progress=progress)
     pop = population(recipe, data)
     check_before_training(recipe, data)
     clear_out(out)  # a rebuild keeps no stale model of an earlier population, and no user file is deleted
@@ -230,6 +231,17 @@ def build(recipe: Recipe, data_root: Path, out: Path, *, log: Log = lambda m: No
     log(f"policy: direct_threshold={policy.direct_threshold}, fallback_threshold={policy.fallback_threshold}")
     from .finish import finish
     return finish(recipe, data, out, manifest, metrics, log=log, progress=progress)
+
+
+def _licence_text(root: Path, name: str) -> str:
+    """The text of the recipe's ``card.licence_file`` (relative to the data folder), or ""."""
+    if not name:
+        return ""
+    try:
+        return (root / name).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"card.licence_file {root / name} cannot be read ({exc}); the model card must reproduce "
+                        "it (nothing was trained)") from exc
 
 
 def _fmt(x: float | None) -> str:

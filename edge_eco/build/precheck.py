@@ -12,16 +12,18 @@ from .data import Dataset
 from .recipe import Recipe
 
 
-def check_before_training(recipe: Recipe, data: Dataset) -> None:
+def check_before_training(recipe: Recipe, data: Dataset, dense: tuple[int, float] | None = None) -> None:
     """Raise one BuildError listing every problem the build would otherwise meet after training.
 
     Args:
         recipe: the parsed recipe.
         data: its validated data.
+        dense: for a dense-vector recipe, (feature count, the largest reading a request may hold).
 
     Raises:
         BuildError: a val/test text over the runtime's request limit, a missing ``[remote]`` bundle,
-        a decline label that is also a real label, a memory budget below a model's int8 weights.
+        a decline label that is also a real label, a memory budget below a model's int8 weights, a
+        vector with a reading beyond the dense featurizer's ``max_abs`` (the runtime would refuse it).
     """
     problems = []
     limit = Policy().max_text_bytes
@@ -40,11 +42,18 @@ def check_before_training(recipe: Recipe, data: Dataset) -> None:
         problems.append(f"specialists.decline_label {decline!r} is also a label of the data; choose another")
     if decline == recipe.reject_label:
         problems.append(f"specialists.decline_label equals bundle.reject_label {decline!r}; choose another")
-    weights = recipe.featurizer.dim * len(labels)  # the generalist's int8 weights alone
+    n_in = recipe.featurizer.dim if dense is None else dense[0]
+    weights = n_in * len(labels)  # the generalist's int8 weights alone (a lower bound for an MLP)
     if recipe.budget_bytes and weights > recipe.budget_bytes:
         problems.append(f"bundle.budget_bytes {recipe.budget_bytes} is below the generalist's int8 weights alone "
-                        f"({recipe.featurizer.dim} features x {len(labels)} labels = {weights} bytes); raise it "
+                        f"({n_in} features x {len(labels)} labels = {weights} bytes); raise it "
                         "(0 = unlimited)")
+    if dense is not None:
+        over = [r for r in data.train + data.val + data.test if max(map(abs, r.vector)) > dense[1]]
+        if over:
+            problems.append(f"{len(over)} vector(s) hold a reading beyond dense.max_abs {dense[1]:g} (first: "
+                            f"{', '.join(r.where for r in over[:3])}); the runtime refuses such requests: raise "
+                            "max_abs to the sensor's range")
     if problems:
         raise BuildError("the recipe does not fit its data (nothing was trained):\n"
                          + "\n".join(f"- {p}" for p in problems))

@@ -19,10 +19,11 @@ from typing import Any
 from ..errors import RecipeError
 from ..featurizer import FeaturizerSpec
 from ..manifest import ManifestError
+from .recipe_dense import DenseRecipe, WindowSpec, check_dense, mlp_settings, parse_dense, parse_windows
 
-FORMATS = ("jsonl", "csv", "tsv", "json-splits")
+FORMATS = ("jsonl", "csv", "tsv", "json-splits", "recordings")
 SPLITS = ("train", "val", "test")
-FAMILIES = ("sparse-linear",)
+FAMILIES = ("sparse-linear", "mlp")  # sparse-linear: text (hashed n-grams, ONNX); mlp: dense vectors
 QUANTIZATIONS = ("int8-per-class",)
 REMOTE_RULES = ("cascade", "deferral")
 _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -60,17 +61,19 @@ class DataSpec:
     delimiter: str | None = None
     quoting: bool = True
     leakage: str = "error"  # the same text in train and test: "error", "warn" (on the card) or "drop"
+    windows: WindowSpec | None = None  # format "recordings": how recordings are cut into windows
 
 
 @dataclass(frozen=True)
 class SplitSpec:
     """Given splits, or a seeded stratified split of the pooled rows."""
 
-    mode: str = "given"
+    mode: str = "given"  # "given", "stratified", or "by-recording" (whole files, per label, in name order)
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
     min_per_label: int = 3
+    cycle: tuple[str, ...] = ("test", "val", "train", "train", "train")  # by-recording: split of file i
 
 
 @dataclass(frozen=True)
@@ -78,9 +81,12 @@ class ModelFamily:
     """A model family and its training settings."""
 
     family: str = "sparse-linear"
-    l2: float = 1e-5
+    l2: float = 1e-5  # mlp: scikit-learn's alpha
     max_iter: int = 400
     tier: str = "small"
+    hidden: tuple[int, ...] = ()  # mlp: hidden layer sizes
+    learning_rate: float = 3e-3  # mlp: Adam's initial step
+    backend: str = "ort"  # the written model: "ort" (ONNX) or, for mlp, "tflite"
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,11 @@ class SpecialistSpec:
     max_decline_rows: int = 0  # 0: every other niche's row trains the decline label; else a seeded sample
     groups: tuple[tuple[str, tuple[str, ...]], ...] = ()  # specialist id -> niche values
     model: ModelFamily = ModelFamily()
+    models: tuple[tuple[str, ModelFamily], ...] = ()  # specialist id -> its own family (e.g. a larger tier)
+
+    def family(self, model_id: str) -> ModelFamily:
+        """The model family of specialist ``model_id``."""
+        return dict(self.models).get(model_id, self.model)
 
 
 @dataclass(frozen=True)
@@ -138,6 +149,7 @@ class CardSpec:
     """What the model card says about the data."""
 
     licence: str
+    licence_file: str = ""  # relative to the data folder: a licence text the card must reproduce (BSD, MIT)
     source: str = ""
     attribution: str = ""
     limits: str = ""
@@ -196,6 +208,7 @@ class Recipe:
     base_dir: Path = Path(".")
     correctness: CorrectnessSpec | None = None  # [router] kind = "correctness": fitted after the domain router
     calibration: CalibrationSpec = CalibrationSpec()
+    dense: DenseRecipe | None = None  # vector data: the bundle's dense featurizer
 
 
 class _T:
@@ -246,15 +259,18 @@ class _T:
             raise RecipeError(f"{self.where}: unknown field(s) {extra}")
 
 
-def _family(t: _T) -> ModelFamily:
-    m = ModelFamily(family=t.choice("family", FAMILIES, "sparse-linear"), l2=t.get("l2", float, 1e-5, 0.0, 10.0),
-                    max_iter=t.get("max_iter", int, 400, 1, 100000), tier=t.get("tier", str, "small"))
+def _family(t: _T, default: str = "sparse-linear") -> ModelFamily:
+    family = t.choice("family", FAMILIES, default)
+    extra = mlp_settings(t) if family == "mlp" else {}
+    m = ModelFamily(family=family, l2=t.get("l2", float, 1e-5, 0.0, 10.0),
+                    max_iter=t.get("max_iter", int, 400, 1, 100000), tier=t.get("tier", str, "small"), **extra)
     t.done()
     return m
 
 
 def _data(t: _T) -> DataSpec:
     fmt = t.choice("format", FORMATS)
+    windows = parse_windows(t.table("windows", required=True)) if fmt == "recordings" else None
     files = []
     raw = t.get("files", list)
     if not raw:
@@ -272,16 +288,22 @@ def _data(t: _T) -> DataSpec:
         f.done()
         if fmt == "json-splits" and not key_pairs:
             raise RecipeError(f"data.files[{i}]: format json-splits needs keys = {{train = [...], ...}}")
-    spec = DataSpec(format=fmt, files=tuple(files), text_field=t.get("text_field", str, None if "vector_field" in t.data else "text"),
-                    vector_field=t.get("vector_field", str, None), label_field=t.get("label_field", str, "label"),
+    dense_default = "vector_field" in t.data or fmt == "recordings"
+    spec = DataSpec(format=fmt, files=tuple(files), text_field=t.get("text_field", str, None if dense_default else "text"),
+                    vector_field=t.get("vector_field", str, "window" if fmt == "recordings" else None), label_field=t.get("label_field", str, "label"),
                     niche_field=t.get("niche_field", str, None), niche_map=t.get("niche_map", str, None),
                     split_field=t.get("split_field", str, None), delimiter=t.get("delimiter", str, None),
-                    quoting=t.get("quoting", bool, True), leakage=t.choice("leakage", ("error", "warn", "drop"), "error"))
+                    quoting=t.get("quoting", bool, True), leakage=t.choice("leakage", ("error", "warn", "drop"), "error"),
+                    windows=windows)
     t.done()
     if spec.delimiter is not None and (len(spec.delimiter) != 1 or spec.delimiter in "\r\n\"" + chr(0)):
         raise RecipeError(f"data.delimiter: one character (not a quote or line break), got {spec.delimiter!r}")
     if (spec.text_field is None) == (spec.vector_field is None):
         raise RecipeError("data: give exactly one of text_field and vector_field")
+    if fmt == "recordings" and spec.text_field is not None:
+        raise RecipeError("data: format 'recordings' reads windows of numbers, not text (drop text_field)")
+    if fmt == "json-splits" and spec.vector_field is not None:
+        raise RecipeError("data: format 'json-splits' reads [text, label] pairs, not vectors")
     if spec.niche_map is not None and spec.niche_field is None:
         raise RecipeError("data.niche_map needs data.niche_field (the name of the niche it maps to)")
     return spec
@@ -307,10 +329,18 @@ def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe:
     b = top.table("bundle", required=True)
     data = _data(top.table("data", required=True))
     s = top.table("split")
-    split = SplitSpec(mode=s.choice("mode", ("given", "stratified"), "given"),
+    split = SplitSpec(mode=s.choice("mode", ("given", "stratified", "by-recording"), "given"),
                       val_fraction=s.get("val_fraction", float, 0.15, 0.01, 0.5),
                       test_fraction=s.get("test_fraction", float, 0.15, 0.01, 0.5),
-                      seed=s.get("seed", int, 0, 0), min_per_label=s.get("min_per_label", int, 3, 1))
+                      seed=s.get("seed", int, 0, 0), min_per_label=s.get("min_per_label", int, 3, 1),
+                      cycle=s.strings("cycle", SplitSpec.cycle))
+    if not split.cycle or not set(split.cycle) <= set(SPLITS) or set(split.cycle) != set(SPLITS):
+        raise RecipeError(f"split.cycle: a list of splits naming each of {list(SPLITS)}, got {list(split.cycle)}")
+    if split.mode == "by-recording" and data.format != "recordings":
+        raise RecipeError("split.mode 'by-recording' splits whole recordings: it needs data.format = 'recordings'")
+    if split.mode == "stratified" and data.format == "recordings":
+        raise RecipeError("split.mode 'stratified' would put windows of one recording in train and test (leakage); "
+                          "use mode = 'by-recording' or give each file's split")
     f = top.table("featurizer")
     try:
         feat = FeaturizerSpec(**{k: f.get(k, int if k != "version" else str, getattr(FeaturizerSpec(), k))
@@ -332,14 +362,22 @@ def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe:
             raise RecipeError(f"specialists.groups: {gid!r} cannot name a model (1-64 letters, digits, _ - .)")
         if not values or not all(v.strip() for v in values):
             raise RecipeError(f"specialists.groups.{gid}: give a non-empty list of non-empty niche values")
-    spec_model = _family(sp_t.table("model"))
+    dense_data = data.vector_field is not None
+    family = "mlp" if dense_data else "sparse-linear"
+    spec_model = _family(sp_t.table("model"), family)
+    models_t = sp_t.table("models")
+    own_models = tuple((k, _family(models_t.table(k), family)) for k in sorted(models_t.data))
+    models_t.done()
+    unknown = [k for k, _ in own_models if k not in dict(groups)]
+    if unknown:
+        raise RecipeError(f"specialists.models: {unknown} are not specialists of [specialists.groups]")
     specialists = SpecialistSpec(niche=sp_t.get("niche", str), decline_label=sp_t.get("decline_label", str, "not_mine"),
                                  balance_decline=sp_t.get("balance_decline", bool, True), groups=groups,
                                  max_decline_rows=sp_t.get("max_decline_rows", int, 0, 0),
-                                 model=spec_model)
+                                 model=spec_model, models=own_models)
     g = top.table("generalist")
     generalist = GeneralistSpec(id=g.get("id", str, "generalist"), reject_floor=g.get("reject_floor", bool, True),
-                                model=_family(g.table("model")))
+                                model=_family(g.table("model"), family))
     if unsafe_id(generalist.id):
         raise RecipeError(f"generalist.id: {generalist.id!r} cannot name a model (1-64 letters, digits, _ - .)")
     r = top.table("router")
@@ -347,7 +385,7 @@ def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe:
     if r.choice("kind", ("linear-softmax", "correctness"), "linear-softmax") == "correctness":
         correctness = CorrectnessSpec(lam=r.get("lambda", float, 0.0, 0.0), l2=r.get("l2", float, 1e-3, 0.0),
                                       include_generalist=r.get("include_generalist", bool, False))
-    router = _family(r.table("model"))
+    router = _family(r.table("model"), "sparse-linear")
     p = top.table("policy")
     policy = PolicySpec(target_remote_rate=p.get("target_remote_rate", float, 0.2, 0.0, 1.0),
                         remote_rule=p.choice("remote_rule", REMOTE_RULES, "cascade"),
@@ -364,8 +402,22 @@ def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe:
                             max_iter=d.get("max_iter", int, 300, 1))
     if (deferral.enabled or policy.remote_rule == "deferral") and (remote is None or remote.bundle is None):
         raise RecipeError("deferral needs [remote] bundle = ... (the remote generalist, run in-process)")
+    dense = None
+    if dense_data:
+        dense = parse_dense(top.table("dense"), data.windows)
+        check_dense(specialists, generalist, router, correctness, remote)
+        if calibration != CalibrationSpec():
+            raise RecipeError("[calibration] method/reject_share apply to text bundles; dense models are "
+                              "calibrated by temperature only")
+    elif "dense" in top.data:
+        raise RecipeError("[dense] describes vector data: give data.vector_field (or format = 'recordings')")
+    else:
+        bad = [m for m in (spec_model, generalist.model) + tuple(f for _, f in own_models) if m.family != "sparse-linear"]
+        if bad:
+            raise RecipeError("model family 'mlp' takes dense vectors; text data trains 'sparse-linear' models")
     card_t = top.table("card", required=True)
-    card = CardSpec(licence=card_t.get("licence", str), source=card_t.get("source", str, ""),
+    card = CardSpec(licence=card_t.get("licence", str), licence_file=card_t.get("licence_file", str, ""),
+                    source=card_t.get("source", str, ""),
                     attribution=card_t.get("attribution", str, ""), limits=card_t.get("limits", str, ""))
     if not card.licence.strip():
         raise RecipeError("card.licence: the data's licence must be stated")
@@ -375,7 +427,7 @@ def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe:
                     data=data, split=split, featurizer=feat, quantization=quant, calibration_split=cal_split,
                     specialists=specialists, generalist=generalist, router=router, policy=policy,
                     remote=remote, deferral=deferral, card=card, base_dir=base_dir, correctness=correctness,
-                    calibration=calibration)
+                    calibration=calibration, dense=dense)
     for t in (top, b, s, f, q, c, sp_t, g, r, p, d, card_t):
         t.done()
     return recipe

@@ -1,4 +1,4 @@
-"""Write an int8 MLP as ONNX (build/bench/test helper; needs the ``onnx`` package).
+"""Write an int8 MLP as ONNX (build-time only, also used by benches and tests; needs the ``onnx`` package).
 
 Each layer: DynamicQuantizeLinear(x) -> MatMulInteger(x_u8, W_i8) -> Cast -> * (x_scale * w_scale)
 -> + bias (-> Relu between layers): the graph ``quantize_dynamic`` writes, so ONNX Runtime keeps
