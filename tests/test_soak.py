@@ -28,5 +28,7 @@ def test_threads_under_a_small_budget_no_errors_no_violations():
 
 
 def test_load_unload_cycles_return_their_memory():
-    for name, c in soak_cycles(MODELS / "clinc150", ["ort", "fake"], 200).items():
-        assert c["growth"] <= 1 << 20, (name, c)
+    cycles = soak_cycles(MODELS / "clinc150", ["ort", "tflite", "fake"], 200)
+    assert sorted(cycles) == ["fake", "ort", "tflite"]
+    for name, c in cycles.items():
+        assert c["cycles"] == 200 and c["growth"] <= 1 << 20, (name, c)
