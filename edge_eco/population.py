@@ -24,7 +24,6 @@ anything (archive, bundle files, manifest, audit) changes.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import tomllib
 from contextlib import contextmanager
@@ -44,7 +43,7 @@ from .promotion import Pair, Verdict, decide
 from .signing import SIGNATURE_NAME, GovernanceSigner, SignatureError, Trust, as_trust
 from .staging import stage
 from .store import Retention, Store
-from .swap import swap_manifest
+from .swap import copy_atomic, swap_manifest
 
 
 class Population:
@@ -298,8 +297,8 @@ class Population:
         files = tuple(FileEntry(path, sha) for path, sha in lineage["files"])
         for f in files:
             dest = self.root / f.path
-            if not dest.exists():
-                shutil.copyfile(ch.folder / f.path, dest)
+            if not dest.exists():  # a new file, renamed into place: never a partial one under its name
+                copy_atomic(ch.folder / f.path, dest)
         aid = self._swap(champ, ch.entry, files, who=who, action="promote", why=p.reason, proposal_id=p.id,
                          signer=signer)
         self.archive.put(self.root, ch.entry, files, lineage=lineage, was_champion=True)

@@ -33,6 +33,11 @@ def write_atomic(path: Path, data: bytes) -> None:
     Raises:
         StoreError: the file system refused a step (the old file is then untouched).
     """
+    _replace(path, data)
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Temp file beside ``path``, fsync, rename over ``path``, fsync the folder."""
     folder = path.parent
     tmp = folder / f".{path.name}.{os.getpid()}.tmp"
     try:
@@ -53,6 +58,21 @@ def write_atomic(path: Path, data: bytes) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise StoreError(f"atomic write of {path} failed: {exc}") from exc
+
+
+def copy_atomic(src: Path, dest: Path) -> None:
+    """Copy ``src`` to ``dest`` as a new file: a temp file beside ``dest``, fsync, rename, fsync
+    the folder. A crash leaves no partial file under ``dest``'s name, and a process that has the
+    old ``dest`` memory-mapped keeps reading the old bytes (its inode is never rewritten).
+
+    Raises:
+        StoreError: the copy failed (``dest`` is then untouched).
+    """
+    try:
+        data = Path(src).read_bytes()
+    except OSError as exc:
+        raise StoreError(f"copying {src} to {dest} failed: {exc}") from exc
+    _replace(Path(dest), data)
 
 
 def clean_stale(folder: Path) -> None:
@@ -105,4 +125,4 @@ def swap_manifest(root: Path, new: Manifest, intent: Callable[[str, str], None] 
     return before, after
 
 
-__all__ = ["write_atomic", "swap_manifest", "clean_stale"]
+__all__ = ["write_atomic", "copy_atomic", "swap_manifest", "clean_stale"]

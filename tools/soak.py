@@ -15,7 +15,8 @@ specialist; TFLite: the HAR generalist, loaded as the ecology loads it, XNNPACK 
 answering one request before it is closed; the process's RSS
 after the cycles minus after a warm-up (both after ``gc`` and glibc ``malloc_trim``) is the
 leak. Also prints the parts of a cold load (structural preflight, probe run, re-hash of the
-files when signatures are required) against the bare load, measured in the same run.
+files when signatures are required, the stat check of edge_eco.ondisk otherwise) against the
+bare load, measured in the same run.
 
 Exit status 0 only with 0 errors, 0 budget violations and every RSS growth <= --max-growth-bytes.
 """
@@ -154,9 +155,12 @@ def soak_cycles(ecology: Path, names: list[str], cycles: int, second_window: boo
 def load_parts(ecology: Path, n: int = 300) -> dict:
     """Median µs of a bare ORT load of a specialist and of what edge_eco adds around it."""
     from edge_eco.bundle import read_bundle
+    from edge_eco.ondisk import FileGuard, stamps
     from edge_eco.signing import recheck_model_files
 
+    opened = stamps(ecology)
     root, manifest = read_bundle(ecology)
+    guard = FileGuard(root, manifest, opened)
     path = ecology / "banking.onnx"
     ort = __import__("edge_eco.backends.ort", fromlist=["open"])
     feeds = {"indices": np.array([1, 5, 900], np.int32), "values": np.array([1.0, 0.5, 0.25], np.float32)}
@@ -173,6 +177,7 @@ def load_parts(ecology: Path, n: int = 300) -> dict:
              "preflight_us": med(lambda: preflight(path)),
              "probe_us": med(lambda: probe(s, feeds, 16, "banking")),
              "rehash_us": med(lambda: recheck_model_files(root, manifest, "banking")),
+             "guard_us": med(lambda: guard.check("banking")),
              "run_us": med(lambda: s.run(feeds))}
     s.close()
     t0 = time.perf_counter()
@@ -221,7 +226,8 @@ def main() -> int:
         print(f"cold load of a specialist: bare ORT {p['bare_load_us']:.0f} us; preflight {p['preflight_us']:.0f} us "
               f"(x{p['preflight_us'] / p['bare_load_us']:.2f}), probe run {p['probe_us']:.0f} us "
               f"(x{p['probe_us'] / p['bare_load_us']:.2f}), re-hash when signed {p['rehash_us']:.0f} us "
-              f"(x{p['rehash_us'] / p['bare_load_us']:.2f})")
+              f"(x{p['rehash_us'] / p['bare_load_us']:.2f}), changed-on-disk check when unsigned {p['guard_us']:.1f} us "
+              f"(x{p['guard_us'] / p['bare_load_us']:.3f})")
         print(f"sandboxed worker (risk high): start + load {p['isolated_start_ms']:.0f} ms; run p50 "
               f"{p['isolated_run_us']:.0f} us vs {p['run_us']:.0f} us in-process (x{p['isolated_run_us'] / p['run_us']:.1f})")
     print("PASS" if ok else "FAIL")
