@@ -33,7 +33,7 @@ from .errors import IntegrityError, ManifestError, SignatureError
 
 __all__ = ["SIGNATURE_NAME", "GovernanceSigner", "SignatureError", "Trust", "as_trust", "generate_key",
            "load_trust", "read_public_key", "recheck_model_files", "sign_bundle", "signature_text",
-           "verified_manifest", "verify_manifest"]
+           "swap_signed", "verified_manifest", "verify_manifest"]
 
 SIGNATURE_NAME = "ecology.toml.sig"
 _DOMAIN = b"edge_eco ecology.toml v1\n"  # signatures over manifests only, never over other bytes
@@ -285,18 +285,16 @@ def recheck_model_files(root: Path, manifest, model_id: str) -> None:
         IntegrityError: a file is missing or no longer matches the (signed) manifest.
     """
     from .bundle import sha256_file
+    from .ondisk import model_files
 
-    entry = manifest.model(model_id)
-    wanted = {entry.file.path} | ({entry.tokenizer} if entry.tokenizer else set())
-    for f in (entry.file,) + manifest.files:
-        if f.path in wanted or f.path.startswith(entry.file.path + "."):
-            try:
-                digest = sha256_file(root / f.path)
-            except OSError as exc:
-                raise IntegrityError(f"{root.name}: {f.path!r} cannot be read at load ({exc.strerror})") from exc
-            if digest != f.sha256:
-                raise IntegrityError(f"{root.name}: {f.path!r} no longer matches its sha256 in the signed manifest: "
-                                     "replaced after the ecology was opened")
+    for f in model_files(manifest, model_id):
+        try:
+            digest = sha256_file(root / f.path)
+        except OSError as exc:
+            raise IntegrityError(f"{root.name}: {f.path!r} cannot be read at load ({exc.strerror})") from exc
+        if digest != f.sha256:
+            raise IntegrityError(f"{root.name}: {f.path!r} no longer matches its sha256 in the signed manifest: "
+                                 "replaced after the ecology was opened")
 
 
 def verify_manifest(root: Path, data: bytes, trust: Trust) -> bool:

@@ -164,7 +164,7 @@ def signed_swap(folder: Path):
     import edge_eco
     from edge_eco.bundle import read_bundle
     from edge_eco.manifest import parse_manifest
-    from edge_eco.signing import GovernanceSigner, Trust, generate_key, sign_bundle
+    from edge_eco.signing import GovernanceSigner, Trust, generate_key, read_public_key, sign_bundle
     from edge_eco.swap import swap_manifest
 
     eco, keys = folder / "eco", folder / "keys"
@@ -174,7 +174,6 @@ def signed_swap(folder: Path):
         generate_key(keys / "fleet.key")
         generate_key(keys / "device.key")
         sign_bundle(eco, keys / "fleet.key")
-    from edge_eco.signing import read_public_key
     fleet, device = read_public_key(keys / "fleet.key.pub"), read_public_key(keys / "device.key.pub")
     trust = Trust((fleet, device), True, keys / "device.key")
     _, base = read_bundle(ROOT / "models" / "clinc150")
