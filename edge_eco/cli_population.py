@@ -86,7 +86,7 @@ def challengers(args: argparse.Namespace, who: str) -> str:
 
 
 def proposals(args: argparse.Namespace, who: str) -> str:
-    with Population(args.ecology, readonly=not args.review) as pop:
+    with Population(args.ecology, readonly=not args.review, trust=args.trust) as pop:
         out = []
         if args.review:
             made = pop.review(who="controller")
@@ -100,13 +100,13 @@ def proposals(args: argparse.Namespace, who: str) -> str:
 
 
 def approve(args: argparse.Namespace, who: str) -> str:
-    with Population(args.ecology) as pop:
+    with Population(args.ecology, trust=args.trust) as pop:
         p = pop.approve(args.id, who=who)
         return f"proposal {p.id} applied: {p.kind} {p.capability} v{p.version} (by {who})"
 
 
 def rollback(args: argparse.Namespace, who: str) -> str:
-    with Population(args.ecology) as pop:
+    with Population(args.ecology, trust=args.trust) as pop:
         before = pop.manifest.model(args.capability).version
         version = pop.rollback(args.capability, to_version=args.to, who=who, why=args.why or "")
         return f"{args.capability}: rolled back from v{before} to archived champion v{version}"
@@ -185,16 +185,19 @@ def register(sub: Any, run: Callable[[Callable[[argparse.Namespace, str], str]],
     p.add_argument("ecology")
     p.add_argument("--review", action="store_true", help="propose from the evidence; apply what policy allows")
     p.add_argument("--all", action="store_true", help="include applied proposals")
+    p.add_argument("--trust", help="trust file naming the governance_key that re-signs a signed ecology")
     p.set_defaults(fn=run(proposals))
     p = ps.add_parser("approve", help="apply a pending proposal (atomic manifest swap + audit entry)")
     p.add_argument("ecology")
     p.add_argument("id", type=int)
+    p.add_argument("--trust", help="trust file naming the governance_key that re-signs a signed ecology")
     p.set_defaults(fn=run(approve))
     p = ps.add_parser("rollback", help="restore an archived champion of a capability")
     p.add_argument("ecology")
     p.add_argument("capability")
     p.add_argument("--to", metavar="VERSION", help="archived version (default: the previous champion)")
     p.add_argument("--why", help="reason recorded in the audit log")
+    p.add_argument("--trust", help="trust file naming the governance_key that re-signs a signed ecology")
     p.set_defaults(fn=run(rollback))
     p = ps.add_parser("archive", help="archived model versions with lineage")
     p.add_argument("ecology")

@@ -33,7 +33,7 @@ from .dense import DenseSpec, dim as dense_dim, features as dense_features, stan
 from .inputs import Feeds, hashed_feeds, token_adapter
 from .judges import Vote, calibrated_vote, judge, settle
 from .manifest import Manifest, RemoteSpec
-from .policy import RequestContract, deadline_mask, eligible_mask, validate_text
+from .policy import RISK_LEVELS, RequestContract, deadline_mask, eligible_mask, risk_allows, validate_text
 from .remote_policy import redact, remote_block_reason
 from .residency import SESSION_OVERHEAD_BYTES, Residency
 from .residency.footprint import drop_file_pages, read_footprint
@@ -134,8 +134,12 @@ class Ecology:
         self.controller = RemoteRateController(margin, p.target_remote_rate, p.controller_gain, p.max_adjust) \
             if p.target_remote_rate > 0 else None
         self._candidate_entries = tuple(self._entries[c] for c in self._candidates)
-        self._default_mask = eligible_mask(self._candidate_entries, RequestContract(), frozenset())
-        self._default_mask_u8 = self._default_mask.astype(np.uint8)
+        # The risk part of eligibility, once per contract level (the default contract: "medium").
+        self._risk_masks = {r: eligible_mask(self._candidate_entries, RequestContract(max_risk=r), frozenset())
+                            for r in RISK_LEVELS}
+        self._risk_masks_u8 = {r: m.astype(np.uint8) for r, m in self._risk_masks.items()}
+        self._default_mask = self._risk_masks[RequestContract.max_risk]
+        self._default_mask_u8 = self._risk_masks_u8[RequestContract.max_risk]
         self._candidate_costs = tuple((e.id, e.cost.load_ms, e.cost.p95_us / 1e3) for e in self._candidate_entries)
         budget = manifest.budget_bytes if budget_bytes is None else budget_bytes
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
@@ -205,7 +209,11 @@ class Ecology:
         entry = self._entries[model_id]
         paths = [entry.file.path] + [f.path for f in self.manifest.files
                                      if f.path.startswith(entry.file.path + ".")]  # x.onnx.data
-        return sum((self.root / p).stat().st_size for p in paths)
+        try:
+            return sum((self.root / p).stat().st_size for p in paths)
+        except OSError as exc:  # removed after open: refused like a file that changed (edge_eco.ondisk)
+            raise IntegrityError(f"{self.root.name}: {Path(exc.filename or '?').name!r} cannot be read at load "
+                                 f"({exc.strerror}): it was removed or replaced after the ecology was opened") from exc
 
     def _runtime_of(self, model_id: str) -> str:
         return self._entries[model_id].backend
@@ -322,7 +330,7 @@ class Ecology:
         return None if self._dense is None else self._dense.spec.samples * self._dense.spec.axes
 
     def answer_features(self, row: Any, *, deadline_ms: float | None = None,
-                        local_only: bool = False) -> Answer:
+                        local_only: bool = False, max_risk: str = "medium") -> Answer:
         """Answer one flattened sensor window (``feature_dim`` floats, row-major [samples, axes]);
         what ``edge-eco serve`` calls for an FP32 ``features`` input.
 
@@ -336,16 +344,18 @@ class Ecology:
             raise RequestError(f"expected {self.feature_dim} features ({self._dense.spec.samples} samples x "
                                f"{self._dense.spec.axes} axes), got shape {list(a.shape)}")
         return self.answer(a.reshape(self._dense.spec.samples, self._dense.spec.axes),
-                           deadline_ms=deadline_ms, local_only=local_only)
+                           deadline_ms=deadline_ms, local_only=local_only, max_risk=max_risk)
 
     def answer(self, text: str | bytes, *, deadline_ms: float | None = None,
-               local_only: bool = False) -> Answer:
+               local_only: bool = False, max_risk: str = "medium") -> Answer:
         """Answer one request.
 
         Args:
             text: the request (str, or UTF-8 bytes).
             deadline_ms: time budget for the whole answer; bounds the remote call's timeout.
             local_only: never send this request off the device.
+            max_risk: the highest manifest risk level that may answer ("low", "medium", "high");
+                a model of risk ``high`` (run in a sandboxed worker) answers only under "high".
 
         Returns:
             An :class:`Answer`; with no network the best local answer (path ``unavailable``).
@@ -353,14 +363,14 @@ class Ecology:
         Raises:
             RequestError: empty text, text over ``policy.max_text_bytes``, invalid UTF-8.
         """
-        _check_options(deadline_ms, local_only)
+        _check_options(deadline_ms, local_only, max_risk)
         with self._cond:
             if self._closed:
                 raise EdgeEcoError("ecology is closed")
             self._in_flight += 1
         try:
             try:
-                answer = self._answer(text, deadline_ms, local_only)
+                answer = self._answer(text, deadline_ms, local_only, max_risk)
             except _Excluded as exc:
                 answer = self._answer_excluded(text, exc.args[0], deadline_ms, local_only)
             if self.recorder is not None:  # queues the outcome; the write happens off this path
@@ -372,18 +382,20 @@ class Ecology:
                 if not self._in_flight:
                     self._cond.notify_all()
 
-    def _answer(self, text: str | bytes, deadline_ms: float | None, local_only: bool) -> Answer:
+    def _answer(self, text: str | bytes, deadline_ms: float | None, local_only: bool,
+                max_risk: str = "medium") -> Answer:
         t0 = time.perf_counter()
         prov: dict[str, Any] = {"request_id": f"{self.name}-{self._session}-{next(self._ids)}"}
         if self._dense is not None:  # a sensor window: standardized features, routed in numpy
             hashed = self._dense.feeds(text)
+            base = self._risk_masks[max_risk]
             r = route(self._router, self._dense.indices, hashed["x"][0],
-                      self._default_mask if deadline_ms is None else self._mask(deadline_ms))
+                      base if deadline_ms is None else self._mask(deadline_ms, base))
             text = ""
         else:
             data = validate_text(text, self.policy.max_text_bytes)
             text = data.decode("utf-8")
-            hashed, r = self._featurize_route(data, deadline_ms)
+            hashed, r = self._featurize_route(data, deadline_ms, max_risk)
         t_route = time.perf_counter()
         ids = [self._candidates[i] for i in r.order]
         if len(ids) > 1:  # the router's runners-up are a look-ahead for the residency policy
@@ -405,7 +417,8 @@ class Ecology:
                 path = "coalition"
         else:
             votes, path = self._coalition(ids[:self.policy.coalition_size], text, hashed, prov), "coalition"
-        if not votes and self._generalist and self._generalist not in prov.get("model_errors", {}):
+        if not votes and self._generalist and self._generalist not in prov.get("model_errors", {}) \
+                and risk_allows(self._entries[self._generalist].risk, max_risk):
             votes = [x[0] for x in filter(None, [self._try_vote(self._generalist, text, hashed, prov)])]
         if not votes:
             raise InferenceError(f"no model could answer: {prov.get('model_errors') or prov.get('coalition_dropped')}")
@@ -470,31 +483,34 @@ class Ecology:
         for model_id in model_ids:
             self._pins.enter_context(self.residency.use(model_id))
 
-    def _featurize_route(self, data: bytes, deadline_ms: float | None) -> tuple[Feeds | None, Route]:
+    def _featurize_route(self, data: bytes, deadline_ms: float | None,
+                         max_risk: str = "medium") -> tuple[Feeds | None, Route]:
         """Features and route of one request: one C call when the kernel is compiled."""
         if self._kernel is None:
             hashed = hashed_feeds(*self._featurizer(data)) if self._featurizer else None
-            return hashed, self._route(hashed, deadline_ms)
-        mask = self._default_mask_u8 if deadline_ms is None else self._mask(deadline_ms).astype(np.uint8)
+            return hashed, self._route(hashed, deadline_ms, max_risk)
+        mask = self._risk_masks_u8[max_risk] if deadline_ms is None else \
+            self._mask(deadline_ms, self._risk_masks[max_risk]).astype(np.uint8)
         if not mask.any():
             raise RoutingError("no model is eligible for this request")
         idx, val, order, probs = self._kernel.route_text(self._featurizer, data, mask, self._route_param,
                                                          self._route_mode)
         return hashed_feeds(idx, val), Route(tuple(order), tuple(probs))
 
-    def _mask(self, deadline_ms: float) -> np.ndarray:
+    def _mask(self, deadline_ms: float, base: np.ndarray | None = None) -> np.ndarray:
         # A model that is not resident costs its cold load: the measured one once it has loaded
         # (and still the manifest's before), so a deadline can rule out a cold model. The static
         # parts (risk, manifest costs) are computed once (was ~50-60 us a request, rebuilt each time).
         times, resident = self.residency.stats.load_times, self.residency.resident_set()
-        return deadline_mask(self._default_mask, [
+        return deadline_mask(self._default_mask if base is None else base, [
             p95_ms if c in resident else p95_ms + max(load_ms, times.get(c, 0.0))
             for c, load_ms, p95_ms in self._candidate_costs], deadline_ms)
 
-    def _route(self, hashed: Feeds | None, deadline_ms: float | None) -> Route:
+    def _route(self, hashed: Feeds | None, deadline_ms: float | None, max_risk: str = "medium") -> Route:
         if self._router is None:
             return Route((0,), (1.0,))
-        mask = self._default_mask if deadline_ms is None else self._mask(deadline_ms)
+        base = self._risk_masks[max_risk]
+        mask = base if deadline_ms is None else self._mask(deadline_ms, base)
         if self._route_mode == 0:
             return route(self._router, hashed["indices"], hashed["values"], mask)  # numpy path
         if not mask.any():
@@ -629,14 +645,17 @@ def _spec_dict(spec: Any) -> dict:
     return {f: getattr(spec, f) for f in spec.__dataclass_fields__}
 
 
-def _check_options(deadline_ms: Any, local_only: Any) -> None:
-    """RequestError unless deadline_ms is None or a positive finite number and local_only a bool."""
+def _check_options(deadline_ms: Any, local_only: Any, max_risk: Any = "medium") -> None:
+    """RequestError unless deadline_ms is None or a positive finite number, local_only a bool and
+    max_risk a risk level."""
     if deadline_ms is not None:
         if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, (int, float)) \
                 or not math.isfinite(deadline_ms) or deadline_ms <= 0:
             raise RequestError(f"deadline_ms must be a positive number of milliseconds or None, got {deadline_ms!r}")
     if not isinstance(local_only, bool):
         raise RequestError(f"local_only must be True or False, got {local_only!r}")
+    if max_risk not in RISK_LEVELS:
+        raise RequestError(f"max_risk must be one of {list(RISK_LEVELS)}, got {max_risk!r}")
 
 
 def open(path: str | Path, *, trust: Any = None, **options: Any) -> Ecology:  # noqa: A001 - the public entry point
@@ -647,22 +666,31 @@ def open(path: str | Path, *, trust: Any = None, **options: Any) -> Ecology:  # 
     ``use_native``, ``remote_client`` (any object with ``infer(texts, timeout_s=...)``); ``trust``: a
     :class:`edge_eco.signing.Trust` or the path of a trust file / ``.pub`` key: the manifest's Ed25519
     signature is checked (required unless the trust says otherwise) and, with a signature required,
-    each model file is hashed again when it loads.
+    each model file is hashed again when it loads; without one, a model file that changed on disk
+    since open (device, inode, size, mtime) is hashed again before it loads (:mod:`edge_eco.ondisk`).
 
     Raises:
         ManifestError, IntegrityError: the bundle is malformed, incomplete or corrupt.
         SignatureError: (an IntegrityError) the signature is missing, untrusted or does not match.
     """
+    from .ondisk import FileGuard, stamps
+
     data, signed = None, False
     if trust is not None:
         from .signing import as_trust, verified_manifest
 
         trust = as_trust(trust)
         data, signed = verified_manifest(path, trust)
+    try:
+        opened = stamps(Path(path))  # before the hashes: a file changed while hashed reads as changed
+    except OSError:
+        opened = {}  # read_bundle names what is wrong with the folder
     root, manifest = read_bundle(path, manifest_bytes=data)
     eco = Ecology(root, manifest, **options)
     if signed and trust.require_signature:
         from .signing import recheck_model_files
 
         eco.before_load = lambda model_id: recheck_model_files(root, manifest, model_id)
+    else:  # a stat per file; hashed again only when it changed on disk
+        eco.before_load = FileGuard(root, manifest, opened).check
     return eco

@@ -31,6 +31,7 @@ from .errors import ManifestError
 from .manifest import FileEntry, Manifest, RouterSpec
 from .router import DeferralWeights, RouterWeights, linear_logits, route_reference
 from .routerfile import read_router, write_router
+from .swap import write_atomic
 
 FILE_NAME = "correctness.bin"
 L2 = 1e-3
@@ -230,7 +231,7 @@ def fit_and_install(folder: Path, examples: Sequence[Example], *, lam: float = 0
     top_ok = np.average(o.correct[np.arange(len(top)), top], weights=weights)
     conf = predicted(w, o)[np.arange(len(top)), top]
     new = install(root, manifest, w, base_path, base_candidates, candidates, lam)
-    (root / "ecology.toml").write_text(_toml(new))
+    write_atomic(root / "ecology.toml", _toml(new).encode("utf-8"))
     return new, {"requests": len(examples), "candidates": list(candidates),
                  "val_accuracy_per_candidate": {c: round(float(o.correct[:, i].mean()), 4)
                                                 for i, c in enumerate(candidates)},
@@ -260,7 +261,7 @@ def fit_router(folder: Path, examples: Sequence[Example], *, lam: float = 0.0, l
     policy, tuning = tune_policy(Path(folder), [e.text for e in examples], [e.label for e in examples],
                                  p.target_remote_rate, p.coalition_size)
     policy = replace(policy, remote=p.remote, remote_rule=p.remote_rule)
-    (Path(folder) / "ecology.toml").write_text(_toml(replace(new, policy=policy)))
+    write_atomic(Path(folder) / "ecology.toml", _toml(replace(new, policy=policy)).encode("utf-8"))
     report.update({"direct_threshold": policy.direct_threshold, "fallback_threshold": policy.fallback_threshold,
                    "tuning": tuning, "seconds": round(time.perf_counter() - t0, 1)})
     return report

@@ -5,7 +5,8 @@ Two layers:
 - ``bundle``: a copy of the bundle with one damage (any listed file truncated, bit-flipped,
   emptied, replaced by a Git LFS pointer or another format's magic, removed; the manifest
   damaged or edited) goes through ``edge_eco.open`` and, if that succeeds, every model is loaded
-  and asked a probe request. A refusal is an :class:`EdgeEcoError` before the model is ready.
+  and asked a probe request (text for a text ecology, synthetic accelerometer windows for a
+  sensor ecology such as models/har). A refusal is an :class:`EdgeEcoError` before the model is ready.
 - a backend (``ort``; others plug in through :data:`LOADERS` and
   ``fuzz_cases.BACKEND_MUTATIONS``): the damaged model file goes straight to the backend, as if
   its sha256 had been recomputed over the damage (a corrupt file that was signed, or replaced
@@ -108,14 +109,35 @@ def _materialize(src: Path, dst: Path, case: Mutation) -> None:
 Loader = Callable[[Path, Mutation, dict], Any]
 
 
+def dense_probes(samples: int, axes: int) -> list[Any]:
+    """Three synthetic accelerometer windows (mg, [samples, axes]): lying still (gravity on the
+    last axis), a 2 Hz sway and a 3 Hz swing, for the probes of a sensor ecology."""
+    import numpy as np
+
+    t = np.arange(samples)[:, None] / 26.0
+    amp = np.linspace(1.0, 0.6, axes)[None]
+    still = np.zeros((samples, axes))
+    still[:, -1] = 1000.0
+    return [still.astype(np.float32)] + [(still + a * amp * np.sin(2 * np.pi * hz * t + np.arange(axes)[None]))
+                                         .astype(np.float32) for hz, a in ((2.0, 400.0), (3.0, 1600.0))]
+
+
 def _bundle_loader(src: Path) -> Loader:
+    _, manifest = read_bundle(src, verify=False)
+    dense = manifest.dense  # a sensor ecology answers windows, a text ecology answers text
+
     def load(folder: Path, case: Mutation, open_options: dict) -> Any:
         import edge_eco
 
         with edge_eco.open(folder, **open_options) as eco:
-            out = [eco.answer(p, local_only=True).label for p in PROBES]
+            if dense is not None:
+                windows = [w.reshape(-1) for w in dense_probes(dense.samples, dense.axes)]
+                out = [eco.answer_features(w, local_only=True).label for w in windows]
+                first: Any = windows[1]
+            else:
+                out, first = [eco.answer(p, local_only=True).label for p in PROBES], PROBES[0]
             for m in eco.manifest.models:
-                out.append(eco.predict_with(m.id, PROBES[0]).label)
+                out.append(eco.predict_with(m.id, first).label)
             return out
     return load
 

@@ -148,7 +148,7 @@ def manifest_edits(text: str, rng: random.Random) -> list[tuple[str, str]]:
                   and ln.endswith('.data"')]
     rng.shuffle(data_files)
     flipped = hexd[:10] + ("0" if hexd[10] != "0" else "1") + hexd[11:]
-    return [
+    edits = [
         (sha, f'sha256 = "{flipped}"'), (sha, f'sha256 = "{hexd.upper()}"'), (sha, f'sha256 = "{hexd[:-1]}"'),
         (sha, 'sha256 = 7'), (path, 'path = "../outside.onnx"'), (path, 'path = "/etc/passwd"'),
         (path, 'path = "no_such_file.onnx"'), (path, 'path = ""'), ("schema = 1", "schema = 2"),
@@ -165,7 +165,13 @@ def manifest_edits(text: str, rng: random.Random) -> list[tuple[str, str]]:
         ("[featurizer]\n", "[featurizer]\nextra = 1\n"), ("[[files]]\n", "[[files]\n"),
         ("[router]\n", "[router]\n[router]\n"), ('reject_label = "oos"', "reject_label = oos"),
         ('remote_rule = "cascade"', 'remote_rule = "deferral"\n[deferral]\n'),
-    ] + [(_files_entry(text, p), "") for p in data_files[:3]]
+    ] + [(_files_entry(text, p), "") for p in data_files[:3]] + [
+        # a sensor (dense) ecology: its window spec and backend
+        ("samples = ", "samples = 0 #"), ("axes = ", "axes = 7 #"), ("max_abs = ", "max_abs = -1.0 #"),
+        ('kind = "accel-window-v1"', 'kind = "gyro-window-v1"'), ('backend = "tflite"', 'backend = "tensorflow"'),
+        ('input = "dense-vector"', 'input = "image"'), ("[dense]\n", "[dense]\nextra = 1\n"),
+    ]
+    return [(old, new) for old, new in edits if old in text]  # the edits this manifest's text allows
 
 
 def _files_entry(text: str, path: str) -> str:

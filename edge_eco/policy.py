@@ -21,6 +21,12 @@ class RequestContract:
 
 
 _RISK_ORDER = {"low": 0, "medium": 1, "high": 2}
+RISK_LEVELS = tuple(_RISK_ORDER)
+
+
+def risk_allows(risk: str, max_risk: str) -> bool:
+    """Whether a model of risk level ``risk`` may answer under a contract's ``max_risk``."""
+    return _RISK_ORDER[risk] <= _RISK_ORDER[max_risk]
 
 
 def validate_text(text: str | bytes, max_text_bytes: int) -> bytes:

@@ -13,12 +13,18 @@ A running :class:`~edge_eco.ecology.Ecology` keeps the manifest it opened; reope
 the change. Changes from several processes are serialised by a lock and recorded as write-ahead
 intents (:mod:`edge_eco.changes`); a proposal is applied only against the champion (version and
 file) it was made against, and only outside the cool-down.
+
+A **signed** ecology (``ecology.toml.sig`` present, or a ``trust`` that requires a signature)
+changes only with the device's governance key: ``Population(root, trust=...)`` with a trust
+whose ``governance_key`` names it. The manifest on disk must verify first; the swap then writes
+the new manifest and its signature so that the pair verifies at every instant. Without the key
+a promote or rollback is refused with a :class:`~edge_eco.errors.SignatureError` before
+anything (archive, bundle files, manifest, audit) changes.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import tomllib
 from contextlib import contextmanager
@@ -35,19 +41,25 @@ from .evidence import Proposal, model_files, rule_of  # noqa: F401 (part of this
 from .manifest import FileEntry, ModelEntry, model_entry
 from .outcomes import Challenger, Recorder, Shadow
 from .promotion import Pair, Verdict
+from .signing import SIGNATURE_NAME, GovernanceSigner, SignatureError, Trust, as_trust
 from .staging import stage
 from .store import Retention, Store
-from .swap import swap_manifest
+from .swap import copy_atomic, swap_manifest
 
 
 class Population:
     """Governance of the ecology bundle at ``root``. Close it (or use ``with``).
 
+    ``trust``: a :class:`~edge_eco.signing.Trust` or trust file; needed to change a signed ecology
+    (its ``governance_key`` signs the new manifest).
+
     Raises:
-        ManifestError, IntegrityError: the bundle does not open. StoreError: the store does not.
+        ManifestError, IntegrityError: the bundle (or the trust file) does not open. StoreError:
+            the store does not.
     """
 
-    def __init__(self, root: str | Path, *, readonly: bool = False) -> None:
+    def __init__(self, root: str | Path, *, readonly: bool = False, trust: "Trust | str | Path | None" = None) -> None:
+        self.trust = as_trust(trust)
         self.root, self.manifest = read_bundle(root)
         self.dir = self.root / "population"
         g = self.manifest.governance
@@ -193,6 +205,8 @@ class Population:
             StoreError: no such pending proposal; the champion changed since the proposal was made
                 (review again); the capability is in its cool-down; or the change failed (the
                 manifest is unchanged).
+            SignatureError: a promote or rollback of a signed ecology without a usable governance key
+                (see the module docstring); nothing changed.
         """
         now_s = time.time() if now_s is None else now_s
         with self.locked():
@@ -226,8 +240,30 @@ class Population:
             return self.proposal(pid)
 
     # -- changes ---------------------------------------------------------------------------------
+    def _signer(self, action: str) -> GovernanceSigner | None:
+        """The signer a change needs (None for an unsigned ecology that need not be signed).
+
+        Raises:
+            SignatureError: the ecology is signed (or must be) and no usable governance key is
+                configured, or the manifest on disk does not verify: the change is refused.
+        """
+        signed = (self.root / SIGNATURE_NAME).is_file()
+        if not signed and not (self.trust is not None and self.trust.require_signature):
+            return None
+        name = self.root.name
+        if self.trust is None:
+            raise SignatureError(f"{name}: {action} refused, nothing changed: ecology.toml is signed and a change would "
+                                 "void its signature; open the population with the device's trust configuration "
+                                 "(--trust) naming a governance_key")
+        try:
+            signer = GovernanceSigner(self.trust, name)
+            signer.current(self.root, (self.root / MANIFEST_NAME).read_bytes())
+        except SignatureError as exc:
+            raise SignatureError(f"{action} refused, nothing changed: {exc}") from exc
+        return signer
+
     def _swap(self, old: ModelEntry, new: ModelEntry, new_files: tuple[FileEntry, ...], *, who: str, action: str,
-              why: str, proposal_id: int | None) -> int:
+              why: str, proposal_id: int | None, signer: GovernanceSigner | None = None) -> int:
         """Swap ``old`` for ``new`` in the manifest, with a write-ahead intent; returns its audit id."""
         m = self.manifest
         old_files = {f.path for f in model_files(m, old)[1:]}
@@ -239,11 +275,12 @@ class Population:
         def intent(before: str, after: str) -> None:
             ids.append(begin(self.store, who=who, action=action, capability=old.id, from_v=old.version,
                              to_v=new.version, why=why, before=before, after=after, proposal_id=proposal_id))
-        swap_manifest(self.root, new_manifest, intent)
+        swap_manifest(self.root, new_manifest, intent, signer)
         self.manifest = new_manifest
         return ids[0]
 
     def _promote(self, p: Proposal, who: str) -> None:
+        signer = self._signer("promote")
         champ = self.manifest.model(p.capability)
         found = [(c, lin) for c, _, lin in self.challengers() if c.capability == p.capability
                  and c.entry.version == p.version]
@@ -257,9 +294,10 @@ class Population:
         files = tuple(FileEntry(path, sha) for path, sha in lineage["files"])
         for f in files:
             dest = self.root / f.path
-            if not dest.exists():
-                shutil.copyfile(ch.folder / f.path, dest)
-        aid = self._swap(champ, ch.entry, files, who=who, action="promote", why=p.reason, proposal_id=p.id)
+            if not dest.exists():  # a new file, renamed into place: never a partial one under its name
+                copy_atomic(ch.folder / f.path, dest)
+        aid = self._swap(champ, ch.entry, files, who=who, action="promote", why=p.reason, proposal_id=p.id,
+                         signer=signer)
         self.archive.put(self.root, ch.entry, files, lineage=lineage, was_champion=True, diversity=diversity)
         # the replaced champion keeps shadowing the new one: the evidence for a rollback
         self.store.transaction(finish_statements(aid, "promote", p.capability, p.version, p.id, who)
@@ -280,8 +318,10 @@ class Population:
         Raises:
             StoreError: ``to_version`` is already the champion, no archived champion to return to,
                 it was evicted, or its archived files are missing or corrupt.
+            SignatureError: a signed ecology and no usable governance key; nothing changed.
         """
         with self.locked():
+            signer = self._signer("rollback")
             current = self.manifest.model(capability)
             if to_version is not None and to_version == current.version:
                 raise StoreError(f"{capability} v{to_version} is already the champion")
@@ -299,7 +339,8 @@ class Population:
                              diversity=controller.diversity_of(self.pairs(watched[0])) if watched else None)
             self.archive.restore(self.root, capability, target.version)
             aid = self._swap(current, target.entry, target.files, who=who, action="rollback",
-                             why=why or f"rollback to archived champion {target.version}", proposal_id=proposal_id)
+                             why=why or f"rollback to archived champion {target.version}", proposal_id=proposal_id,
+                             signer=signer)
             # watches end; the model rolled back from is not watched (no flip-flop: it must register again)
             self.store.transaction(
                 finish_statements(aid, "rollback", capability, target.version, proposal_id, who)

@@ -48,7 +48,9 @@ def write_router(path: Path, kind: str, arrays: dict[str, np.ndarray], meta: dic
     head = MAGIC + struct.pack("<I", len(packed)) + packed
     if len(head) > base:
         raise AssertionError("router header grew past its reserved space")
-    Path(path).write_bytes(head + b"\0" * (base - len(head)) + b"".join(blobs))
+    from .swap import write_atomic  # a new file renamed into place: a running process may map the old one
+
+    write_atomic(Path(path), head + b"\0" * (base - len(head)) + b"".join(blobs))
 
 
 def read_router(path: Path) -> tuple[dict, dict[str, np.ndarray]]:

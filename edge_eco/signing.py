@@ -9,6 +9,10 @@ in ``ecology.toml.sig``::
     key = "<base64 public key that signed>"
     signature = "<base64 signature of b'edge_eco ecology.toml v1\\n' + the manifest's bytes>"
 
+During a governance change the file may briefly hold two signatures (``[[signatures]]`` tables
+of the same three fields), one over the manifest before and one over the manifest after; a
+manifest opens when any of them, by a trusted key, covers its exact bytes (:func:`swap_signed`).
+
 A :class:`Trust` says which public keys are trusted and whether a signature is required. With
 ``require_signature`` a bundle without a valid signature by a trusted key never opens, and each
 model file is hashed again when it is loaded (a file swapped after open never loads). A present
@@ -27,8 +31,9 @@ from pathlib import Path
 
 from .errors import IntegrityError, ManifestError, SignatureError
 
-__all__ = ["SIGNATURE_NAME", "SignatureError", "Trust", "as_trust", "generate_key", "load_trust",
-           "read_public_key", "recheck_model_files", "sign_bundle", "verified_manifest", "verify_manifest"]
+__all__ = ["SIGNATURE_NAME", "GovernanceSigner", "SignatureError", "Trust", "as_trust", "generate_key",
+           "load_trust", "read_public_key", "recheck_model_files", "sign_bundle", "signature_text",
+           "swap_signed", "verified_manifest", "verify_manifest"]
 
 SIGNATURE_NAME = "ecology.toml.sig"
 _DOMAIN = b"edge_eco ecology.toml v1\n"  # signatures over manifests only, never over other bytes
@@ -36,10 +41,16 @@ _DOMAIN = b"edge_eco ecology.toml v1\n"  # signatures over manifests only, never
 
 @dataclass(frozen=True)
 class Trust:
-    """Trusted Ed25519 public keys (32 raw bytes each) and whether a signature is required."""
+    """Trusted Ed25519 public keys (32 raw bytes each) and whether a signature is required.
+
+    ``governance_key`` is the path of this device's own secret key, with which governance changes
+    (promote, rollback) sign the manifest they write; its public key must be one of ``keys``.
+    Without it, a change to a signed ecology (or under a required signature) is refused.
+    """
 
     keys: tuple[bytes, ...] = ()
     require_signature: bool = True
+    governance_key: Path | None = None
 
     def __post_init__(self) -> None:
         if any(not isinstance(k, bytes) or len(k) != 32 for k in self.keys):
@@ -91,8 +102,9 @@ def read_public_key(path: str | Path) -> bytes:
 
 
 def load_trust(path: str | Path) -> Trust:
-    """Read a trust file (TOML: ``require_signature = true`` and ``[[keys]] ed25519 = "<base64>"``)
-    or a single ``.pub`` key file (trusted, signature required).
+    """Read a trust file (TOML: ``require_signature = true``, ``[[keys]] ed25519 = "<base64>"`` and
+    an optional ``governance_key = "<secret key file>"``, relative to the trust file) or a single
+    ``.pub`` key file (trusted, signature required).
 
     Raises:
         ManifestError: unreadable or malformed trust file.
@@ -108,7 +120,7 @@ def load_trust(path: str | Path) -> Trust:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ManifestError(f"trust file {path}: not valid TOML: {exc}") from exc
-    unknown = set(data) - {"require_signature", "keys"}
+    unknown = set(data) - {"require_signature", "keys", "governance_key"}
     if unknown:
         raise ManifestError(f"trust file {path}: unknown field(s) {sorted(unknown)}")
     required = data.get("require_signature", True)
@@ -119,7 +131,10 @@ def load_trust(path: str | Path) -> Trust:
         if not isinstance(k, dict) or set(k) - {"name", "ed25519"} or not isinstance(k.get("ed25519"), str):
             raise ManifestError(f"trust file {path}: keys[{i}] needs ed25519 = \"<base64>\" (and an optional name)")
         keys.append(_b64(k["ed25519"], f"trust file {path}: keys[{i}]", 32))
-    return Trust(tuple(keys), required)
+    gov = data.get("governance_key")
+    if gov is not None and (not isinstance(gov, str) or not gov):
+        raise ManifestError(f"trust file {path}: governance_key must be the path of a secret key file")
+    return Trust(tuple(keys), required, None if gov is None else path.parent / gov)
 
 
 def as_trust(trust: "Trust | str | Path | None") -> Trust | None:
@@ -141,27 +156,106 @@ def sign_bundle(folder: str | Path, secret_path: str | Path) -> Path:
     """
     from .bundle import MANIFEST_NAME, read_bundle
 
-    nacl = _nacl()
     root = Path(folder)
     data = (root / MANIFEST_NAME).read_bytes() if (root / MANIFEST_NAME).is_file() else None
     read_bundle(root, manifest_bytes=data)  # these exact bytes, with every file's sha256
     secret = Path(secret_path)
     if secret.suffix == ".pub":  # same encoding as a secret key: signing with it would "succeed"
         raise ManifestError(f"{secret} is a public key (.pub); sign with the secret key file keygen wrote")
+    key = _secret_key(secret)
+    out = root / SIGNATURE_NAME
+    _write_durably(out, signature_text([(bytes(key.verify_key), key.sign(_DOMAIN + data).signature)]))
+    return out
+
+
+def _secret_key(secret: Path):
+    """The nacl SigningKey in ``secret`` (checked against ``secret.pub`` when that exists)."""
+    nacl = _nacl()
     key = nacl.signing.SigningKey(_b64(secret.read_text(), f"secret key {secret}", 32))
     pub = Path(f"{secret}.pub")
     if pub.is_file() and _b64(pub.read_text(), f"public key {pub}", 32) != bytes(key.verify_key):
         raise ManifestError(f"{secret} does not match its public key {pub}: is it a public key?")
-    sig = key.sign(_DOMAIN + data).signature
-    body = (f'alg = "ed25519"\nkey = "{base64.b64encode(bytes(key.verify_key)).decode()}"\n'
-            f'signature = "{base64.b64encode(sig).decode()}"\n')
-    out, tmp = root / SIGNATURE_NAME, root / (SIGNATURE_NAME + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(body)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, out)
-    return out
+    return key
+
+
+def _write_durably(path: Path, text: str) -> None:
+    from .swap import write_atomic  # temp file, fsync, rename, fsync the folder
+
+    write_atomic(path, text.encode("utf-8"))
+
+
+def signature_text(signatures: list[tuple[bytes, bytes]]) -> str:
+    """The text of ``ecology.toml.sig`` for (public key, signature) pairs: the plain three fields
+    for one, ``[[signatures]]`` tables for several (the transient state of a governance change)."""
+    def fields(key: bytes, sig: bytes) -> str:
+        return (f'alg = "ed25519"\nkey = "{base64.b64encode(key).decode()}"\n'
+                f'signature = "{base64.b64encode(sig).decode()}"\n')
+    if len(signatures) == 1:
+        return fields(*signatures[0])
+    return "\n".join("[[signatures]]\n" + fields(k, s) for k, s in signatures)
+
+
+class GovernanceSigner:
+    """Signs the manifests a governance change writes, with the trust's ``governance_key``.
+
+    Raises (at construction):
+        SignatureError: the trust names no governance key, the key cannot be read, or its public
+            key is not trusted (the changed ecology would not open).
+    """
+
+    def __init__(self, trust: Trust, root_name: str = "ecology") -> None:
+        if trust.governance_key is None:
+            raise SignatureError(f"{root_name}: a governance change must re-sign ecology.toml and the trust "
+                                 "configuration names no governance_key (this device's secret key)")
+        try:
+            self._key = _secret_key(Path(trust.governance_key))
+        except (OSError, ManifestError) as exc:
+            raise SignatureError(f"{root_name}: governance key {trust.governance_key} is unusable: {exc}") from exc
+        self.public = bytes(self._key.verify_key)
+        if self.public not in trust.keys:
+            raise SignatureError(f"{root_name}: governance key {trust.governance_key} is not one of the trusted keys: "
+                                 "an ecology it signs would not open")
+        self.trust = trust
+
+    def sign(self, data: bytes) -> tuple[bytes, bytes]:
+        """(public key, signature) over manifest bytes ``data``."""
+        return self.public, self._key.sign(_DOMAIN + data).signature
+
+    def current(self, root: Path, data: bytes) -> list[tuple[bytes, bytes]]:
+        """The trusted signatures in ``root``'s signature file that cover ``data`` (the manifest now).
+
+        Raises:
+            SignatureError: none does (unsigned, untrusted or altered): a change must not re-sign
+                a manifest that does not verify.
+        """
+        verify_manifest(root, data, Trust(self.trust.keys, True))
+        nacl = _nacl()
+        good = []
+        for key, sig in _entries(root):
+            if key in self.trust.keys:
+                try:
+                    nacl.signing.VerifyKey(key).verify(_DOMAIN + data, sig)
+                    good.append((key, sig))
+                except nacl.exceptions.BadSignatureError:
+                    pass
+        return good
+
+
+def swap_signed(root: Path, old: bytes, new: bytes, signer: GovernanceSigner,
+                write_manifest) -> None:
+    """Replace manifest ``old`` by ``new`` (``write_manifest()`` does the atomic write) so that
+    the pair on disk verifies at every instant: the signature file first holds the signatures of
+    both, then the manifest is replaced, then the old signature is dropped. A crash at any point
+    leaves (old manifest, a signature of it) or (new manifest, a signature of it).
+
+    Raises:
+        SignatureError: the manifest on disk does not verify now. StoreError: a write failed.
+    """
+    before = signer.current(root, old)
+    after = signer.sign(new)
+    _write_durably(root / SIGNATURE_NAME, signature_text(before + [after]))
+    write_manifest()
+    _write_durably(root / SIGNATURE_NAME, signature_text([after]))
 
 
 def verified_manifest(folder: str | Path, trust: Trust) -> tuple[bytes, bool]:
@@ -191,18 +285,16 @@ def recheck_model_files(root: Path, manifest, model_id: str) -> None:
         IntegrityError: a file is missing or no longer matches the (signed) manifest.
     """
     from .bundle import sha256_file
+    from .ondisk import model_files
 
-    entry = manifest.model(model_id)
-    wanted = {entry.file.path} | ({entry.tokenizer} if entry.tokenizer else set())
-    for f in (entry.file,) + manifest.files:
-        if f.path in wanted or f.path.startswith(entry.file.path + "."):
-            try:
-                digest = sha256_file(root / f.path)
-            except OSError as exc:
-                raise IntegrityError(f"{root.name}: {f.path!r} cannot be read at load ({exc.strerror})") from exc
-            if digest != f.sha256:
-                raise IntegrityError(f"{root.name}: {f.path!r} no longer matches its sha256 in the signed manifest: "
-                                     "replaced after the ecology was opened")
+    for f in model_files(manifest, model_id):
+        try:
+            digest = sha256_file(root / f.path)
+        except OSError as exc:
+            raise IntegrityError(f"{root.name}: {f.path!r} cannot be read at load ({exc.strerror})") from exc
+        if digest != f.sha256:
+            raise IntegrityError(f"{root.name}: {f.path!r} no longer matches its sha256 in the signed manifest: "
+                                 "replaced after the ecology was opened")
 
 
 def verify_manifest(root: Path, data: bytes, trust: Trust) -> bool:
@@ -222,24 +314,45 @@ def verify_manifest(root: Path, data: bytes, trust: Trust) -> bool:
             raise SignatureError(f"{root.name}: no {SIGNATURE_NAME}: this runtime requires a signed ecology "
                                  "(edge-eco sign)")
         return False
+    entries = _entries(root)
+    untrusted = [k for k, _ in entries if k not in trust.keys]
+    if len(untrusted) == len(entries):
+        raise SignatureError(f"{root.name}: signed by key {base64.b64encode(untrusted[0]).decode()[:12]}..., which is "
+                             "not a trusted key")
+    nacl = _nacl()
+    for key, signature in entries:
+        if key not in trust.keys:
+            continue
+        try:
+            nacl.signing.VerifyKey(key).verify(_DOMAIN + data, signature)
+            return True
+        except nacl.exceptions.BadSignatureError:
+            continue
+    raise SignatureError(f"{root.name}: the signature does not match ecology.toml: the manifest (or the "
+                         "signature) was altered after signing")
+
+
+def _entries(root: Path) -> list[tuple[bytes, bytes]]:
+    """(public key, signature) pairs of ``root``'s signature file: one, or several during a change.
+
+    Raises:
+        SignatureError: the file is unreadable or malformed.
+    """
+    sig_path = root / SIGNATURE_NAME
     try:
         sig = tomllib.loads(sig_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SignatureError(f"{root.name}: {SIGNATURE_NAME} is unreadable or malformed: {exc}") from exc
-    if sig.get("alg") != "ed25519" or not isinstance(sig.get("key"), str) or not isinstance(sig.get("signature"), str):
+    tables = sig.get("signatures") if set(sig) == {"signatures"} else [sig]
+    if not isinstance(tables, list) or not tables:
         raise SignatureError(f"{root.name}: {SIGNATURE_NAME} needs alg = \"ed25519\", key and signature")
-    try:
-        key = _b64(sig["key"], "signature key", 32)
-        signature = _b64(sig["signature"], "signature", 64)
-    except ManifestError as exc:
-        raise SignatureError(f"{root.name}: {SIGNATURE_NAME}: {exc}") from exc
-    if key not in trust.keys:
-        raise SignatureError(f"{root.name}: signed by key {base64.b64encode(key).decode()[:12]}..., which is not "
-                             "a trusted key")
-    nacl = _nacl()
-    try:
-        nacl.signing.VerifyKey(key).verify(_DOMAIN + data, signature)
-    except nacl.exceptions.BadSignatureError as exc:
-        raise SignatureError(f"{root.name}: the signature does not match ecology.toml: the manifest (or the "
-                             "signature) was altered after signing") from exc
-    return True
+    out = []
+    for t in tables:
+        if not isinstance(t, dict) or t.get("alg") != "ed25519" or not isinstance(t.get("key"), str) \
+                or not isinstance(t.get("signature"), str):
+            raise SignatureError(f"{root.name}: {SIGNATURE_NAME} needs alg = \"ed25519\", key and signature")
+        try:
+            out.append((_b64(t["key"], "signature key", 32), _b64(t["signature"], "signature", 64)))
+        except ManifestError as exc:
+            raise SignatureError(f"{root.name}: {SIGNATURE_NAME}: {exc}") from exc
+    return out

@@ -10,7 +10,6 @@ copied or moved bundle keeps its challengers.
 
 from __future__ import annotations
 
-import shutil
 import tomllib
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from .errors import EdgeEcoError, ManifestError, StoreError
 from .featurizer import FeaturizerSpec
 from .inputs import hashed_feeds
 from .manifest import FileEntry, Manifest, ModelEntry, model_entry
+from .swap import copy_atomic
 
 PROBE_TEXT = b"what is on my calendar for tomorrow"
 
@@ -100,8 +100,8 @@ def stage(root: Path, folder: Path, m: Manifest) -> tuple[ModelEntry, str, dict]
     rel = f"population/staged/{entry.id}-{entry.version}"
     try:
         (root / rel).mkdir(parents=True, exist_ok=True)
-        for f in files:
-            shutil.copyfile(folder / f.path, root / rel / f.path)
+        for f in files:  # new files renamed into place: a shadow session may map the ones they replace
+            copy_atomic(folder / f.path, root / rel / f.path)
     except OSError as exc:
         raise StoreError(f"staging challenger {entry.id} v{entry.version} failed: {exc}") from exc
     lineage["files"] = [[f.path, f.sha256] for f in files]

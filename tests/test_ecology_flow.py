@@ -57,8 +57,7 @@ def test_declining_direct_specialist_widens_to_coalition(fake_ecology):
         eco.policy = Policy(direct_threshold=0.5, fallback_threshold=0.0)
         # A confident but wrong route: travel first. Travel declines a money query.
         real = eco._featurize_route
-        eco._featurize_route = lambda data, deadline_ms: (real(data, deadline_ms)[0],
-                                                          Route((1, 0, 2), (0.95, 0.04, 0.01)))
+        eco._featurize_route = lambda data, *rest: (real(data, *rest)[0], Route((1, 0, 2), (0.95, 0.04, 0.01)))
         a = eco.answer("transfer money to savings")
     assert a.path == "coalition"
     assert a.label == "transfer"

@@ -136,3 +136,38 @@ def test_short_fuzz_run_of_the_tflite_backend():
     r = run_fuzz("tflite", MODELS / "har", 100, seed=11)
     assert r.failures == [] and r.must_refuse_accepted == []
     assert sum(r.outcomes.values()) == 100 and r.outcomes["refused"] >= 70
+
+
+def test_short_fuzz_run_of_the_har_bundle():
+    """The bundle layer on the sensor ecology (TFLite models, router, window featurizer, manifest),
+    probed with accelerometer windows: 100 cases (the full run: 1,000), every one refused."""
+    r = run_fuzz("bundle", MODELS / "har", 100, seed=11)
+    assert r.failures == [] and r.must_refuse_accepted == []
+    assert sum(r.outcomes.values()) == 100 and r.outcomes["refused"] >= 90
+    cases = cases_for("bundle", MODELS / "har", 100, 11)
+    assert {c.op for c in cases} >= {"truncate", "bitflip", "missing", "replace", "lfs", "empty", "magic"}
+    assert any(c.target.endswith(".tflite") for c in cases) and any(c.target == "ecology.toml" for c in cases)
+
+
+def test_every_manifest_edit_applies_to_the_manifest_it_was_made_for():
+    """An edit whose text is absent would fail while the case is written (it once named a router
+    kind models/clinc150 no longer has)."""
+    import random
+
+    from edge_eco.fuzz_cases import apply, manifest_edits
+
+    for name in ("clinc150", "har"):
+        text = (MODELS / name / "ecology.toml").read_bytes()
+        edits = manifest_edits(text.decode(), random.Random(0))
+        assert len(edits) >= 30
+        for old, new in edits:
+            assert apply("replace", (old, new), text) != text
+
+
+def test_dense_probes_answer_like_their_activities():
+    import edge_eco
+    from edge_eco.fuzz import dense_probes
+
+    with edge_eco.open(MODELS / "har") as eco:
+        labels = [eco.answer_features(w.reshape(-1), local_only=True).label for w in dense_probes(52, 3)]
+    assert labels == ["stationary", "walking", "running"]

@@ -18,7 +18,7 @@ import pytest
 import edge_eco
 from edge_eco import backends
 from edge_eco.backends import isolated
-from edge_eco.errors import InferenceError, ModelLoadError
+from edge_eco.errors import InferenceError, ModelLoadError, RequestError
 
 from conftest import MODELS
 
@@ -144,3 +144,43 @@ def test_high_risk_model_in_an_ecology(tmp_path):
         # The host keeps serving: other models at once, the isolated one after its restart.
         assert eco.answer("book a flight to paris", local_only=True).label == "book_flight"
         assert eco.predict_with("banking", texts[0]) == plain.predict_with("banking", texts[0])
+
+
+def test_high_risk_model_is_routed_only_under_a_high_risk_contract_and_survives_a_kill(tmp_path):
+    """End to end through ``answer``: the default contract (max_risk "medium") never routes to the
+    risk-high banking model; ``max_risk="high"`` routes to it in its sandboxed worker. The worker
+    killed with SIGKILL mid-request: that request names the death and is answered by the other
+    candidates; the next one restarts the worker; the host answers throughout."""
+    eco_dir = tmp_path / "clinc150"
+    shutil.copytree(BUNDLE, eco_dir)
+    toml = eco_dir / "ecology.toml"
+    text = toml.read_text()
+    at = text.index('risk = "low"', text.index('id = "banking"'))
+    toml.write_text(text[:at] + 'risk = "high"' + text[at + len('risk = "low"'):])
+    q = "what is my checking account balance"
+    with edge_eco.open(eco_dir) as eco:
+        a = eco.answer(q, local_only=True)
+        assert "banking" not in a.provenance["route"]["candidates"]
+        assert "banking" not in eco.residency.resident()  # no worker was started
+        with pytest.raises(RequestError, match="max_risk must be one of"):
+            eco.answer(q, max_risk="extreme")
+        a = eco.answer(q, local_only=True, max_risk="high")
+        assert a.provenance["route"]["candidates"][0] == "banking" and a.label == "balance"
+        with eco.residency.use("banking") as s:
+            assert isinstance(s, isolated.IsolatedSession)
+            pid = s.pid
+        os.kill(pid, signal.SIGSTOP)  # the next request is surely in flight when the kill lands
+        result: dict = {}
+        t = threading.Thread(target=lambda: result.update(a=eco.answer(q, local_only=True, max_risk="high")))
+        t.start()
+        time.sleep(0.5)
+        os.kill(pid, signal.SIGKILL)
+        t.join(30)
+        killed = result["a"]
+        assert "died during the request (signal SIGKILL)" in killed.provenance["model_errors"]["banking"]
+        assert killed.label  # answered by the other candidates (or the generalist)
+        assert eco.answer("book a flight to paris", local_only=True).label == "book_flight"
+        again = eco.answer(q, local_only=True, max_risk="high")  # the worker restarts
+        assert again.label == "balance" and "model_errors" not in again.provenance
+        with eco.residency.use("banking") as s:
+            assert s.pid != pid and s.restarts == 1

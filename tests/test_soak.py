@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from conftest import CLINC, MODELS, ROOT
 
@@ -27,20 +26,24 @@ print(json.dumps(load_test(sys.argv[3], texts, threads=8, per_thread=150, budget
 
 
 def test_threads_under_a_small_budget_no_errors_no_violations():
-    # 11 MB holds the generalist (9.9 MB of weights) and one 1 MiB specialist: dropping file pages
-    # (the cold state) is not enough, so models are really evicted and reloaded. In a fresh process,
-    # as the soak command runs: in the suite's process, state left by earlier tests changed the
-    # figure (1 eviction in a fresh-clone CI run, reproduced after test_residency_real,
-    # test_residency_meter, test_serve_warm, test_signing and test_sib200_plan; 18-30 alone).
+    # 11 MB holds the generalist (9.9 MB of weights) and one 1 MiB specialist at their predicted
+    # sizes: until first loads are measured, models are really evicted and reloaded. (Measured, the
+    # whole population fits: the full soak sees evictions only then. With ORT's per-session arena
+    # off, sessions are smaller still: 8-10 evictions here in four runs, 18-30 with it.) In a fresh
+    # process, as the soak command runs: in the suite's process, state left by earlier tests changed
+    # the figure (1 eviction in a fresh-clone CI run, reproduced after test_residency_real,
+    # test_residency_meter, test_serve_warm, test_signing and test_sib200_plan).
     out = subprocess.run([sys.executable, "-c", _LOAD_TEST, str(ROOT / "tools"), str(CLINC),
                           str(MODELS / "clinc150")], capture_output=True, text=True, timeout=600, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["errors"] == 0, r["error_samples"]
     assert r["budget_violations"] == 0 and r["samples"] > 10
-    assert r["evictions"] > 10  # the budget really forces evictions (23 seen in 1,200 requests)
+    assert r["evictions"] > 4  # the budget really forces evictions (8-10 seen in 1,200 requests)
     assert r["peak_resident_bytes"] <= 11_000_000
 
 
 def test_load_unload_cycles_return_their_memory():
-    for name, c in soak_cycles(MODELS / "clinc150", ["ort", "fake"], 200).items():
-        assert c["growth"] <= 1 << 20, (name, c)
+    cycles = soak_cycles(MODELS / "clinc150", ["ort", "tflite", "fake"], 200)
+    assert sorted(cycles) == ["fake", "ort", "tflite"]
+    for name, c in cycles.items():
+        assert c["cycles"] == 200 and c["growth"] <= 1 << 20, (name, c)

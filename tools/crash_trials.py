@@ -3,6 +3,7 @@ and nothing is torn.
 
     python tools/crash_trials.py --target manifest-swap [--trials 200] [--seed 0]
     python tools/crash_trials.py --target outcome-rows  [--trials 200]
+    python tools/crash_trials.py --target signed-swap   [--trials 200]   # manifest + signature
     python tools/crash_trials.py --target MODULE:FACTORY [--trials 200]   # e.g. issue 7's store
 
 A target is a factory ``make(folder) -> (write, check)``:
@@ -153,6 +154,49 @@ def store_swap(folder: Path):
     return write, check
 
 
+def signed_swap(folder: Path):
+    """Target: governance swaps of a **signed** ecology (``swap_manifest`` with the device's
+    governance key): the manifest and ``ecology.toml.sig`` change together. Check: the manifest is
+    whole and one of the versions written, and the bundle opens under a trust that requires a
+    valid signature (fleet key + device key)."""
+    from dataclasses import replace
+
+    import edge_eco
+    from edge_eco.bundle import read_bundle
+    from edge_eco.manifest import parse_manifest
+    from edge_eco.signing import GovernanceSigner, Trust, generate_key, read_public_key, sign_bundle
+    from edge_eco.swap import swap_manifest
+
+    eco, keys = folder / "eco", folder / "keys"
+    if not eco.exists():  # the parent sets up once; the writer children reuse the folder
+        shutil.copytree(ROOT / "models" / "clinc150", eco)
+        keys.mkdir()
+        generate_key(keys / "fleet.key")
+        generate_key(keys / "device.key")
+        sign_bundle(eco, keys / "fleet.key")
+    fleet, device = read_public_key(keys / "fleet.key.pub"), read_public_key(keys / "device.key.pub")
+    trust = Trust((fleet, device), True, keys / "device.key")
+    _, base = read_bundle(ROOT / "models" / "clinc150")
+    signer = [None]
+
+    def version(i: int):
+        return replace(base, description=f"{base.description} v{i} " + "x" * (i % 977),
+                       models=tuple(replace(m, version=str(i)) if m.id == "home" else m for m in base.models))
+
+    def write(i: int) -> None:
+        if signer[0] is None:
+            signer[0] = GovernanceSigner(trust)
+        swap_manifest(eco, version(i), signer=signer[0])
+
+    def check(acked: list[int]) -> None:
+        got = parse_manifest((eco / "ecology.toml").read_text())
+        last = acked[-1] if acked else -1
+        ok = got == base or any(got == version(i) for i in range(max(last, 0), last + 2))
+        assert ok, f"torn or stale manifest after ack {last}: home version {got.model('home').version}"
+        edge_eco.open(eco, trust=Trust((fleet, device))).close()  # signature of exactly these bytes
+    return write, check
+
+
 def store_rows(folder: Path, *, power_safe: bool = False):
     """Target: issue 7's ``edge_eco.store.Store``: an outcome row and its feedback submitted, then
     ``flush()`` (which returns once both are committed: the acknowledgement). Feedback alone would
@@ -178,7 +222,7 @@ def store_rows(folder: Path, *, power_safe: bool = False):
     return write, check
 
 
-TARGETS = {"store-swap": store_swap, "store-rows": store_rows,
+TARGETS = {"store-swap": store_swap, "signed-swap": signed_swap, "store-rows": store_rows,
            "store-rows-power-safe": lambda f: store_rows(f, power_safe=True), "manifest-swap": manifest_swap, "manifest-swap-naive": lambda f: manifest_swap(f, naive=True),
            "outcome-rows": outcome_rows}
 

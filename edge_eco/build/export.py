@@ -58,6 +58,7 @@ def write_onnx(weight: np.ndarray, bias: np.ndarray, out: Path, name: str) -> li
     model = sparse_linear_model(weight, bias, name)
     data_name = f"{name}.onnx.data"
     (out / data_name).unlink(missing_ok=True)  # onnx appends external data to an existing file
+    (out / f"{name}.onnx").unlink(missing_ok=True)  # a new file, never one a running process reads rewritten
     onnx.save_model(model, str(out / f"{name}.onnx"), save_as_external_data=True,
                     all_tensors_to_one_file=True, location=data_name, size_threshold=1024)
     _umask_mode(out / data_name)

@@ -1,0 +1,80 @@
+"""Model files changed on disk after an ecology was opened: checked before every (re)load.
+
+``edge_eco.open`` hashes every file once. A model evicted and loaded again later would map
+whatever is on disk by then, so each model's files are remembered by (device, inode, size,
+mtime) when the bundle is opened, and before every load a ``stat`` compares them: a file that
+changed is hashed again and, unless it still matches the manifest's sha256, the load is refused
+with an :class:`~edge_eco.errors.IntegrityError` instead of handing the bytes to a runtime.
+
+What this cannot cover: a file truncated or rewritten *in place* while a loaded model has it
+memory-mapped. The kernel then faults on the missing pages (SIGBUS) before any check can run.
+The runtime's own writes (swaps, restores, staging, router fits, builds) never do that: they
+write a new file and rename it over the old one, and a mapping keeps the old inode.
+Shell: reads the file system.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import IntegrityError
+from .manifest import FileEntry, Manifest
+
+Stamp = tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns)
+
+
+def model_files(manifest: Manifest, model_id: str) -> list[FileEntry]:
+    """The listed files a model loads: its graph, its ``.data`` weights, its tokenizer."""
+    entry = manifest.model(model_id)
+    wanted = {entry.file.path} | ({entry.tokenizer} if entry.tokenizer else set())
+    return [f for f in (entry.file,) + manifest.files if f.path in wanted or f.path.startswith(entry.file.path + ".")]
+
+
+def _stamp(path: Path) -> Stamp:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def stamps(root: Path) -> dict[str, Stamp]:
+    """Stamps of the regular files directly in ``root`` (taken *before* the bundle is hashed, so
+    a file changed while it was being hashed reads as changed later)."""
+    out = {}
+    with os.scandir(root) as it:
+        for e in it:
+            if e.is_file(follow_symlinks=True):
+                try:
+                    out[e.name] = _stamp(Path(e.path))
+                except OSError:
+                    pass
+    return out
+
+
+class FileGuard:
+    """Refuses to load a model whose files changed on disk since the bundle was opened and no
+    longer match their sha256 (see the module docstring)."""
+
+    def __init__(self, root: Path, manifest: Manifest, opened: dict[str, Stamp]) -> None:
+        self.root, self.manifest, self._stamps = root, manifest, dict(opened)
+
+    def check(self, model_id: str) -> None:
+        """Raise IntegrityError when a file of ``model_id`` changed and no longer matches."""
+        from .bundle import sha256_file
+
+        for f in model_files(self.manifest, model_id):
+            path = self.root / f.path
+            try:
+                now = _stamp(path)
+                if now == self._stamps.get(f.path):
+                    continue
+                digest = sha256_file(path)
+            except OSError as exc:
+                raise IntegrityError(f"{self.root.name}: {f.path!r} cannot be read at load ({exc.strerror}): it "
+                                     "was removed or replaced after the ecology was opened") from exc
+            if digest != f.sha256:
+                raise IntegrityError(f"{self.root.name}: {f.path!r} changed on disk after the ecology was opened "
+                                     "and no longer matches its sha256: not loaded")
+            self._stamps[f.path] = now  # the same bytes under a new inode (a restore, a copy)
+
+
+__all__ = ["FileGuard", "model_files", "stamps"]
