@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 
-
 from conftest import CLINC, MODELS, ROOT
 
 sys.path.insert(0, str(ROOT / "tools"))

@@ -118,7 +118,7 @@ def rollback_demo(out: Path, data_file: Path, say=print) -> dict[str, Any]:
     from edge_eco.population import Population
 
     def cli(fn, **kw) -> None:
-        say(fn(argparse.Namespace(ecology=str(out), **kw), "demo"))
+        say(fn(argparse.Namespace(ecology=str(out), trust=None, **kw), "demo"))
 
     root = scenario_bundle(out, DEMO_GOVERNANCE)
     data = json.loads(data_file.read_text())
