@@ -71,7 +71,7 @@ class Ecology:
                  remote_token: str | None = None, budget_bytes: int | None = None,
                  use_native: bool | None = None, remote_client: Any = None,
                  remote_protocol: str | None = None, remote_model: str | None = None,
-                 excluded: frozenset[str] = frozenset()) -> None:
+                 excluded: frozenset[str] = frozenset(), cold_state: bool = True) -> None:
         self.root, self.manifest = root, manifest
         # Models a device plan excludes (edge_eco.plan): a request whose path needs one goes remote.
         self._excluded = frozenset(excluded)
@@ -152,7 +152,8 @@ class Ecology:
                                   f"{budget} bytes cannot hold it")
         self.residency = Residency(self._load, self._predict_bytes, budget, measure=read_footprint,
                                    policy="cost_aware", cost=self._miss_cost, paths=self._model_paths,
-                                   demote=drop_file_pages, runtime_of=self._runtime_of, anon_cap=self._anon_cap)
+                                   demote=drop_file_pages if cold_state else None, runtime_of=self._runtime_of,
+                                   anon_cap=self._anon_cap)
         self._pool = ThreadPoolExecutor(max_workers=max(2, 2 * manifest.policy.coalition_size),
                                         thread_name_prefix="edge_eco-coalition")
         self._ids = itertools.count(1)
@@ -575,9 +576,9 @@ class Ecology:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Loads, evictions and resident bytes so far."""
+        """Loads, evictions, demotions to cold and resident bytes so far."""
         s = self.residency.stats
-        out = {"loads": s.loads, "evictions": s.evictions, "resident_bytes": self.residency.resident_bytes,
+        out = {"loads": s.loads, "evictions": s.evictions, "demotions": s.demotions, "resident_bytes": self.residency.resident_bytes,
                "resident": self.residency.resident(), "budget_bytes": self.residency.budget_bytes,
                "runtime_bytes": {k: v.total_bytes for k, v in self.residency.meter.runtime_bytes.items()}}
         if self.controller is not None:
@@ -663,7 +664,9 @@ def open(path: str | Path, *, trust: Any = None, **options: Any) -> Ecology:  # 
 
     Keyword options: ``remote_url``, ``remote_token``, ``remote_protocol`` ("v2" or "openai", overrides
     the manifest's), ``remote_model`` (overrides the manifest's model name), ``budget_bytes``,
-    ``use_native``, ``remote_client`` (any object with ``infer(texts, timeout_s=...)``); ``trust``: a
+    ``use_native``, ``remote_client`` (any object with ``infer(texts, timeout_s=...)``), ``cold_state``
+    (default True: under budget pressure idle models are first demoted to cold, their file pages
+    dropped and their sessions kept; False: room is only made by unloading); ``trust``: a
     :class:`edge_eco.signing.Trust` or the path of a trust file / ``.pub`` key: the manifest's Ed25519
     signature is checked (required unless the trust says otherwise) and, with a signature required,
     each model file is hashed again when it loads; without one, a model file that changed on disk

@@ -1,7 +1,8 @@
 """Load and soak: many threads under a small memory budget, and load/unload cycles per backend.
 
     python tools/soak.py [--ecology models/clinc150] [--threads 8] [--requests 100000]
-                         [--budget-bytes 14000000] [--cycles 1000] [--backends ort tflite fake]
+                         [--budget-bytes 14000000] [--no-cold] [--cycles 1000]
+                         [--backends ort tflite fake]
 
 Part 1 (load): ``--threads`` threads each answer ``--requests`` CLINC150 test queries (local
 only) through one ecology whose budget holds the generalist and a few specialists, so models are
@@ -58,15 +59,17 @@ def rss_bytes() -> int:
         return int(fh.read().split()[1]) * _PAGE
 
 
-def load_test(ecology: Path, texts: list[str], threads: int, per_thread: int, budget: int) -> dict:
-    """Part 1; returns the figures."""
+def load_test(ecology: Path, texts: list[str], threads: int, per_thread: int, budget: int,
+              cold_state: bool = True) -> dict:
+    """Part 1; returns the figures. ``cold_state=False``: room is made by unloading only (no demotion
+    to cold), so a budget below the population's measured footprint forces real evictions."""
     with edge_eco.open(ecology, budget_bytes=0) as ref_eco:
         reference = [ref_eco.answer(t, local_only=True).label for t in texts]
     errors: list[str] = []
     differ, dropped, differ_dropped = [0] * threads, [0] * threads, [0] * threads
     samples, over, peak = [0], [0], [0]
     stop = threading.Event()
-    with edge_eco.open(ecology, budget_bytes=budget) as eco:
+    with edge_eco.open(ecology, budget_bytes=budget, cold_state=cold_state) as eco:
         def monitor() -> None:
             while not stop.is_set():
                 used = eco.stats()["resident_bytes"]
@@ -105,7 +108,8 @@ def load_test(ecology: Path, texts: list[str], threads: int, per_thread: int, bu
     return {"requests": threads * per_thread, "seconds": seconds, "errors": len(errors),
             "error_samples": [e for e in errors if e][:5], "budget_violations": over[0], "samples": samples[0],
             "peak_resident_bytes": peak[0], "budget_bytes": budget, "loads": stats["loads"],
-            "evictions": stats["evictions"], "differ_from_unloaded": sum(differ),
+            "evictions": stats["evictions"], "demotions": stats["demotions"], "cold_state": cold_state,
+            "differ_from_unloaded": sum(differ),
             "coalition_dropped": sum(dropped), "differ_with_dropped": sum(differ_dropped)}
 
 
@@ -197,6 +201,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=8)
     ap.add_argument("--requests", type=int, default=100_000, help="requests per thread")
     ap.add_argument("--budget-bytes", type=int, default=14_000_000)
+    ap.add_argument("--no-cold", action="store_true",
+                    help="no cold state: the budget is met by unloading only, so models are really evicted")
     ap.add_argument("--cycles", type=int, default=1000)
     ap.add_argument("--backends", nargs="+", default=["ort", "tflite", "fake"],
                     help="ort, tflite, fake, isolated (a worker process per cycle: ~0.5 s each)")
@@ -206,11 +212,13 @@ def main() -> int:
     ok = True
     if args.requests:
         examples = load_clinc150(data_root(args.data) / "clinc150" / "data_full.json", "test")
-        r = load_test(ecology, [e.text for e in examples], args.threads, args.requests, args.budget_bytes)
+        r = load_test(ecology, [e.text for e in examples], args.threads, args.requests, args.budget_bytes,
+                      cold_state=not args.no_cold)
         print(f"load: {args.threads} threads x {args.requests} = {r['requests']} requests in {r['seconds']:.1f} s "
               f"({r['requests'] / r['seconds']:.0f}/s): errors {r['errors']}, budget violations "
               f"{r['budget_violations']} in {r['samples']} samples (peak {r['peak_resident_bytes']} of "
-              f"{r['budget_bytes']} bytes), loads {r['loads']}, evictions {r['evictions']}, answers differing "
+              f"{r['budget_bytes']} bytes), loads {r['loads']}, evictions {r['evictions']}, demotions to cold "
+              f"{r['demotions']}{'' if r['cold_state'] else ' (cold state off)'}, answers differing "
               f"from an unloaded run {r['differ_from_unloaded']} ({r['differ_with_dropped']} of them where a coalition member "
               f"missed its timeout; {r['coalition_dropped']} answers had one)")
         for e in r["error_samples"]:
