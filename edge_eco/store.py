@@ -176,6 +176,9 @@ class Store:
             found = self._conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read outcome database {self.path}: {exc}") from exc
+        if self.readonly and found > SCHEMA_VERSION:  # migrations only go forward: no command can read it
+            raise StoreError(f"outcome database {self.path} has schema {found}, newer than this edge_eco "
+                             f"reads ({SCHEMA_VERSION}); use the edge_eco that wrote it")
         if self.readonly and found != SCHEMA_VERSION:
             raise StoreError(f"outcome database {self.path} has schema {found}, this edge_eco reads "
                              f"{SCHEMA_VERSION}; open it once with a writing command to migrate it")

@@ -50,6 +50,10 @@ def test_refuses_a_newer_schema_and_a_file_that_is_not_a_database(tmp_path):
     conn.close()
     with pytest.raises(StoreError, match="schema 99"):
         Store(tmp_path / "new.db")
+    # read-only (population status): no writing command can migrate a newer file, so none is suggested
+    with pytest.raises(StoreError, match=r"schema 99, newer than this edge_eco reads \(\d+\); use the edge_eco") as err:
+        Store(tmp_path / "new.db", readonly=True)
+    assert "writing command" not in str(err.value)
     (tmp_path / "junk.db").write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError):
         Store(tmp_path / "junk.db")
