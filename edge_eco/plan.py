@@ -140,6 +140,8 @@ def parse_plan(text: str, where: str = "plan") -> DevicePlan:
                  if not math.isfinite(getattr(plan, k)) or getattr(plan, k) < 0]
     if negative:
         raise ManifestError(f"{where}: negative or non-finite value(s) {negative[:5]}")
+    if plan.cpu_factor <= 0:  # run --plan divides the expected latency by it
+        raise ManifestError(f"{where}: cpu_factor must be > 0, got {plan.cpu_factor!r}")
     bad = [m.id for m in plan.models if m.decision not in DECISIONS]
     if bad:
         raise ManifestError(f"{where}: model(s) {bad} have a decision that is not one of {list(DECISIONS)}")

@@ -114,6 +114,8 @@ def test_a_plan_for_another_ecology_or_population_is_refused(fake_ecology):
         apply_plan(m, dataclasses.replace(plan, models=plan.models[:2]))
     with pytest.raises(ManifestError, match="decision"):
         parse_plan(plan_to_toml(plan).replace('"excluded"', '"maybe"'))
+    with pytest.raises(ManifestError, match="cpu_factor must be > 0"):  # was a ZeroDivisionError after the run
+        parse_plan(plan_to_toml(dataclasses.replace(plan, cpu_factor=0.0)))
 
 
 @pytest.fixture(scope="module")
