@@ -120,6 +120,13 @@ def test_too_few_examples_and_a_niche_without_data(tmp_path):
     assert "niches with no training data: 1 (first: trips)" in msg
 
 
+def test_a_label_under_two_niches_is_an_error(tmp_path):
+    rows = [{"text": f"pay my bill {i}", "label": lab} for lab in ("a", "b", "c") for i in range(10)]
+    _rows(tmp_path, rows, {"money": ["a", "b"], "trips": ["c", "a"]})
+    with pytest.raises(DataError, match="label 'a' is listed under niches 'money' and 'trips'"):
+        _prepare(tmp_path)
+
+
 def test_leakage_is_an_error_with_counts_unless_the_recipe_allows_it(tmp_path):
     rows = [{"text": "same text every time", "label": lab} for lab in ("a", "b", "c") for _ in range(10)]
     _rows(tmp_path, rows)

@@ -140,7 +140,12 @@ def _niche_map(path: Path) -> dict[str, str]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"cannot read niche map {path}: {exc}") from exc
     if isinstance(doc, dict) and all(isinstance(v, list) for v in doc.values()):
-        return {str(lab): str(n) for n, labs in doc.items() for lab in labs}
+        out: dict[str, str] = {}
+        for n, labs in doc.items():
+            for lab in map(str, labs):
+                if out.setdefault(lab, str(n)) != str(n):  # else the last niche would silently take the label
+                    raise DataError(f"{path}: label {lab!r} is listed under niches {out[lab]!r} and {n!r}")
+        return out
     if isinstance(doc, dict) and all(isinstance(v, str) for v in doc.values()):
         return {str(k): v for k, v in doc.items()}
     raise DataError(f"{path}: a niche map is {{niche: [labels]}} or {{label: niche}}")
