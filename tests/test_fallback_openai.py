@@ -91,10 +91,17 @@ def test_surrounding_whitespace_is_not_part_of_the_label():
     ({"choices": [{"message": {"content": "alarm"}, "logprobs": {"content": [{"logprob": 0.5}]}}]}, "not a log-prob"),
     ({"choices": [{"message": {"content": "alarm"}, "logprobs": {"content": [{"tok": 1}]}}]}, "logprobs are malformed"),
     ({"object": "chat.completion"}, "'choices' must be"),
+    ({"choices": [{"message": {"content": "alarm"}, "logprobs": {"content": [{"logprob": -10 ** 400}]}}]},
+     "logprobs are malformed"),  # OverflowError escaped before the fix
 ])
 def test_malformed_completions(doc, needle):
     with pytest.raises(RemoteProtocolError, match=needle):
         parse_completion(json.dumps(doc).encode(), 1.0)
+
+
+def test_a_reply_nested_too_deeply_is_not_json():
+    with pytest.raises(RemoteProtocolError, match="not valid JSON"):
+        parse_completion(b"[" * 100_000 + b"]" * 100_000, 1.0)
 
 
 def test_bad_configuration():

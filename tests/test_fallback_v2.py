@@ -254,6 +254,9 @@ def test_raw_500_is_protocol_error_with_message(raw, make):
     (lambda r: good_doc(r, confs=[0.5, float("nan")]), r"nan is not a number"),
     (lambda r: {**good_doc(r), "id": "other"}, "does not match request id"),
     (lambda r: [1, 2], "must be a JSON object"),
+    # from a trial against a lying server: these raised OverflowError / TypeError out of eco.answer()
+    (lambda r: good_doc(r, confs=[0.5, 10 ** 400]), r"1000+ is not a number in \[0, 1\]"),
+    (lambda r: {**good_doc(r), "outputs": [{"name": ["label"]}] + good_doc(r)["outputs"][1:]}, "no output 'label'"),
 ])
 def test_raw_malformed_replies(raw, make_doc, needle, make):
     srv = raw(reply_with(make_doc))
@@ -266,6 +269,17 @@ def test_raw_invalid_json(raw, make):
     with pytest.raises(RemoteProtocolError, match="not valid JSON") as info:
         make(srv.url, "m").infer(["a"])
     assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_raw_json_nested_too_deeply(raw, make):
+    # json.loads raises RecursionError (not a ValueError) here; it escaped eco.answer() before the fix
+    deep = "[" * 100_000 + "]" * 100_000
+    srv = raw(lambda conn, body: conn.sendall(http_reply(deep)))
+    with pytest.raises(RemoteProtocolError, match="not valid JSON"):
+        make(srv.url, "m").infer(["a"])
+    srv = raw(lambda conn, body: conn.sendall(http_reply(deep, "500 Internal Server Error")))
+    with pytest.raises(RemoteProtocolError, match=r"HTTP 500 .*\[\[\["):
+        make(srv.url, "m").infer(["a"])
 
 
 def test_raw_garbage_status_line(raw, make):

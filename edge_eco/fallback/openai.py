@@ -101,7 +101,7 @@ def parse_completion(raw: bytes, default_confidence: float) -> tuple[str, float,
     """
     try:
         doc = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise RemoteProtocolError(f"reply is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise RemoteProtocolError(f"reply must be a JSON object, got {type(doc).__name__}")
@@ -125,7 +125,7 @@ def parse_completion(raw: bytes, default_confidence: float) -> tuple[str, float,
     if isinstance(lp, dict) and isinstance(lp.get("content"), list) and lp["content"]:
         try:
             total = sum(float(t["logprob"]) for t in lp["content"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: an int past float range
             raise RemoteProtocolError(f"reply logprobs are malformed: {exc!r}") from exc
         if not math.isfinite(total) or total > 1e-6:
             raise RemoteProtocolError(f"reply logprobs sum to {total!r}, not a log-probability")

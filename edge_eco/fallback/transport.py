@@ -255,7 +255,7 @@ def error_message(raw: bytes) -> str:
     (OpenAI), else the first 200 characters."""
     try:
         doc = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         return raw[:200].decode("utf-8", "replace") or "(empty body)"
     if isinstance(doc, dict):
         err = doc.get("error")

@@ -86,7 +86,7 @@ def _parse_reply(raw: bytes, batch: int, req_id: str, model: str) -> list[Remote
     """Validate a v2 infer reply strictly and turn it into answers."""
     try:
         doc = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise RemoteProtocolError(f"reply is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise RemoteProtocolError(f"reply must be a JSON object, got {type(doc).__name__}")
@@ -95,13 +95,14 @@ def _parse_reply(raw: bytes, batch: int, req_id: str, model: str) -> list[Remote
     outputs = doc.get("outputs")
     if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
         raise RemoteProtocolError("reply 'outputs' must be a list of objects")
-    by_name = {o.get("name"): o for o in outputs}
+    by_name = {o["name"]: o for o in outputs if isinstance(o.get("name"), str)}
     labels = _output(by_name, "label", ("BYTES",), batch)
     confs = _output(by_name, "confidence", ("FP32", "FP64"), batch)
     if not all(isinstance(x, str) for x in labels):
         raise RemoteProtocolError("output 'label': every value must be a string")
     for x in confs:
-        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or not 0.0 <= x <= 1.0:
+        # A range check, not math.isfinite: a JSON integer can be too large for a float (and NaN fails it too).
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0.0 <= x <= 1.0:
             raise RemoteProtocolError(f"output 'confidence': {x!r} is not a number in [0, 1]")
     name = doc.get("model_name") if isinstance(doc.get("model_name"), str) else model
     version = doc.get("model_version") if isinstance(doc.get("model_version"), str) else ""
