@@ -9,8 +9,8 @@ threshold and policy allows -> Answer with provenance.
 from __future__ import annotations
 
 import itertools
-import math
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -650,8 +650,9 @@ def _check_options(deadline_ms: Any, local_only: Any, max_risk: Any = "medium") 
     """RequestError unless deadline_ms is None or a positive finite number, local_only a bool and
     max_risk a risk level."""
     if deadline_ms is not None:
+        # a comparison, not math.isfinite (OverflowError on an int past float range); NaN fails it too
         if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, (int, float)) \
-                or not math.isfinite(deadline_ms) or deadline_ms <= 0:
+                or not 0 < deadline_ms <= sys.float_info.max:
             raise RequestError(f"deadline_ms must be a positive number of milliseconds or None, got {deadline_ms!r}")
     if not isinstance(local_only, bool):
         raise RequestError(f"local_only must be True or False, got {local_only!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,13 @@ from .errors import RequestError
 __all__ = ["InferRequest", "parse_infer_request", "OUTPUT_NAMES"]
 
 OUTPUT_NAMES = ("label", "confidence")
+_FLOAT_MAX = sys.float_info.max
+
+
+def _finite_number(x: Any) -> bool:
+    """An int or float that is a finite float: a JSON integer can be past float range (math.isfinite
+    raises OverflowError on it), and NaN fails the comparisons."""
+    return not isinstance(x, bool) and isinstance(x, (int, float)) and -_FLOAT_MAX <= x <= _FLOAT_MAX
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,7 @@ def _rows(inp: dict, max_batch: int, dim: int) -> tuple[tuple[float, ...], ...]:
     data = _flat(inp.get("data"), "features")
     if len(data) != shape[0] * dim:
         raise RequestError(f"input 'features': shape {shape} holds {shape[0] * dim} elements, data has {len(data)}")
-    if not all(not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x) for x in data):
+    if not all(_finite_number(x) for x in data):
         raise RequestError("input 'features': every element must be a finite number")
     if not shape[0]:
         raise RequestError("input 'features': no rows given")
@@ -143,7 +151,6 @@ def parse_infer_request(body: bytes, max_batch: int, *, max_text_bytes: int = 1 
     if not isinstance(params, dict):
         raise RequestError("'parameters' must be an object")
     deadline_ms = params.get("deadline_ms")
-    if deadline_ms is not None and (isinstance(deadline_ms, bool) or not isinstance(deadline_ms, (int, float))
-                                    or not math.isfinite(deadline_ms) or deadline_ms <= 0):
+    if deadline_ms is not None and (not _finite_number(deadline_ms) or deadline_ms <= 0):
         raise RequestError(f"parameter 'deadline_ms' must be a positive number, got {deadline_ms!r}")
     return InferRequest(texts, rows, req_id, wanted, float(deadline_ms) if deadline_ms is not None else None)

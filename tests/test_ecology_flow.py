@@ -190,6 +190,7 @@ def test_threads_do_not_leak(fake_ecology):
     ({"deadline_ms": float("nan")}, "deadline_ms must be a positive number"),
     ({"deadline_ms": "200"}, "deadline_ms must be a positive number"),
     ({"deadline_ms": True}, "deadline_ms must be a positive number"),
+    ({"deadline_ms": 10 ** 400}, "deadline_ms must be a positive number"),  # was an OverflowError
     ({"local_only": "no"}, "local_only must be True or False"),
 ])
 def test_bad_options_are_request_errors(fake_ecology, kwargs, message):

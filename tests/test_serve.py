@@ -16,6 +16,7 @@ import pytest
 import edge_eco
 from edge_eco.errors import InferenceError, RequestError
 from edge_eco.serve import InferenceServer, serve_forever
+from edge_eco.v2_request import parse_infer_request
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,8 @@ def test_infer_outputs_selection(conn):
     (infer_body(["a", 3]), "must be a string"),
     (infer_body(["a"], id=5), "'id' must be a string"),
     (infer_body(["a"], parameters={"deadline_ms": -1}), "deadline_ms"),
+    # an integer past float range: OverflowError in the handler, the connection dropped with no reply (trial)
+    (infer_body(["a"], parameters={"deadline_ms": 10 ** 400}), "deadline_ms"),
     (infer_body([""]), "element 0: text is empty"),
 ])
 def test_infer_bad_requests_are_400(conn, eco, body, needle):
@@ -292,6 +295,13 @@ def test_shutdown_finishes_requests_in_flight():
         t.join()
     assert len(results) == 4
     assert all(status == 200 and doc["outputs"][0]["data"] == ["balance"] for status, doc in results)
+
+
+def test_features_past_float_range_are_refused():
+    body = json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 2],
+                                   "data": [0.5, 10 ** 400]}]}).encode()
+    with pytest.raises(RequestError, match="every element must be a finite number"):
+        parse_infer_request(body, 4, feature_dim=2)
 
 
 def test_deeply_nested_json_is_a_400_not_a_500(conn):
