@@ -84,7 +84,10 @@ def cases_for(layer: str, root: Path, n: int, seed: int) -> list[Mutation]:
         return bundle_mutations(files, (root / MANIFEST_NAME).read_text("utf-8"), rng, n)
     if layer not in BACKEND_MUTATIONS:
         raise EdgeEcoError(f"no mutation set for backend {layer!r} (known: {sorted(BACKEND_MUTATIONS)})")
-    return BACKEND_MUTATIONS[layer](_backend_models(root, MODELS_OF.get(layer, layer)), rng, n)
+    models = _backend_models(root, MODELS_OF.get(layer, layer))
+    if not models:
+        raise EdgeEcoError(f"{root} has no {MODELS_OF.get(layer, layer)} models to damage (--layer {layer})")
+    return BACKEND_MUTATIONS[layer](models, rng, n)
 
 
 def _materialize(src: Path, dst: Path, case: Mutation) -> None:

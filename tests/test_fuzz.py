@@ -12,7 +12,7 @@ import edge_eco
 from edge_eco import backends
 from edge_eco.artifacts import preflight
 from edge_eco.bundle import sha256_file
-from edge_eco.errors import IntegrityError, ModelLoadError
+from edge_eco.errors import EdgeEcoError, IntegrityError, ModelLoadError
 from edge_eco.fuzz import cases_for, run_fuzz
 from edge_eco.fuzz_cases import LFS_POINTER
 
@@ -87,6 +87,12 @@ def test_probe_refuses_a_model_whose_output_does_not_fit_the_manifest(bundle):
         with pytest.raises(ModelLoadError, match=r"banking.onnx: a probe run answered shape \(16,\).*15 labels"):
             eco.predict_with("banking", "what is my balance")
         assert "banking" not in eco.residency.resident()
+
+
+def test_a_layer_without_models_is_a_clear_error():
+    # a trial ran `edge-eco fuzz models/clinc150 --layer tflite`: ValueError from random.randrange
+    with pytest.raises(EdgeEcoError, match="no tflite models"):
+        cases_for("tflite", BUNDLE, 5, 1)
 
 
 def test_cases_are_deterministic_and_cover_every_kind():
