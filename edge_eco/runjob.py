@@ -75,7 +75,7 @@ def run_job(eco: Ecology, examples: Sequence[Example], opts: RunOptions = RunOpt
         labels, blat, berr, bfirst = _timed(lambda t: eco.predict_with(model, t).label, examples)
         baselines["local_generalist"] = {**accuracy_block(labels, gold, reject),
                                          "latency_ms": percentiles_ms(blat), "errors": berr, "first_error": bfirst}
-    if opts.remote_baseline and eco.remote is not None:
+    if opts.remote_baseline and eco.remote is not None and not opts.local_only:  # local_only: nothing leaves
         timeout_s = opts.deadline_ms / 1e3 if opts.deadline_ms else None
 
         def remote(text: str) -> str:

@@ -12,8 +12,10 @@ from hypothesis import given, strategies as st
 
 import edge_eco
 from edge_eco.errors import ManifestError
+from edge_eco.datasets import Example
 from edge_eco.manifest import Policy, RemoteSpec, parse_manifest
 from edge_eco.remote_policy import redact, remote_block_reason
+from edge_eco.runjob import RunOptions, run_job
 from edge_eco.tomlwrite import manifest_to_toml
 
 from conftest import make_fake_ecology
@@ -93,6 +95,21 @@ def test_local_only_sends_no_bytes(tmp_path, protocol):
     finally:
         listener.close()
     assert connections == 1 and sent > 100
+
+
+def test_run_local_only_skips_the_remote_baseline(tmp_path):
+    # a trial: `edge-eco run ... --remote URL --local-only` sent every text to URL through the always-remote baseline
+    listener, count = counting_listener()
+    folder = with_remote(make_fake_ecology(tmp_path / "eco", policy=SEND_REMOTE),
+                         RemoteSpec(url=f"http://127.0.0.1:{listener.getsockname()[1]}", model="g", timeout_ms=100.0))
+    try:
+        with edge_eco.open(folder) as eco:
+            report = run_job(eco, [Example("zzz qqq", "oos"), Example("alarm", "alarm")],
+                             RunOptions(local_baseline=None, local_only=True))
+            assert count() == (0, 0)
+    finally:
+        listener.close()
+    assert "remote" not in report["baselines"]
 
 
 def test_jurisdiction_of_the_ecology_keeps_everything_local(tmp_path):
