@@ -175,17 +175,19 @@ def real_replay(eco: _ecology.Ecology, trace: list, budget: int, demote: bool) -
 
 
 def warm_ratio(warm: _ecology.Ecology, warm_request, loader: _ecology.Ecology, ids: list[str],
-               runs: int = 3000, rounds: int = 6) -> dict:
+               runs: int = 3000, rounds: int = 6, round_s: float = 1.0) -> dict:
     """Warm answer p99 while another thread loads and unloads models, against isolated p99.
 
     The two conditions are interleaved in ``rounds`` rounds (isolated then loading, or the
     reverse on odd rounds), and the ratio is the median of the rounds' p99 ratios: on a shared
     machine other processes' load drifts over seconds, and one block per condition measured
-    that drift instead (a trial read 0.598, the isolated block slower than the loaded one).
+    that drift instead (a trial read 0.598, the isolated block slower than the loaded one). Each
+    round lasts at least ``round_s`` seconds (count-bounded rounds of a 0.2 ms answer had lasted
+    0.1 s: 9 loads in the whole loaded condition).
     """
     def lat(k):
-        out = []
-        for _ in range(k):
+        out, until = [], time.perf_counter() + round_s
+        while len(out) < k or time.perf_counter() < until:
             t0 = time.perf_counter()
             warm.answer(warm_request)
             out.append((time.perf_counter() - t0) * 1e3)

@@ -254,11 +254,12 @@ def _cmd_bench_residency(args: argparse.Namespace) -> int:
     har_req = [e.vector for e in load_har(root / "stm32_har", "test")]
     r = bench_residency(Path(args.clinc), Path(args.har), clinc_req, har_req, cycles=args.cycles,
                         progress=lambda s: print(f"  {s}", file=sys.stderr, flush=True))
-    print(f"{'trace':10}{'budget':>7}  " + "".join(f"{p + ' cost':>17}" for p in ("cost_aware", "lru", "belady"))
+    shown = ("cost_aware", "cost_aware_only", "lru", "belady")
+    print(f"{'trace':10}{'budget':>7}  " + "".join(f"{p + ' cost':>21}" for p in shown)
           + f"{'optimum':>12}{'vs LRU':>8}{'vs opt':>8}{'miss% ours/lru':>16}{'thrash ours/lru':>17}")
     for name, budgets in r["policies"].items():
         for b, row in budgets.items():
-            print(f"{name:10}{b:>7}  " + "".join(f"{row[p]['miss_cost_ms']:>17.1f}" for p in ("cost_aware", "lru", "belady"))
+            print(f"{name:10}{b:>7}  " + "".join(f"{row[p]['miss_cost_ms']:>21.1f}" for p in shown)
                   + f"{row['optimum']['miss_cost_ms']:>12.1f}{row['cost_vs_lru']:>8.3f}{row['cost_vs_optimum']:>8.3f}"
                   f"{100 * row['cost_aware']['miss_ratio']:>8.1f}/{100 * row['lru']['miss_ratio']:<6.1f}"
                   f"{row['cost_aware']['thrash_rate']:>9.3f}/{row['lru']['thrash_rate']:<6.3f}")

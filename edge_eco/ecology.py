@@ -580,6 +580,7 @@ class Ecology:
         s = self.residency.stats
         out = {"loads": s.loads, "evictions": s.evictions, "demotions": s.demotions, "resident_bytes": self.residency.resident_bytes,
                "resident": self.residency.resident(), "budget_bytes": self.residency.budget_bytes,
+               "eviction_rule": self.residency.eviction_rule,
                "runtime_bytes": {k: v.total_bytes for k, v in self.residency.meter.runtime_bytes.items()}}
         if self.controller is not None:
             c = self.controller

@@ -347,3 +347,24 @@ def test_a_miss_waits_for_a_model_in_use_instead_of_failing():
     assert 0.15 <= time.monotonic() - t0 < 5
     assert "d" in res.resident() and res.resident_bytes <= 1000
     holders[2].release()
+
+
+def test_cost_aware_manager_evicts_by_lru_once_lru_has_lost_less():
+    """The recorded-CLINC150 shape (a big generalist among specialists asked in runs): the loss
+    rule alone would keep the generalist and reload a specialist at every switch."""
+    from test_residency_policy import grouped_trace
+
+    trace, costs = grouped_trace(60)
+    sizes = {m: c.size_bytes * 100 for m, c in costs.items()}
+    loader = FakeLoader()
+    res = Residency(loader, sizes.__getitem__, 1100, measure=lambda: 0, policy="cost_aware",
+                    cost=lambda m: (1.0, 0.0))
+    assert res.eviction_rule == "cost_aware"
+    for _, m in trace:
+        with res.use(m):
+            assert res.resident_bytes <= 1100
+    assert res.eviction_rule == "lru"
+    # 74 loads in 720 requests (LRU alone: 62; the loss rule alone would reload a specialist at
+    # every run switch: 377 misses in the replay of the same trace)
+    assert len(loader.calls) <= 80
+    res.close()

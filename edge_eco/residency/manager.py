@@ -11,7 +11,8 @@ first run (``session.warm()``), split into anonymous and file-backed bytes, and 
 prediction from then on. A resident model can be *demoted* to cold: its file pages are dropped
 from the process (the session stays; they fault back in from the page cache), which frees its
 file-backed bytes; room is made by demoting first, evicting second. Victims are chosen by the
-cost-aware policy (:mod:`.policy`: expected miss cost per byte) or by LRU.
+cost-aware policy (:mod:`.policy`: the least expected loss, or LRU while LRU's virtual cache has
+lost less lately — :class:`~.policy.Experts`) or by LRU.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class Residency:
         self._entries: dict[str, pol.Entry] = {}
         self._ghost: dict[str, tuple[float, int]] = {}
         self._requests = 0
+        self._experts = pol.Experts(budget_bytes) if policy == "cost_aware" and budget_bytes else None
         self.stats = ResidencyStats()
 
     # -- views -----------------------------------------------------------------------------------
@@ -194,9 +196,22 @@ class Residency:
         self._requests += 1
         if self.policy == "cost_aware":
             demand, seen = self._ghost.get(model_id, (0.0, self._requests))
-            e = pol.on_access(pol.decayed(demand, seen, self._requests), self._model_cost(model_id))
+            cost = self._model_cost(model_id)
+            e = pol.on_access(pol.decayed(demand, seen, self._requests), cost)
             self._entries[model_id] = e
             self._ghost[model_id] = (e.demand, self._requests)
+            if self._experts is not None:
+                self._experts.access(model_id, cost, e)
+
+    def _by_lru(self) -> bool:
+        """Whether evictions go in least-recently-used order now (caller holds the lock)."""
+        return self.policy == "lru" or (self._experts is not None and self._experts.rule == "lru")
+
+    @property
+    def eviction_rule(self) -> str:
+        """The rule that picks victims now: ``"lru"`` or ``"cost_aware"`` (the least expected loss)."""
+        with self._lock:
+            return "lru" if self._by_lru() else "cost_aware"
 
     def _model_cost(self, model_id: str) -> pol.ModelCost:
         load_ms, fallback_ms = self._cost(model_id) if self._cost else (1.0, 0.0)
@@ -228,7 +243,7 @@ class Residency:
                     credit += s.file_bytes
         frees = {k: self._slots[k].bytes - (self._slots[k].file_bytes if any(self._slots[k] is d for d in demoted)
                                             else 0) for k in order}
-        if self.policy == "lru":
+        if self._by_lru():
             chosen, gain = [], 0
             for k in order:
                 if need <= free + credit + gain:
@@ -256,7 +271,7 @@ class Residency:
         return victims, demoted, credit + gain
 
     def _order(self, idle: list[str]) -> list[str]:
-        if self.policy == "lru":
+        if self._by_lru():
             return idle  # the slots' order is least recently used first
         ranked = sorted((self._entries[k].priority if k in self._entries else 0.0, i, k) for i, k in enumerate(idle))
         return [k for _, _, k in ranked]

@@ -1,7 +1,8 @@
 """Replay request traces against eviction policies under a byte budget. Pure: no I/O or clock.
 
 A trace is a sequence of (time_s, model_id). ``replay`` runs an online policy (``lru``, the
-runtime's ``cost_aware`` policy from :mod:`.policy`, or ``belady``: evict the model needed furthest
+runtime's ``cost_aware`` policy from :mod:`.policy` — the loss rule or LRU, whichever of the two
+:class:`~.policy.Experts` says lost less lately —, ``cost_aware_only`` (the loss rule alone), or ``belady``: evict the model needed furthest
 in the future, optimal in misses when sizes are equal) and counts misses, missed bytes, miss cost
 and thrash (reloads within ``thrash_window_s`` of the model's eviction). ``optimum_cost`` is the
 exact offline minimum of total miss cost for any sizes and costs (dynamic programming over
@@ -16,9 +17,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .policy import Entry, ModelCost, belady_victim, choose_victims, decayed, on_access
+from .policy import Entry, Experts, ModelCost, belady_victim, choose_victims, decayed, on_access
 
-POLICIES = ("cost_aware", "lru", "belady")
+POLICIES = ("cost_aware", "lru", "belady", "cost_aware_only")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ def replay(trace: Sequence[tuple[float, str]], costs: dict[str, ModelCost], budg
     next_use: dict[str, int] = {}
     evicted_at: dict[str, float] = {}
     ghost: dict[str, tuple[float, int]] = {}  # model -> (demand, request number when counted)
+    experts = Experts(budget_bytes) if policy == "cost_aware" else None
     used = 0
     misses = miss_bytes = request_bytes = thrash = 0
     cost_ms = 0.0
@@ -75,6 +77,8 @@ def replay(trace: Sequence[tuple[float, str]], costs: dict[str, ModelCost], budg
             resident.move_to_end(m)
             entries[m] = on_access(decayed(demand, seen, i), c)
             ghost[m] = (entries[m].demand, i)
+            if experts is not None:
+                experts.access(m, c, entries[m])
             continue
         misses += 1
         miss_bytes += c.size_bytes
@@ -82,7 +86,7 @@ def replay(trace: Sequence[tuple[float, str]], costs: dict[str, ModelCost], budg
         if m in evicted_at and t - evicted_at[m] <= thrash_window_s:
             thrash += 1
         free = budget_bytes - used
-        if policy == "lru":
+        if policy == "lru" or (experts is not None and experts.rule == "lru"):
             victims = []
             for k in resident:
                 if free >= c.size_bytes:
@@ -110,6 +114,8 @@ def replay(trace: Sequence[tuple[float, str]], costs: dict[str, ModelCost], budg
         used += c.size_bytes
         entries[m] = on_access(decayed(demand, seen, i), c)
         ghost[m] = (entries[m].demand, i)
+        if experts is not None:
+            experts.access(m, c, entries[m])
     return ReplayResult(len(trace), misses, miss_bytes, request_bytes, cost_ms, thrash)
 
 
