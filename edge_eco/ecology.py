@@ -29,8 +29,7 @@ from .bundle import read_bundle
 from .errors import (BackendError, BudgetError, EdgeEcoError, FallbackError, InferenceError, IntegrityError,
                      ManifestError, RequestError,
                      RoutingError)
-from .dense import DenseSpec, dim as dense_dim, features as dense_features, standardize, validate_window
-from .inputs import Feeds, hashed_feeds, token_adapter
+from .inputs import Feeds, dense_adapter, hashed_feeds, token_adapter
 from .judges import Vote, calibrated_vote, judge, settle
 from .manifest import Manifest, RemoteSpec
 from .policy import RISK_LEVELS, RequestContract, deadline_mask, eligible_mask, risk_allows, validate_text
@@ -88,7 +87,7 @@ class Ecology:
         self._adapters: dict[str, Callable[[str], Feeds]] = {}
         generalists = [m.id for m in manifest.models
                        if m.role == "generalist" and m.input in ("hashed-text", "dense-vector")]
-        self._dense = _load_dense(root, manifest)
+        self._dense = dense_adapter(root, manifest)
         self._generalist = generalists[0] if generalists else None
         if manifest.router is not None:
             header, arrays = read_router(root / manifest.router.file.path)
@@ -612,31 +611,6 @@ class Ecology:
 
 
 _SHARED_FEEDS = ("hashed-text", "dense-vector")  # inputs computed once per request for every model
-
-
-class _Dense:
-    """The dense featurizer of a sensor ecology: window -> standardized features (``edge_eco.dense``)."""
-
-    def __init__(self, spec: DenseSpec, mean: np.ndarray, std: np.ndarray) -> None:
-        self.spec, self.mean, self.std = spec, mean, std
-        self.dim = mean.shape[0]
-        self.indices = np.arange(self.dim, dtype=np.int32)  # the router reads a dense vector as all-nonzero
-
-    def feeds(self, window: Any) -> Feeds:
-        a = validate_window(window, self.spec)
-        return {"x": standardize(dense_features(a[None], self.spec.kind), self.mean, self.std)}
-
-
-def _load_dense(root: Path, manifest: Manifest) -> _Dense | None:
-    d = manifest.dense
-    if d is None:
-        return None
-    _, arrays = read_router(root / d.file.path)
-    mean, std = arrays.get("mean"), arrays.get("std")
-    want = dense_dim(d.axes, d.kind, d.samples)
-    if mean is None or std is None or mean.shape != (want,) or std.shape != (want,) or not (std > 0).all():
-        raise ManifestError(f"{d.file.path}: expected float32 mean and positive std of {want} features")
-    return _Dense(DenseSpec(d.kind, d.samples, d.axes, d.max_abs), np.array(mean), np.array(std))
 
 
 class _Excluded(EdgeEcoError):
