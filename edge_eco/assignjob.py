@@ -1,8 +1,8 @@
 """The jobs behind ``edge-eco profile``, ``assign`` and per-niche figures: data in, results out. Shell.
 
 Requests come from the data set the ecology was built from: a CLINC150 ``data_*.json`` (with a
-split) or a SIB-200 folder (``<language>/{train,dev,test}.tsv``; the language is the request's
-niche). Only ``cli.py`` prints; these functions return data and formatted text.
+split), a SIB-200 folder (``<language>/{train,dev,test}.tsv``; the language is the request's
+niche) or, for a sensor ecology, the stm32_har folder (with a split) or rows of vectors. Only ``cli.py`` prints; these functions return data and formatted text.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from . import assign as A
 from . import ecology as _ecology
 from .datasets import Example, load_requests
 from .errors import RequestError
+from .evaljob import load_labelled as load_evaluated
+from .har_data import is_har_folder
 from .manifest import Manifest
 from .plan import DevicePlan, make_plan
 from .platform import Platform
@@ -56,31 +58,64 @@ def load_sib200(folder: Path, split: str, languages: Sequence[str] | None = None
     return examples, niches
 
 
-def load_labelled(manifest: Manifest, data_root: Path, requests: str | None, split: str,
-                  limit: int | None = None, stride: int = 1) -> tuple[list[Example], list[str]]:
-    """Labelled requests of ``split`` and the niche of each, from ``requests`` or the ecology's data set.
+def default_requests(manifest: Manifest, data_root: Path) -> Path:
+    """The data set an ecology was built from, by its input contract: the stm32_har folder for a
+    sensor (dense-vector) ecology, the SIB-200 folder for a ``sib200*`` ecology, else CLINC150.
 
-    The niche is the language for SIB-200, else the niche of the specialist whose labels hold
-    the gold label (the reject label and unknown labels get the label itself).
+    Raises:
+        RequestError: a dense ecology of plain vectors, which has no shipped data set.
     """
-    if requests is None:
-        guess = data_root / ("sib200" if manifest.name.startswith("sib200") else "clinc150/data_full.json")
-        requests = str(guess)
-    path = Path(requests)
-    if path.is_dir():
+    if manifest.dense is not None:
+        if manifest.dense.kind != "accel-window-v1":
+            raise RequestError(f"{manifest.name} reads {manifest.dense.kind} vectors and has no default data set: "
+                               "give --requests FILE with --vector-field FIELD")
+        return data_root / "stm32_har"
+    return data_root / ("sib200" if manifest.name.startswith("sib200") else "clinc150/data_full.json")
+
+
+def load_labelled(manifest: Manifest, data_root: Path, requests: str | None, split: str,
+                  limit: int | None = None, stride: int = 1,
+                  vector_field: str | None = None) -> tuple[list[Example], list[str]]:
+    """Labelled requests of ``split`` and the niche of each, from ``requests`` or the ecology's data set
+    (:func:`default_requests`).
+
+    ``requests`` is a SIB-200 folder, the stm32_har folder or a CLINC150 JSON (read with ``split``),
+    JSON lines of ``{text, label}``, or with ``vector_field`` JSON lines or CSV/TSV rows of dense
+    requests (read like ``edge-eco eval --vector-field``). The niche is the language for SIB-200, else
+    the niche of the specialist whose labels hold the gold label (the reject label and unknown
+    labels get the label itself).
+
+    Raises:
+        RequestError: unreadable or malformed data, no labelled request, no label of the ecology's,
+        or text rows for a dense ecology (and vectors for a text one).
+    """
+    path = Path(requests) if requests is not None else default_requests(manifest, data_root)
+    dense = manifest.dense is not None
+    if vector_field is not None and not dense:
+        raise RequestError(f"--vector-field: {manifest.name} takes text, not vectors")
+    if path.is_dir() and not is_har_folder(path):
         examples, niches = load_sib200(path, split)
     else:
-        examples = load_requests(path, split if path.suffix == ".json" else None)
+        if vector_field is not None:
+            examples = [Example(e.text, e.label, e.vector) for e in load_evaluated(path, vector_field=vector_field)]
+        elif dense and not path.is_dir():
+            raise RequestError(f"{path}: {manifest.name} answers sensor windows; give the stm32_har folder, or "
+                               "--vector-field FIELD for rows holding a vector each")
+        else:
+            examples = load_requests(path, split if path.is_dir() or path.suffix == ".json" else None)
         by_label = label_niches(manifest)
         niches = [by_label.get(e.label or "", e.label or "") for e in examples]
+    if examples and dense != all(e.vector is not None for e in examples):
+        raise RequestError(f"{path}: {'text' if dense else 'vector'} requests for {manifest.name}, which takes "
+                           f"{'sensor windows' if dense else 'text'}")
     examples, niches = examples[::stride], niches[::stride]
     if limit:
         examples, niches = examples[:limit], niches[:limit]
     examples_niches = [(e, n) for e, n in zip(examples, niches) if e.label is not None]
     if not examples_niches:
-        raise RequestError(f"{requests}: no labelled requests in split {split!r}")
+        raise RequestError(f"{path}: no labelled requests in split {split!r}")
     if not {e.label for e, _ in examples_niches} & set(manifest.labels):
-        raise RequestError(f"{requests}: none of its labels is in {manifest.name}'s label space; "
+        raise RequestError(f"{path}: none of its labels is in {manifest.name}'s label space; "
                            "is it the data set this ecology was built from?")
     return [e for e, _ in examples_niches], [n for _, n in examples_niches]
 
@@ -210,7 +245,7 @@ def answer_by_niche(eco, examples: Sequence[Example], niches: Sequence[str], pro
     rows: dict[str, list[tuple[bool, str, float]]] = {}
     for i, (ex, niche) in enumerate(zip(examples, niches)):
         t0 = time.perf_counter()
-        a = eco.answer(ex.text)
+        a = eco.answer(ex.request)
         ms = (time.perf_counter() - t0) * 1e3
         for key in (niche, "all"):
             rows.setdefault(key, []).append((a.label == ex.label, a.path, ms))

@@ -28,7 +28,9 @@ def add_parsers(sub: argparse._SubParsersAction, positive: Callable, device_cmd:
     prof = sub.add_parser("profile", help="measure this device and every model of an ecology on it")
     prof.add_argument("ecology")
     prof.add_argument("--out", required=True, help="device profile file to write (TOML)")
-    prof.add_argument("--requests", help="requests to run (default: the ecology's data set)")
+    prof.add_argument("--requests", help="requests to run (default: the ecology's data set, by its input: "
+                                         "CLINC150, the sib200 or the stm32_har folder)")
+    prof.add_argument("--vector-field", help="field holding each row's vector (JSON lines or CSV of a dense ecology)")
     prof.add_argument("--split", default="val")
     prof.add_argument("--data", help="data folder (default: $EDGE_ECO_DATA or ../shared/data)")
     prof.add_argument("--repeats", type=positive(int), default=5, help="cold loads per model (medians)")
@@ -42,7 +44,9 @@ def add_parsers(sub: argparse._SubParsersAction, positive: Callable, device_cmd:
     asg.add_argument("--niches", help="comma-separated niches (a region) the device serves; the rest goes remote")
     asg.add_argument("--out", help="write the plan here (TOML)")
     asg.add_argument("--plot", help="PNG of expected accuracy vs remote rate for every platform preset")
-    asg.add_argument("--requests", help="labelled requests (default: the ecology's data set)")
+    asg.add_argument("--requests", help="labelled requests (default: the ecology's data set, by its input: "
+                                        "CLINC150, the sib200 or the stm32_har folder)")
+    asg.add_argument("--vector-field", help="field holding each row's vector (JSON lines or CSV of a dense ecology)")
     asg.add_argument("--split", default="val")
     asg.add_argument("--data", help="data folder (default: $EDGE_ECO_DATA or ../shared/data)")
     asg.add_argument("--limit", type=positive(int))
@@ -97,12 +101,12 @@ def profile(args: argparse.Namespace, *, token, data_env, out: Emit, err: Emit) 
     if target.is_dir() or target.resolve() == (root / "ecology.toml").resolve():
         raise RequestError(f"--out {target}: give a new file name (the shipped manifest is never rewritten)")
     examples, _ = assignjob.load_labelled(manifest, data_root(args.data or data_env),
-                                          args.requests, args.split)
+                                          args.requests, args.split, vector_field=args.vector_field)
 
     def bar(step: int, steps: int, model: str) -> None:
         done = int(30 * step / steps)
         err(f"\r  [{'#' * done}{'.' * (30 - done)}] {step}/{steps} {model:24}")
-    p = profile_ecology(root, manifest, [e.text for e in examples[::max(1, len(examples) // args.runs)]],
+    p = profile_ecology(root, manifest, [e.request for e in examples[::max(1, len(examples) // args.runs)]],
                         repeats=args.repeats, runs=args.runs, progress=bar)
     err("\n")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +130,7 @@ def assign(args: argparse.Namespace, *, token, data_env, out: Emit, err: Emit) -
     profile = read_profile(args.profile) if args.profile else None
     region = assignjob.region_of(manifest, args.niches.split(",") if args.niches else None)
     examples, niches = assignjob.load_labelled(manifest, data_root(args.data or data_env), args.requests, args.split,
-                                               args.limit)
+                                               args.limit, vector_field=args.vector_field)
     default_remote = manifest.remote.model if manifest.remote and manifest.remote.model else "generalist"
     remote_bundle = args.remote_bundle
     no_remote = manifest.policy.remote != "allowed" and not args.allow_remote

@@ -303,7 +303,11 @@ class Ecology:
             return np.asarray(session.run(feeds)).reshape(-1)
 
     def route_candidates(self, text: str | bytes) -> tuple[tuple[str, ...], tuple[float, ...]]:
-        """The router's ranking of candidate models for ``text`` (ids best first, probabilities)."""
+        """The router's ranking of candidate models for ``text`` (ids best first, probabilities); for a
+        dense ecology ``text`` is the sensor window, routed as :meth:`answer` routes it."""
+        if self._dense is not None:
+            r = route(self._router, self._dense.indices, self._dense.feeds(text)["x"][0], self._default_mask)
+            return tuple(self._candidates[i] for i in r.order), r.probs
         data = validate_text(text, self.policy.max_text_bytes)
         r = self._featurize_route(data, None)[1]
         return tuple(self._candidates[i] for i in r.order), r.probs

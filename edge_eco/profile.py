@@ -19,14 +19,14 @@ import time
 import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from . import backends
 from ._native import Featurizer
 from .errors import ManifestError
-from .inputs import hashed_feeds, token_adapter
+from .inputs import dense_adapter, hashed_feeds, token_adapter
 from .manifest import Manifest, ModelEntry
 
 PROFILE_SCHEMA = 1
@@ -120,14 +120,15 @@ def _open(root: Path, entry: ModelEntry) -> backends.Session:
                                optimize=entry.input != "hashed-text")
 
 
-def profile_ecology(root: Path, manifest: Manifest, texts: Sequence[str], *, repeats: int = 5, runs: int = 200,
+def profile_ecology(root: Path, manifest: Manifest, requests: Sequence[Any], *, repeats: int = 5, runs: int = 200,
                     progress: Callable[[int, int, str], None] | None = None) -> DeviceProfile:
     """Measure load time, inference latency and footprint of every model of ``manifest``.
 
     Args:
         root: the bundle folder.
         manifest: its validated manifest.
-        texts: real requests to run (the first ``runs`` are used).
+        requests: real requests to run (the first ``runs`` are used): texts, or sensor windows /
+            vectors for a dense-vector ecology (:attr:`edge_eco.datasets.Example.request`).
         repeats: how many cold loads per model; figures are medians over repeats.
         runs: timed inferences per repeat.
         progress: called with (step, steps, model id) after each repeat of each model.
@@ -136,20 +137,26 @@ def profile_ecology(root: Path, manifest: Manifest, texts: Sequence[str], *, rep
         The device profile.
 
     Raises:
-        ManifestError: no texts, or repeats/runs under 1. Backend errors propagate.
+        ManifestError: no requests, or repeats/runs under 1. RequestError: a malformed window.
+        Backend errors propagate.
     """
     if repeats < 1 or runs < 1:
         raise ManifestError(f"repeats and runs must be >= 1, got {repeats} and {runs}")
-    texts = [t for t in texts if t.strip()][:runs]
-    if not texts:
-        raise ManifestError("profiling needs at least one request text")
-    feat = Featurizer(manifest.featurizer) if manifest.featurizer else None
-    hashed = [hashed_feeds(*feat(t.encode("utf-8"))) for t in texts] if feat else []
+    requests = [r for r in requests if not isinstance(r, str) or r.strip()][:runs]
+    if not requests:
+        raise ManifestError("profiling needs at least one request")
+    dense = dense_adapter(root, manifest)
+    if dense is not None:  # a sensor ecology: every model reads the same standardized window features
+        shared = [dense.feeds(r) for r in requests]
+    else:
+        feat = Featurizer(manifest.featurizer) if manifest.featurizer else None
+        shared = [hashed_feeds(*feat(t.encode("utf-8"))) for t in requests] if feat else []
     warm = _open(root, manifest.models[0])  # the runtime's own start-up is not any model's footprint
     warm.close()
     out, step, steps = [], 0, repeats * len(manifest.models)
     for entry in manifest.models:
-        feeds = hashed if entry.input == "hashed-text" else [token_adapter(root, entry)(t) for t in texts]
+        feeds = shared if entry.input in ("hashed-text", "dense-vector") else \
+            [token_adapter(root, entry)(t) for t in requests]
         per = []
         for _ in range(repeats):
             _trim()
@@ -175,7 +182,7 @@ def profile_ecology(root: Path, manifest: Manifest, texts: Sequence[str], *, rep
                                 int(med[4]), int(med[5])))
     facts = device_facts()
     return DeviceProfile(**facts, ecology=manifest.name, ecology_version=manifest.version, repeats=repeats,
-                         runs=len(texts), models=tuple(out))
+                         runs=len(requests), models=tuple(out))
 
 
 def profile_to_toml(p: DeviceProfile) -> str:

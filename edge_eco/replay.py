@@ -46,7 +46,7 @@ def replay(eco: Ecology, examples: Sequence[Example], remote: Callable[[str], st
     Args:
         eco: the ecology, opened with no memory budget (every model stays resident).
         examples: labelled requests (the validation split).
-        remote: text -> the remote generalist's label.
+        remote: request (text, or a dense ecology's window) -> the remote generalist's label.
         niches: the niche of each example (for per-niche figures).
         progress: called with (done, total) every 250 requests.
         repeats: local runs per request; the latency kept is the fastest.
@@ -63,15 +63,15 @@ def replay(eco: Ecology, examples: Sequence[Example], remote: Callable[[str], st
     for i, (ex, niche) in enumerate(zip(examples, niches)):
         if ex.label is None:
             raise EdgeEcoError(f"request {i + 1} has no label; assign replays labelled validation requests")
-        a = eco.answer(ex.text, local_only=True)
+        a = eco.answer(ex.request, local_only=True)
         # The fastest of a few runs: the path's own cost, without the scheduling noise of a busy machine.
         local_ms = min([a.provenance["latency_us"]["total"]] + [
-            eco.answer(ex.text, local_only=True).provenance["latency_us"]["total"] for _ in range(repeats - 1)]) / 1e3
+            eco.answer(ex.request, local_only=True).provenance["latency_us"]["total"] for _ in range(repeats - 1)]) / 1e3
         t0 = time.perf_counter()
-        remote_label = remote(ex.text)
+        remote_label = remote(ex.request)
         remote_ms = (time.perf_counter() - t0) * 1e3
         models = tuple(index[v[0]] for v in a.provenance.get("votes", ()))
-        direct = eco.route_candidates(ex.text)[1][0] >= eco.policy.direct_threshold
+        direct = eco.route_candidates(ex.request)[1][0] >= eco.policy.direct_threshold
         out.append(Outcome(models=models, local_ok=a.label == ex.label, remote_ok=remote_label == ex.label,
                            confidence=float(a.confidence), local_ms=local_ms,
                            remote_ms=remote_ms, niche=niche,
