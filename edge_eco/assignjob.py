@@ -274,29 +274,47 @@ def format_by_niche(table: dict[str, dict], title: str) -> str:
 
 
 def save_outcomes(outcomes: Sequence[A.Outcome], manifest: Manifest, path: Path) -> None:
-    """Write replayed outcomes as JSON (so that assign can be rerun for other platforms without a replay)."""
+    """Write replayed outcomes as JSON (so that assign can be rerun for other platforms without a replay),
+    with each model's sha256 from the manifest, so that the file is only ever reused for these models."""
     import dataclasses
     import json
     rows = [dataclasses.asdict(o) for o in outcomes]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"ecology": manifest.name, "version": manifest.version,
-                                "models": [m.id for m in manifest.models], "outcomes": rows}) + "\n")
+                                "models": [m.id for m in manifest.models],
+                                "sha256": {m.id: m.file.sha256 for m in manifest.models}, "outcomes": rows}) + "\n")
 
 
 def load_outcomes(manifest: Manifest, path: Path) -> list[A.Outcome]:
     """Read outcomes written by :func:`save_outcomes` for this ecology.
 
+    A replay is reused only for the very models it was taken with: the same ecology name and model
+    ids are not enough (a rebuilt bundle, or the population before a promote or rollback, has them too).
+
     Raises:
-        RequestError: unreadable, malformed, or written for another ecology or population.
+        RequestError: unreadable, malformed, written for another ecology or population, written without
+        the models' sha256s, or for a model whose file differs from this manifest's (named).
     """
     import json
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
         if d["ecology"] != manifest.name or d["models"] != [m.id for m in manifest.models]:
             raise RequestError(f"{path}: replayed for {d['ecology']} {d['models']}, not this ecology's population")
+        if not isinstance(d.get("sha256"), dict):
+            raise RequestError(f"{path}: the replay does not record its models' sha256s (written by an older "
+                               "edge-eco), so it may be of other models; delete it to replay again")
+        changed = [m.id for m in manifest.models if d["sha256"].get(m.id) != m.file.sha256]
+        if changed:
+            m = manifest.model(changed[0])
+            raise RequestError(f"{path}: replayed with other model files than {manifest.name}'s now: {changed} "
+                               f"(e.g. {m.id}: {m.file.path} is sha256 {m.file.sha256[:12]}, the replay's "
+                               f"{str(d['sha256'].get(m.id))[:12]}); delete the file or give a new --replay "
+                               "path to replay again")
         return [A.Outcome(tuple(int(m) for m in o["models"]), bool(o["local_ok"]), bool(o["remote_ok"]),
                           float(o["confidence"]), float(o["local_ms"]), float(o["remote_ms"]), str(o["niche"]),
                           tuple(int(x) for x in o.get("stages", ())))
                 for o in d["outcomes"]]
+    except RequestError:
+        raise  # already says what is wrong with the file
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RequestError(f"{path}: not a replay file of this ecology ({exc})") from exc

@@ -59,3 +59,31 @@ def test_requests_from_another_data_set_are_refused():
     _, m = read_bundle(MODELS / "clinc150")
     with pytest.raises(RequestError, match="label space"):
         load_labelled(m, DATA, str(SIB), "val")
+
+
+def test_a_replay_is_reused_only_for_the_model_files_it_was_taken_with(tmp_path):
+    """A rebuilt bundle (or the population before a promote or rollback) has the same name and model
+    ids; its replay must not be reused: the sha256s from the manifest decide, and the error names the model."""
+    import json
+    from dataclasses import replace
+
+    from edge_eco.assign import Outcome
+    from edge_eco.assignjob import load_outcomes, save_outcomes
+    _, m = read_bundle(MODELS / "har")
+    outcomes = [Outcome((0,), True, False, 0.9, 0.1, 0.0, "stationary", (1,)),
+                Outcome((1, 2), False, False, 0.4, 0.3, 0.0, "walking", (2,))]
+    path = tmp_path / "replay.json"
+    save_outcomes(outcomes, m, path)
+    assert load_outcomes(m, path) == outcomes
+    assert json.loads(path.read_text())["sha256"]["active_large"] == m.model("active_large").file.sha256
+    rebuilt = replace(m, models=tuple(replace(x, file=replace(x.file, sha256="0" * 64)) if x.id == "active_large"
+                                      else x for x in m.models))
+    with pytest.raises(RequestError, match=r"other model files.*\['active_large'\].*active_large.tflite"):
+        load_outcomes(rebuilt, path)
+    old = json.loads(path.read_text())
+    del old["sha256"]
+    path.write_text(json.dumps(old))
+    with pytest.raises(RequestError, match="does not record its models' sha256s"):
+        load_outcomes(m, path)
+    with pytest.raises(RequestError, match="not this ecology's population"):
+        load_outcomes(replace(m, name="har2"), path)
