@@ -129,8 +129,6 @@ def assign(args: argparse.Namespace, *, token, data_env, out: Emit, err: Emit) -
     platform = load_platform(args.platform)
     profile = read_profile(args.profile) if args.profile else None
     region = assignjob.region_of(manifest, args.niches.split(",") if args.niches else None)
-    examples, niches = assignjob.load_labelled(manifest, data_root(args.data or data_env), args.requests, args.split,
-                                               args.limit, vector_field=args.vector_field)
     default_remote = manifest.remote.model if manifest.remote and manifest.remote.model else "generalist"
     remote_bundle = args.remote_bundle
     no_remote = manifest.policy.remote != "allowed" and not args.allow_remote
@@ -146,7 +144,9 @@ def assign(args: argparse.Namespace, *, token, data_env, out: Emit, err: Emit) -
         remote_bundle = str(beside)
     if args.replay and Path(args.replay).is_file():
         outcomes = assignjob.load_outcomes(manifest, Path(args.replay))
-    else:
+    else:  # the labelled data is read only when the replay must be made
+        examples, niches = assignjob.load_labelled(manifest, data_root(args.data or data_env), args.requests,
+                                                   args.split, args.limit, vector_field=args.vector_field)
         remote, close = (lambda text: None, lambda: None) if no_remote else \
             assignjob.remote_labeller(remote_bundle, args.remote, token, default_remote)
         try:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import tomllib
 
+import pytest
+
 from edge_eco import cli
 from edge_eco.plan import read_plan
 from edge_eco.profile import read_profile
 
-from conftest import CLINC, MODELS
+from conftest import CLINC, DATA, MODELS
 
 
 def test_profile_then_assign_with_plot(tmp_path, capsys):
@@ -48,3 +50,16 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert cli.main(["run", str(MODELS / "clinc150"), "--plan", str(bad), "--requests", str(CLINC),
                      "--split", "val"]) == 2
     assert "missing or malformed" in capsys.readouterr().err
+
+
+def test_an_existing_replay_is_used_without_reading_the_data_set(tmp_path, capsys):
+    """With --replay FILE present, assign reads no data set (a missing one is no error); without it, it does."""
+    pytest.importorskip("ai_edge_litert", reason="needs ai-edge-litert (litert extra)")
+    replay, nowhere = tmp_path / "replay.json", tmp_path / "no-data"
+    args = ["assign", str(MODELS / "har"), "--platform", "embedded-64mb"]
+    assert cli.main(args + ["--data", str(DATA), "--replay", str(replay)]) == 0
+    first = capsys.readouterr().out
+    assert cli.main(args + ["--data", str(nowhere), "--replay", str(replay)]) == 0
+    assert capsys.readouterr().out.splitlines()[:6] == first.splitlines()[:6]  # same decisions
+    assert cli.main(args + ["--data", str(nowhere), "--replay", str(tmp_path / "new.json")]) == 2
+    assert str(nowhere) in capsys.readouterr().err
