@@ -9,6 +9,11 @@ newer. ``diversity`` is the error disagreement with the champion: stored by the 
 feedback-labelled shadow pairs when it archives a version (promote, rollback, retire), and by
 ``edge-eco diversity ECOLOGY --archive`` (:mod:`edge_eco.archive_score`) on labelled requests.
 An evicted version keeps its row (lineage survives) but can no longer be restored.
+
+The table is mirrored in ``index.json`` beside ``objects/`` (rewritten atomically after every change),
+so the archive outlives a damaged outcome database: ``Archive(folder, None, ...)`` reads and writes
+that file alone (rollback's emergency path), and a fresh database whose table is empty takes its
+rows from it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import secrets
 import shutil
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +32,7 @@ from .bundle import sha256_file
 from .errors import StoreError
 from .manifest import FileEntry, ModelEntry, model_entry
 from .store import Store
+from .swap import write_atomic
 from .tomlwrite import _model as _model_lines
 
 
@@ -58,16 +64,57 @@ def entry_from_text(text: str) -> ModelEntry:
     return model_entry(tomllib.loads(text)["models"][0])
 
 
-class Archive:
-    """The archive of one ecology, in ``folder`` with its index in ``store``."""
+INDEX_NAME = "index.json"
+_UPSERT = "INSERT OR REPLACE INTO archive VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
 
-    def __init__(self, folder: Path, store: Store, budget_bytes: int, *, create: bool = True) -> None:
+
+class Archive:
+    """The archive of one ecology, in ``folder`` with its index in ``store`` and ``index.json``
+    (``store`` None: the outcome database is unusable; the index file alone, see the module doc)."""
+
+    def __init__(self, folder: Path, store: Store | None, budget_bytes: int, *, create: bool = True) -> None:
         self.folder, self.store, self.budget_bytes = Path(folder), store, budget_bytes
+        self.index_path = self.folder / INDEX_NAME
         if create:
             try:
                 (self.folder / "objects").mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise StoreError(f"cannot create the archive {self.folder}: {exc}") from exc
+            if store is not None:
+                self._sync_index()
+
+    # -- the index: the store's table, mirrored in index.json ------------------------------------
+    def _sync_index(self) -> None:
+        """An empty table takes the index file's rows (a damaged database was moved aside); a table
+        with no index file writes it (archives made before the file existed)."""
+        rows = self.store.query("SELECT * FROM archive")
+        if rows and not self.index_path.is_file():
+            self._save(rows)
+        elif not rows and self.index_path.is_file():
+            self.store.transaction([(_UPSERT, r) for r in self._load()])
+
+    def _load(self) -> list[tuple]:
+        if not self.index_path.is_file():
+            return []
+        try:
+            return [tuple(r) for r in json.loads(self.index_path.read_text())["rows"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"archive index {self.index_path} is unreadable: {exc}") from exc
+
+    def _save(self, rows: list[tuple]) -> None:
+        write_atomic(self.index_path, json.dumps({"rows": [list(r) for r in rows]}, indent=0).encode())
+
+    def _rows(self) -> list[tuple]:
+        return self._load() if self.store is None else self.store.query("SELECT * FROM archive")
+
+    def _upsert(self, row: tuple) -> None:
+        if self.store is not None:
+            self.store.execute(_UPSERT, row)
+            self._save(self.store.query("SELECT * FROM archive"))
+        else:
+            rows = {(r[0], r[1]): r for r in self._load()}
+            rows[(row[0], row[1])] = row
+            self._save(list(rows.values()))
 
     def put(self, root: Path, entry: ModelEntry, files: tuple[FileEntry, ...], *, lineage: dict[str, Any],
             was_champion: bool, diversity: float | None = None) -> None:
@@ -93,29 +140,29 @@ class Archive:
             finally:
                 tmp.unlink(missing_ok=True)
         old = self.get(entry.id, entry.version)
-        self.store.execute(
-            "INSERT OR REPLACE INTO archive VALUES (?,?,?,?,?,?,?,?,?,?,?,0)",
+        self._upsert(
             (entry.id, entry.version, entry_to_text(entry), json.dumps([[f.path, f.sha256] for f in files]), total,
              lineage.get("parent"), lineage.get("data_fingerprint"), json.dumps(lineage.get("metrics", {})),
              int(was_champion or bool(old and old.was_champion)),
              diversity if diversity is not None else (old.diversity if old else None),
-             old.archived_ts if old else time.time()))
+             old.archived_ts if old else time.time(), 0))
         self.enforce_budget(protect={(entry.id, entry.version)})
 
     def get(self, capability: str, version: str) -> Archived | None:
         """The archived version, or None."""
-        rows = self.store.query("SELECT * FROM archive WHERE capability=? AND version=?", (capability, version))
-        return _row(rows[0]) if rows else None
+        found = [a for a in self.list(capability) if a.version == version]
+        return found[0] if found else None
 
     def list(self, capability: str | None = None) -> list[Archived]:
         """Archived versions (of one capability, or all), newest first."""
-        where, args = ("WHERE capability=?", (capability,)) if capability else ("", ())
-        return [_row(r) for r in self.store.query(f"SELECT * FROM archive {where} ORDER BY archived_ts DESC", args)]
+        found = [_row(r) for r in self._rows() if capability is None or r[0] == capability]
+        return sorted(found, key=lambda a: a.archived_ts, reverse=True)
 
     def set_diversity(self, capability: str, version: str, diversity: float) -> None:
         """Record a behavioural diversity score (see the module doc) used by eviction."""
-        self.store.execute("UPDATE archive SET diversity=? WHERE capability=? AND version=?",
-                           (diversity, capability, version))
+        a = self.get(capability, version)
+        if a is not None:
+            self._upsert(_unrow(replace(a, diversity=diversity)))
 
     def restore(self, root: Path, capability: str, version: str) -> Archived:
         """Put the files of an archived version back into the bundle at ``root`` (where missing).
@@ -163,8 +210,7 @@ class Archive:
             if (victim.capability, victim.version) in protect:
                 continue
             live.remove(victim)
-            self.store.execute("UPDATE archive SET evicted=1 WHERE capability=? AND version=?",
-                               (victim.capability, victim.version))
+            self._upsert(_unrow(replace(victim, evicted=True)))
             keep = {f.sha256 for a in live for f in a.files}
             for f in victim.files:
                 if f.sha256 not in keep:
@@ -181,6 +227,13 @@ class Archive:
 def _tmp_name(path: Path) -> Path:
     """A temporary name beside ``path``, unique to this process and call."""
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _unrow(a: Archived) -> tuple:
+    """Inverse of :func:`_row`: the ``archive`` table row of ``a``."""
+    return (a.capability, a.version, entry_to_text(a.entry), json.dumps([[f.path, f.sha256] for f in a.files]),
+            a.bytes, a.parent, a.data_fingerprint, json.dumps(a.metrics), int(a.was_champion), a.diversity,
+            a.archived_ts, int(a.evicted))
 
 
 def _row(r: tuple) -> Archived:

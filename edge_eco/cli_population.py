@@ -106,10 +106,15 @@ def approve(args: argparse.Namespace, who: str) -> str:
 
 
 def rollback(args: argparse.Namespace, who: str) -> str:
-    with Population(args.ecology, trust=args.trust) as pop:
+    # the emergency path: it works when the outcome database is damaged, without an audit entry
+    with Population(args.ecology, trust=args.trust, damaged_store_ok=True) as pop:
         before = pop.manifest.model(args.capability).version
         version = pop.rollback(args.capability, to_version=args.to, who=who, why=args.why or "")
-        return f"{args.capability}: rolled back from v{before} to archived champion v{version}"
+        out = f"{args.capability}: rolled back from v{before} to archived champion v{version}"
+        if pop.store_damage is not None:
+            out += ("\nwarning: the audit log could not be written (the outcome database is damaged); not recorded: "
+                    + "; ".join(pop.unrecorded) + f"\n{pop.store_damage}")
+        return out
 
 
 def archive(args: argparse.Namespace, who: str) -> str:

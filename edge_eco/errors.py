@@ -20,6 +20,7 @@
     │   └── RemoteProtocolError             malformed or wrong-shaped reply, label outside the label set
     │       └── RemoteStatusError           an HTTP error status (4xx/5xx); ``status`` holds it
     ├── StoreError                          outcome memory (SQLite) failures
+    │   └── StoreCorruptError               the database file is damaged (move it aside)
     └── BuildError                          `edge-eco build` could not build a bundle
         ├── RecipeError (ValueError)        malformed recipe TOML, unknown or out-of-range field
         └── DataError (ValueError)          training data unusable (empty labels, leakage, ...)
@@ -104,6 +105,10 @@ class RemoteStatusError(RemoteProtocolError):
 
 class StoreError(EdgeEcoError):
     """The outcome store failed."""
+
+
+class StoreCorruptError(StoreError):
+    """The outcome database file is damaged (not a database, or ``PRAGMA quick_check`` failed)."""
 
 
 class BuildError(EdgeEcoError):

@@ -20,6 +20,14 @@ whose ``governance_key`` names it. The manifest on disk must verify first; the s
 the new manifest and its signature so that the pair verifies at every instant. Without the key
 a promote or rollback is refused with a :class:`~edge_eco.errors.SignatureError` before
 anything (archive, bundle files, manifest, audit) changes.
+
+**A damaged outcome database** (:class:`~edge_eco.errors.StoreCorruptError`) blocks every command
+except :meth:`Population.rollback`, the emergency path: opened with ``damaged_store_ok=True`` the
+population has no store (``store`` None, the error in ``store_damage``) and the archive works from
+its ``index.json``. The rollback then restores the champion and swaps the manifest as usual, but
+writes no audit entry and no intent; it returns what it could not record (:attr:`unrecorded`).
+Without the audit log the default target is the most recently archived prior champion (``--to``
+chooses another).
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from . import controller, evidence
 from .archive import Archive
 from .bundle import MANIFEST_NAME, read_bundle
 from .changes import GovernanceLock, begin, finish_statements, reconcile, sha256_bytes
-from .errors import StoreError
+from .errors import StoreCorruptError, StoreError
 from .evidence import Proposal, model_files, rule_of  # noqa: F401 (part of this module's API)
 from .manifest import FileEntry, ModelEntry, model_entry
 from .outcomes import Challenger, Recorder, Shadow
@@ -58,15 +66,25 @@ class Population:
             the store does not.
     """
 
-    def __init__(self, root: str | Path, *, readonly: bool = False, trust: "Trust | str | Path | None" = None) -> None:
+    def __init__(self, root: str | Path, *, readonly: bool = False, trust: "Trust | str | Path | None" = None,
+                 damaged_store_ok: bool = False) -> None:
         self.trust = as_trust(trust)
         self.root, self.manifest = read_bundle(root)
         self.dir = self.root / "population"
         g = self.manifest.governance
-        self.store = Store(self.dir / "outcomes.db", retention=Retention(g.max_rows, g.max_bytes), readonly=readonly)
+        self.store: Store | None = None
+        self.store_damage: StoreCorruptError | None = None
+        self.unrecorded: list[str] = []  # changes made without an audit entry (damaged store)
+        try:
+            self.store = Store(self.dir / "outcomes.db", retention=Retention(g.max_rows, g.max_bytes),
+                               readonly=readonly)
+        except StoreCorruptError as exc:
+            if not damaged_store_ok:
+                raise
+            self.store_damage = exc
         self.archive = Archive(self.dir / "archive", self.store, g.archive_bytes, create=not readonly)
         self._lock = GovernanceLock(self.dir / "governance.lock")
-        if not readonly:
+        if not readonly and self.store is not None:
             try:
                 with self.locked():  # settles intents a killed process left behind
                     pass
@@ -80,12 +98,13 @@ class Population:
         with self._lock.held():
             if self._lock._depth == 1:
                 _, self.manifest = read_bundle(self.root)
-                self.reconciled = reconcile(self.store, self.root / MANIFEST_NAME)
+                self.reconciled = [] if self.store is None else reconcile(self.store, self.root / MANIFEST_NAME)
             yield
 
     def close(self) -> None:
         """Close the store."""
-        self.store.close()
+        if self.store is not None:
+            self.store.close()
 
     def __enter__(self) -> "Population":
         return self
@@ -275,8 +294,12 @@ class Population:
         def intent(before: str, after: str) -> None:
             ids.append(begin(self.store, who=who, action=action, capability=old.id, from_v=old.version,
                              to_v=new.version, why=why, before=before, after=after, proposal_id=proposal_id))
-        swap_manifest(self.root, new_manifest, intent, signer)
+        before, after = swap_manifest(self.root, new_manifest, intent if self.store is not None else None, signer)
         self.manifest = new_manifest
+        if self.store is None:  # no audit log to write to: say what it would have held
+            self.unrecorded.append(f"{action} {old.id} v{old.version} -> v{new.version} by {who} ({why}); "
+                                   f"manifest sha256 {before[:12]} -> {after[:12]}")
+            return -1
         return ids[0]
 
     def _promote(self, p: Proposal, who: str) -> None:
@@ -304,6 +327,10 @@ class Population:
                                + controller.watch_statements(p.capability, champ, watch_rel, watch_lineage))
 
     def _lineage_of(self, entry: ModelEntry) -> dict:
+        if self.store is None:  # the archive's copy, when it has one
+            a = self.archive.get(entry.id, entry.version)
+            return {"parent": a.parent, "data_fingerprint": a.data_fingerprint, "metrics": a.metrics} if a else \
+                {"parent": None, "metrics": {}}
         rows = self.store.query("SELECT lineage FROM challengers WHERE capability=? AND version=?",
                                 (entry.id, entry.version))
         return json.loads(rows[0][0]) if rows else {"parent": None, "metrics": {}}
@@ -314,6 +341,8 @@ class Population:
 
         Returns:
             The version now serving.
+
+        With a damaged store (``damaged_store_ok``) it still restores and swaps; see the module doc.
 
         Raises:
             StoreError: ``to_version`` is already the champion, no archived champion to return to,
@@ -328,12 +357,15 @@ class Population:
             candidates = [a for a in self.archive.list(capability) if a.was_champion and a.version != current.version]
             if to_version is not None:
                 candidates = [a for a in candidates if a.version == to_version]
+            if not candidates and self.store is None and not self.archive.index_path.is_file():
+                raise StoreError(f"the outcome database is damaged and the archive has no {self.archive.index_path.name}"
+                                 " (archived before edge_eco kept one): its archived champions cannot be found")
             if not candidates:
                 raise StoreError(f"no archived champion of {capability!r}"
                                  + (f" with version {to_version!r}" if to_version else "") + " to roll back to")
             target = max(candidates, key=lambda a: self._demoted_ts(a)) if to_version is None else candidates[0]
-            watched = [c for c, _, _ in self.challengers("watch") if c.capability == capability
-                       and c.entry.version == target.version]
+            watched = [] if self.store is None else [c for c, _, _ in self.challengers("watch")
+                                                     if c.capability == capability and c.entry.version == target.version]
             self.archive.put(self.root, current, model_files(self.manifest, current),
                              lineage=self._lineage_of(current), was_champion=True,
                              diversity=controller.diversity_of(self.pairs(watched[0])) if watched else None)
@@ -341,6 +373,8 @@ class Population:
             aid = self._swap(current, target.entry, target.files, who=who, action="rollback",
                              why=why or f"rollback to archived champion {target.version}", proposal_id=proposal_id,
                              signer=signer)
+            if self.store is None:
+                return target.version
             # watches end; the model rolled back from is not watched (no flip-flop: it must register again)
             self.store.transaction(
                 finish_statements(aid, "rollback", capability, target.version, proposal_id, who)
@@ -350,6 +384,8 @@ class Population:
             return target.version
 
     def _demoted_ts(self, a: Any) -> float:
+        if self.store is None:
+            return a.archived_ts
         rows = self.store.query("SELECT max(ts) FROM audit WHERE capability=? AND from_version=? AND action IN "
                                 "('promote','rollback') AND state='done'", (a.capability, a.version))
         return rows[0][0] or a.archived_ts

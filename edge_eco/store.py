@@ -27,7 +27,9 @@ may exceed it by about one batch between passes. Shadow pairs are bounded separa
 (``max_pairs``).
 
 Opening runs ``PRAGMA quick_check`` on files up to ``CHECK_MAX_BYTES`` (64 MiB; bigger files:
-:meth:`Store.check`, which ``population status`` and export run) and refuses a damaged file.
+:meth:`Store.check`, which ``population status`` and export run) and refuses a damaged file with
+:class:`~edge_eco.errors.StoreCorruptError`: its first quick_check lines and how to recover (move the
+file aside; a fresh one is created on the next open).
 ``readonly=True`` opens the file with ``mode=ro`` (no write, no -shm created when the folder is
 read-only: ``immutable``), for read commands on a read-only bundle or a full disk.
 
@@ -45,11 +47,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .errors import StoreError
+from .errors import StoreCorruptError, StoreError
 from .store_schema import _INSERT, MIGRATIONS, SCHEMA_VERSION  # noqa: F401 (re-exported)
 
 WAL_LIMIT_BYTES = 1 << 20
 CHECK_MAX_BYTES = 64 << 20  # quick_check at open up to this file size (see Store)
+CORRUPT_LINES_SHOWN = 3
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26  # primary result codes of a damaged file
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,29 @@ def migrate(conn: Any, target: int = SCHEMA_VERSION) -> int:
         raise StoreError(f"migrating the outcome database failed: {exc}") from exc
 
 
+def corrupt_error(path: Path, detail: str) -> StoreCorruptError:
+    """The error for a damaged database: the first lines of ``detail`` (a quick_check report can run to
+    hundreds) and how to recover."""
+    lines = [ln.strip() for ln in detail.splitlines() if ln.strip() and not ln.startswith("*** in database")]
+    shown = "; ".join(lines[:CORRUPT_LINES_SHOWN])
+    if len(lines) > CORRUPT_LINES_SHOWN:
+        shown += f"; ... {len(lines) - CORRUPT_LINES_SHOWN} more lines"
+    return StoreCorruptError(
+        f"outcome database {path} is corrupt: {shown}\n"
+        f"  to recover: move it aside with its -wal and -shm files (mv {path} {path}.corrupt); the next command "
+        "starts an empty one\n"
+        "  lost with it: decisions, feedback, shadow pairs, challenger registrations, proposals, the audit log; "
+        "the manifest, models and archive are kept (rollback works even before the move)")
+
+
+def _is_corrupt(exc: BaseException) -> bool:
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+
+
+def _translate(exc: Exception, path: Path, what: str) -> StoreError:
+    return corrupt_error(path, str(exc)) if _is_corrupt(exc) else StoreError(f"{what}: {exc}")
+
+
 def _connect(path: Path, synchronous: str = "FULL") -> Any:
     try:
         conn = sqlite3.connect(str(path), timeout=10.0, check_same_thread=False, isolation_level=None)
@@ -92,7 +119,7 @@ def _connect(path: Path, synchronous: str = "FULL") -> Any:
         conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         return conn
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot open outcome database {path}: {exc}") from exc
+        raise _translate(exc, path, f"cannot open outcome database {path}") from exc
 
 
 def _connect_ro(path: Path) -> Any:
@@ -111,17 +138,17 @@ def _connect_ro(path: Path) -> Any:
             return conn
         except sqlite3.Error as exc:
             last = exc
-    raise StoreError(f"cannot open outcome database {path} read-only: {last}") from last
+    raise _translate(last, path, f"cannot open outcome database {path} read-only") from last
 
 
 def quick_check(conn: Any, path: Path) -> None:
-    """Run ``PRAGMA quick_check``. Raises StoreError naming ``path`` when the file is damaged."""
+    """Run ``PRAGMA quick_check``. Raises StoreCorruptError naming ``path`` when the file is damaged."""
     try:
         rows = conn.execute("PRAGMA quick_check").fetchall()
     except sqlite3.Error as exc:
-        raise StoreError(f"outcome database {path} is corrupt: {exc}") from exc
+        raise corrupt_error(path, str(exc)) from exc
     if rows != [("ok",)]:
-        raise StoreError(f"outcome database {path} is corrupt: {'; '.join(str(r[0]) for r in rows[:3])}")
+        raise corrupt_error(path, "\n".join(str(r[0]) for r in rows))
 
 
 class Store:
@@ -136,7 +163,8 @@ class Store:
         power_safe: fsync every batch (``synchronous=FULL``) so acknowledged rows survive power loss.
 
     Raises:
-        StoreError: the file cannot be opened, is not a database, or has a newer schema.
+        StoreCorruptError: the file is not a database or is damaged. StoreError: it cannot be
+            opened, or has a newer schema.
     """
 
     def __init__(self, path: str | Path, *, retention: Retention = Retention(), queue_rows: int = 10_000,
@@ -175,7 +203,7 @@ class Store:
                 quick_check(self._conn, self.path)
             found = self._conn.execute("PRAGMA user_version").fetchone()[0]
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot read outcome database {self.path}: {exc}") from exc
+            raise _translate(exc, self.path, f"cannot read outcome database {self.path}") from exc
         if self.readonly and found > SCHEMA_VERSION:  # migrations only go forward: no command can read it
             raise StoreError(f"outcome database {self.path} has schema {found}, newer than this edge_eco "
                              f"reads ({SCHEMA_VERSION}); use the edge_eco that wrote it")
@@ -331,7 +359,7 @@ class Store:
                 with self._conn:
                     return self._conn.execute(sql, tuple(params)).lastrowid
             except sqlite3.Error as exc:
-                raise StoreError(f"outcome store write failed: {exc}") from exc
+                raise _translate(exc, self.path, "outcome store write failed") from exc
 
     def transaction(self, statements: Iterable[tuple[str, Iterable]]) -> list[int]:
         """Run write statements in one committed transaction (all or none); returns their rowcounts.
@@ -344,7 +372,7 @@ class Store:
                 with self._conn:
                     return [self._conn.execute(sql, tuple(params)).rowcount for sql, params in statements]
             except sqlite3.Error as exc:
-                raise StoreError(f"outcome store write failed: {exc}") from exc
+                raise _translate(exc, self.path, "outcome store write failed") from exc
 
     def query(self, sql: str, params: Iterable = ()) -> list[tuple]:
         """All rows of one read statement.
@@ -356,7 +384,7 @@ class Store:
             try:
                 return self._conn.execute(sql, tuple(params)).fetchall()
             except sqlite3.Error as exc:
-                raise StoreError(f"outcome store read failed: {exc}") from exc
+                raise _translate(exc, self.path, "outcome store read failed") from exc
 
     def stats(self) -> dict[str, Any]:
         """Counters of the writer (submitted, written, dropped, batches, deleted) and the file size."""

@@ -298,6 +298,58 @@ def test_rollback_from_a_corrupt_or_missing_archive_object_names_it(fake_ecology
     assert "money v2 is already the champion" in capsys.readouterr().err
 
 
+# -- 11. a damaged outcome database ---------------------------------------------------------------------
+def _damage(db: Path) -> None:
+    """4 KiB of (seeded) random bytes over page 2, the pointer map: quick_check then reports a line per page."""
+    with open(db, "r+b") as f:
+        f.seek(4096)
+        f.write(np.random.default_rng(7).bytes(4096))
+
+
+def test_a_corrupt_outcome_database_blocks_only_what_needs_it_and_rollback_still_works(fake_ecology, tmp_path,
+                                                                                       capsys):
+    pid = staged_proposal(fake_ecology, tmp_path, "money")
+    with Population(fake_ecology) as pop:
+        pop.approve(pid, who="test")  # money v1 -> v2, both archived
+    db = fake_ecology / "population" / "outcomes.db"
+    _damage(db)
+    for args in (["proposals", str(fake_ecology), "--review"], ["approve", str(fake_ecology), "1"]):
+        assert cli(["population", *args]) == 2
+        first, *advice = capsys.readouterr().err.rstrip("\n").split("\n")
+        assert first.startswith(f"edge-eco population {args[0]}: error: outcome database {db} is corrupt: Failed")
+        assert first.count("; ") == 3 and first.endswith(" more lines")  # 3 quick_check lines, then a count
+        assert len(advice) == 2 and f"(mv {db} {db}.corrupt)" in advice[0]
+    # the emergency path: restore the archived champion, say the audit entry could not be written
+    assert cli(["population", "rollback", str(fake_ecology), "money"]) == 0
+    out = capsys.readouterr().out.split("\n")
+    assert out[0] == "money: rolled back from v2 to archived champion v1"
+    assert out[1].startswith("warning: the audit log could not be written (the outcome database is damaged); "
+                             "not recorded: rollback money v2 -> v1 by ")
+    assert read_bundle(fake_ecology)[1].model("money").version == "1"
+    with edge_eco.open(fake_ecology) as eco:
+        assert eco.answer("what is my balance", local_only=True).provenance["models"]["money"].startswith("1:")
+    # moved aside as the error says: a fresh database takes the archive's index from index.json
+    for name in ("outcomes.db", "outcomes.db-wal", "outcomes.db-shm"):
+        if (db.parent / name).exists():
+            (db.parent / name).rename(db.parent / f"{name}.corrupt")
+    with Population(fake_ecology) as pop:
+        assert sorted((a.version, a.was_champion) for a in pop.archive.list("money")) == [("1", True), ("2", True)]
+        assert pop.audit() == []
+        assert pop.rollback("money", who="test") == "2"
+
+
+def test_rollback_with_a_corrupt_database_and_no_archive_index_says_why(fake_ecology, tmp_path, capsys):
+    pid = staged_proposal(fake_ecology, tmp_path, "money")
+    with Population(fake_ecology) as pop:
+        pop.approve(pid, who="test")
+    (fake_ecology / "population" / "archive" / "index.json").unlink()  # an archive made before the file
+    _damage(fake_ecology / "population" / "outcomes.db")
+    before = (fake_ecology / "ecology.toml").read_bytes()
+    assert cli(["population", "rollback", str(fake_ecology), "money"]) == 2
+    assert "the outcome database is damaged and the archive has no index.json" in capsys.readouterr().err
+    assert (fake_ecology / "ecology.toml").read_bytes() == before
+
+
 # -- 12. cosmetics --------------------------------------------------------------------------------------
 def test_audit_text_names_a_missing_parent(fake_ecology, tmp_path):
     with Population(fake_ecology) as pop:

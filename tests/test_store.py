@@ -15,7 +15,7 @@ import msgpack
 import pytest
 
 import edge_eco
-from edge_eco.errors import RequestError, StoreError
+from edge_eco.errors import RequestError, StoreCorruptError, StoreError
 from edge_eco.outcomes import Recorder, export_batch
 from edge_eco.store import SCHEMA_VERSION, Retention, Store, migrate
 
@@ -173,7 +173,7 @@ def test_a_database_damaged_mid_file_is_refused_naming_it(tmp_path):
     mid = (len(data) // page // 2) * page
     data[mid + 8: mid + page] = os.urandom(page - 8)  # a b-tree page's cells, not its header
     path.write_bytes(bytes(data))
-    with pytest.raises(StoreError, match=f"outcome database {path} is corrupt"):
+    with pytest.raises(StoreCorruptError, match=f"outcome database {path} is corrupt"):
         Store(path)
 
 
