@@ -5,6 +5,7 @@ compared byte for byte, and `eval` on the result with the keys of `edge-eco run`
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,21 @@ def test_recipe_rejects_unknown_fields_and_missing_licence():
         parse_recipe(RECIPE.replace("dim = 2048", "dim = 1000"))
     with pytest.raises(RecipeError, match="l2: .* out of range"):
         parse_recipe(RECIPE.replace("model = { max_iter = 60 }\n[generalist]", "model = { l2 = -1.0 }\n[generalist]"))
+
+
+def test_recipe_refuses_an_empty_reject_label_a_path_like_name_and_no_room_for_training():
+    # each was accepted: an empty reject label made 'oos' an ordinary label; the name became path segments
+    # and the v2 model name; fractions summing to 1 failed later with spurious data errors
+    with pytest.raises(RecipeError, match=r"^bundle.reject_label: must not be empty"):
+        parse_recipe(RECIPE.replace('reject_label = "oos"', 'reject_label = ""'))
+    with pytest.raises(RecipeError, match=r"^bundle.reject_label: must not be empty"):
+        parse_recipe(RECIPE.replace('reject_label = "oos"', 'reject_label = "  "'))
+    for name in ("../evil", "a/b", "", ".hidden"):
+        with pytest.raises(RecipeError, match=rf"^bundle.name: {re.escape(repr(name))} cannot name a bundle"):
+            parse_recipe(RECIPE.replace('name = "tiny"', f'name = "{name}"'))
+    with pytest.raises(RecipeError, match=r"^split: val_fraction \+ test_fraction = 1 leaves no training rows"):
+        parse_recipe(RECIPE.replace("val_fraction = 0.2\ntest_fraction = 0.2", "val_fraction = 0.5\ntest_fraction = 0.5"))
+    assert parse_recipe(RECIPE.replace("test_fraction = 0.2", "test_fraction = 0.5")).split.test_fraction == 0.5
 
 
 def _rows(folder: Path, rows: list[dict], niche_map: dict | None = None) -> None:

@@ -334,6 +334,9 @@ def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe:
                       test_fraction=s.get("test_fraction", float, 0.15, 0.01, 0.5),
                       seed=s.get("seed", int, 0, 0), min_per_label=s.get("min_per_label", int, 3, 1),
                       cycle=s.strings("cycle", SplitSpec.cycle))
+    if split.val_fraction + split.test_fraction >= 1.0:
+        raise RecipeError(f"split: val_fraction + test_fraction = {split.val_fraction + split.test_fraction:g} "
+                          "leaves no training rows; their sum must be below 1")
     if not split.cycle or not set(split.cycle) <= set(SPLITS) or set(split.cycle) != set(SPLITS):
         raise RecipeError(f"split.cycle: a list of splits naming each of {list(SPLITS)}, got {list(split.cycle)}")
     if split.mode == "by-recording" and data.format != "recordings":
@@ -430,6 +433,11 @@ def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe:
                     calibration=calibration, dense=dense)
     for t in (top, b, s, f, q, c, sp_t, g, r, p, d, card_t):
         t.done()
+    if unsafe_id(recipe.name):  # it names the bundle, the v2 model and path segments
+        raise RecipeError(f"bundle.name: {recipe.name!r} cannot name a bundle (1-64 letters, digits, _ - ., "
+                          "starting with a letter or digit, no '..')")
+    if not recipe.reject_label.strip():
+        raise RecipeError("bundle.reject_label: must not be empty (the label of out-of-scope requests, e.g. 'oos')")
     return recipe
 
 
