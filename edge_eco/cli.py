@@ -73,6 +73,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.budget_bytes is not None:
         options["budget_bytes"] = args.budget_bytes
     with _ecology.open(args.ecology, **options) as eco:
+        if eco.feature_dim is not None and any(ex.vector is None for ex in examples):
+            raise CliError(f"{eco.name} takes {eco.takes}, not text: `edge-eco run` read the 'text' field of "
+                           f"{args.requests}; score rows with a vector field by `edge-eco eval {args.ecology} "
+                           "--requests FILE --vector-field FIELD`")
         source = f"{args.requests}" + (f" [{args.split}]" if args.split else "")
         report = run_job(eco, examples, RunOptions(
             local_baseline=None if args.no_baselines else "generalist" if _has(eco, "generalist") else None,
@@ -409,6 +413,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         remote = InProcessRemote(remote_eco) if remote_eco else None
         with _ecology.open(args.ecology, remote_url=args.remote, remote_token=_token(args.token_env),
                            remote_client=remote) as eco:
+            if args.vector_field and eco.feature_dim is None:
+                raise CliError(f"{eco.name} takes text, not vectors: drop --vector-field {args.vector_field} "
+                               f"(requests are read from --text-field, default 'text')")
+            if eco.feature_dim is not None and any(e.vector is None for e in examples):
+                raise CliError(f"{eco.name} takes {eco.takes}, not text: name the field holding them with "
+                               "--vector-field FIELD")
             label = (lambda t: eco.remote.infer([t])[0].label) if eco.remote is not None else None
             report = eval_bundle(eco, examples, source=str(args.requests) + (f" [{args.split}]" if args.split else ""),
                                  remote_label=label, local_only=eco.remote is None,

@@ -42,10 +42,19 @@ class DenseSpec:
     max_abs: float  # the sensor's range; a reading beyond it is a malformed request
 
 
+def describe(spec: DenseSpec) -> str:
+    """What one request of this featurizer is, in words (for messages)."""
+    if spec.kind == VECTOR:
+        return f"vectors of {spec.samples * spec.axes} floats"
+    return f"windows of [{spec.samples}, {spec.axes}] numbers (samples x axes)"
+
+
 def validate_window(window: object, spec: DenseSpec) -> np.ndarray:
     """The request as float32 [samples, axes], or RequestError naming what is wrong with it."""
     want = f"[{spec.samples}, {spec.axes}] (samples x axes)"
-    if window is None or isinstance(window, (str, bytes, bytearray, dict)):
+    if isinstance(window, (str, bytes, bytearray)):
+        raise RequestError(f"this ecology takes {describe(spec)}, not text (got {type(window).__name__})")
+    if window is None or isinstance(window, dict):
         raise RequestError(f"window must be an array of numbers shaped {want}, got {type(window).__name__}")
     try:
         raw = np.asarray(window)

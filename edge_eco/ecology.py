@@ -29,6 +29,7 @@ from .bundle import read_bundle
 from .errors import (BackendError, BudgetError, EdgeEcoError, FallbackError, InferenceError, IntegrityError,
                      ManifestError, RequestError,
                      RoutingError)
+from .dense import describe as describe_dense
 from .inputs import Feeds, dense_adapter, hashed_feeds, token_adapter
 from .judges import Vote, calibrated_vote, judge, settle
 from .manifest import Manifest, RemoteSpec
@@ -333,6 +334,11 @@ class Ecology:
         """Length of a flattened sensor window for a dense ecology (None for a text ecology)."""
         return None if self._dense is None else self._dense.spec.samples * self._dense.spec.axes
 
+    @property
+    def takes(self) -> str:
+        """What one request is, in words: ``text``, or e.g. ``vectors of 24 floats`` (for messages)."""
+        return "text" if self._dense is None else describe_dense(self._dense.spec)
+
     def answer_features(self, row: Any, *, deadline_ms: float | None = None,
                         local_only: bool = False, max_risk: str = "medium") -> Answer:
         """Answer one flattened sensor window (``feature_dim`` floats, row-major [samples, axes]);
@@ -397,6 +403,8 @@ class Ecology:
                       base if deadline_ms is None else self._mask(deadline_ms, base))
             text = ""
         else:
+            if isinstance(text, (np.ndarray, list, tuple)):
+                raise RequestError(f"{self.name} takes text, not vectors (got {type(text).__name__})")
             data = validate_text(text, self.policy.max_text_bytes)
             text = data.decode("utf-8")
             hashed, r = self._featurize_route(data, deadline_ms, max_risk)

@@ -187,6 +187,8 @@ def test_vector_rows_build_onnx_models_served_as_feature_vectors(har_small, tmp_
             eco.answer_features(np.zeros(23, np.float32))
         with pytest.raises(RequestError, match="NaN or infinity"):
             eco.answer(np.full(24, np.nan))
+        with pytest.raises(RequestError, match=r"^this ecology takes vectors of 24 floats, not text \(got str\)$"):
+            eco.answer("walking briskly")
         acc = np.mean([a.label == r["label"] for a, r in zip(answers, test_rows)])
     assert round(float(acc), 5) == report["test"]["accuracy"]  # the report rounds to 5 digits
     (tmp_path / "t.jsonl").write_text("".join(json.dumps({"features": " ".join(map(str, r["v"])), "label": r["label"]})
@@ -194,6 +196,10 @@ def test_vector_rows_build_onnx_models_served_as_feature_vectors(har_small, tmp_
     done = _cli("eval", str(tmp_path / "vec"), "--requests", str(tmp_path / "t.jsonl"), "--vector-field", "features")
     assert done.returncode == 0, done.stderr
     assert f"{100 * acc:.2f}%" in done.stdout
+    (tmp_path / "text.jsonl").write_text(json.dumps({"text": "walking briskly", "label": "walking"}) + "\n")
+    done = _cli("run", str(tmp_path / "vec"), "--requests", str(tmp_path / "text.jsonl"))
+    assert done.returncode == 2 and done.stderr.startswith(
+        "edge-eco run: error: vec takes vectors of 24 floats, not text: `edge-eco run` read the 'text' field"), done.stderr
 
 
 def test_vector_data_problems_are_reported_together_before_training(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from conftest import make_fake_ecology
 from loopback import SEND_REMOTE, RawServer, http_reply, with_remote
@@ -58,11 +59,35 @@ def test_a_wrong_model_name_says_which_model_the_server_has_and_how_to_name_it()
 
 def test_run_exits_1_when_every_request_failed(tmp_path, capsys):
     """Found by a fresh-clone trial: `edge-eco run` exited 0 with 0 requests answered."""
+    reqs = tmp_path / "r.jsonl"
+    reqs.write_text("".join(json.dumps({"text": "x" * 20_000, "label": "transfer"}) + "\n" for _ in range(3)))
+    assert main(["run", str(make_fake_ecology(tmp_path / "eco")), "--requests", str(reqs), "--no-baselines"]) == 1
+    err = capsys.readouterr().err
+    assert "3 of 3 requests failed; first: " in err and "the limit is 16384" in err
+
+
+def test_text_for_a_vector_ecology_and_vectors_for_a_text_ecology_say_which_it_takes(tmp_path, capsys):
+    """Found by a tester: "window must be an array of numbers shaped [52, 3]" for text sent to a dense
+    ecology, "text must be str or bytes, got ndarray" for vectors sent to a text one."""
     from conftest import MODELS
 
+    text = tmp_path / "text.jsonl"
+    text.write_text("".join(json.dumps({"text": f"walk {i}", "label": "walking"}) + "\n" for i in range(3)))
+    vec = tmp_path / "vec.jsonl"
+    vec.write_text(json.dumps({"v": [0.5, 1.0, 2.0], "label": "balance"}) + "\n")
+    eco = make_fake_ecology(tmp_path / "eco")
+    assert main(["eval", str(eco), "--requests", str(vec), "--vector-field", "v"]) == 2
+    assert capsys.readouterr().err == ("edge-eco eval: error: fake takes text, not vectors: drop --vector-field v "
+                                       "(requests are read from --text-field, default 'text')\n")
+    import edge_eco
+    from edge_eco.errors import RequestError
+    with edge_eco.open(eco) as e, pytest.raises(RequestError, match=r"^fake takes text, not vectors \(got ndarray\)$"):
+        e.answer(np.zeros(3))
     pytest.importorskip("ai_edge_litert", reason="needs ai-edge-litert (litert extra)")
-    reqs = tmp_path / "r.jsonl"
-    reqs.write_text("".join(json.dumps({"text": f"walk {i}", "label": "walking"}) + "\n" for i in range(3)))
-    assert main(["run", str(MODELS / "har"), "--requests", str(reqs), "--no-baselines"]) == 1
+    assert main(["run", str(MODELS / "har"), "--requests", str(text), "--no-baselines"]) == 2
     err = capsys.readouterr().err
-    assert "3 of 3 requests failed; first: " in err and "window must be" in err
+    assert err.startswith("edge-eco run: error: har takes windows of [52, 3] numbers (samples x axes), not text: "
+                          f"`edge-eco run` read the 'text' field of {text}; "), err
+    assert main(["eval", str(MODELS / "har"), "--requests", str(text)]) == 2
+    assert capsys.readouterr().err == ("edge-eco eval: error: har takes windows of [52, 3] numbers (samples x axes), "
+                                       "not text: name the field holding them with --vector-field FIELD\n")
