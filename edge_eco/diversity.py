@@ -57,8 +57,7 @@ def measure(eco: Any, examples: list[tuple[str, str]], *, limit: int = 600, seed
     texts = [(t, y, "none") for t, y in sample]
     texts += [(perturb(t, kind, rng), y, kind) for t, y in sample for kind in KINDS]
     models = list(eco.manifest.models)
-    niche_of = {lab: m.niches.get("domain", m.id) for m in models if m.role == "specialist"
-                for lab in m.labels if lab != m.decline_label}
+    niche_of = eco.manifest.label_niches()
     wrong = np.zeros((len(models), len(texts)), bool)
     solves = np.zeros((len(models), len(texts)), bool)
     answers = np.zeros((len(models), len(texts)), object)
@@ -90,7 +89,7 @@ def measure(eco: Any, examples: list[tuple[str, str]], *, limit: int = 600, seed
     oracle = solves.any(axis=0) | (reject & ~wrong[specialists].any(axis=0) if specialists.any() else False)
     niches: dict[str, dict[str, Any]] = {}
     for j, (_, truth, _) in enumerate(texts):
-        n = niches.setdefault(niche_of.get(truth, truth if truth == eco.manifest.reject_label else "?"),
+        n = niches.setdefault(niche_of.get(truth, "?"),
                               {"n": 0, "ecology": 0, "oracle": 0})
         n["n"] += 1
         n["ecology"] += int(eco_right[j])

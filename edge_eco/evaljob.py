@@ -10,7 +10,7 @@ module: no build dependency.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -119,7 +119,9 @@ def eval_bundle(eco: Ecology, examples: Sequence[Labelled], *, source: str = "",
 
     Args:
         eco: an open ecology (with a remote client when remote figures are wanted).
-        examples: labelled examples (the niche, when known, gives per-niche accuracy).
+        examples: labelled examples (the niche, when known, gives per-niche accuracy; when no
+            example has one, each takes its label's niche from the bundle, see
+            :meth:`~edge_eco.manifest.Manifest.label_niches`).
         source: where the examples came from, for the report.
         remote_label: the remote generalist's label for a text (for APGR), or None.
         progress: called as (done, total).
@@ -133,6 +135,9 @@ def eval_bundle(eco: Ecology, examples: Sequence[Labelled], *, source: str = "",
     report = run_job(eco, plain, RunOptions(local_baseline="generalist" if has_generalist else None,
                                             remote_baseline=not local_only, local_only=local_only),
                      source=source, progress=progress)
+    if not any(e.niche for e in examples):
+        niche_of = eco.manifest.label_niches()
+        examples = [replace(e, niche=niche_of.get(e.label)) for e in examples]
     report["eval"] = local_metrics(eco, examples, remote_label, progress)
     return report
 

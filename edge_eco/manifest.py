@@ -219,6 +219,19 @@ class Manifest:
         out.add(self.reject_label)
         return tuple(sorted(out))
 
+    def label_niches(self) -> dict[str, str]:
+        """Label -> niche from the specialists: a specialist's ``niches.domain`` (else its id) for each
+        of its labels; the reject label is its own niche. A label two niches claim is left out. Pure."""
+        claims: dict[str, set[str]] = {}
+        for m in self.models:
+            if m.role == "specialist":
+                for lab in m.labels:
+                    if lab != m.decline_label:
+                        claims.setdefault(lab, set()).add(m.niches.get("domain", m.id))
+        out = {lab: next(iter(n)) for lab, n in claims.items() if len(n) == 1}
+        out[self.reject_label] = self.reject_label
+        return out
+
     def all_files(self) -> tuple[FileEntry, ...]:
         """Every file the bundle must contain, models and router included."""
         extra = [m.file for m in self.models] + ([self.router.file] if self.router else []) \

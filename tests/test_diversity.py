@@ -61,3 +61,23 @@ def test_cli_diversity_prints_tables(capsys):
                 "--limit", "20"]) == 0
     out = capsys.readouterr().out
     assert "oracle gap per niche" in out and "redundant pairs: 0" in out and "no local model solves" in out
+
+
+def test_eval_without_a_niche_field_takes_each_rows_niche_from_the_bundle(tmp_path):
+    """Found by a tester: without --niche-field every row was under "(none)". The label -> niche map is the
+    one `edge-eco diversity` uses (a specialist's domain, else its id; the reject label is its own niche)."""
+    import json
+
+    from conftest import make_fake_ecology
+
+    eco = make_fake_ecology(tmp_path / "eco")
+    assert read_bundle(eco)[1].label_niches() == {"balance": "money", "transfer": "money", "book_flight": "travel",
+                                                  "alarm": "travel", "oos": "oos"}
+    rows = [("what is my account balance", "balance"), ("transfer money to savings", "transfer"),
+            ("book a flight to paris", "book_flight"), ("set an alarm for six", "alarm"),
+            ("tell me a joke about the weather", "oos"), ("what is the weather", "weather")]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
+    assert cli(["eval", str(eco), "--requests", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "e.json")]) == 0
+    by_niche = json.loads((tmp_path / "e.json").read_text())["eval"]["by_niche_local"]
+    assert {k: v["requests"] for k, v in by_niche.items()} == {"(none)": 1, "money": 2, "oos": 1, "travel": 2}
+    assert by_niche["money"]["accuracy"] == 1.0 and by_niche["(none)"]["accuracy"] == 0.0
