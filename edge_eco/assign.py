@@ -179,8 +179,9 @@ def _simulate(outcomes: Sequence[Outcome], costs: Sequence[ModelCost], decisions
     problems, violation = [], 0.0
     slots = math.floor(rate * n_inside + 1e-9) - n_forced
     if slots < 0:
-        problems.append(f"{n_forced / max(1, n_inside):.1%} of requests need excluded models; "
-                        f"the remote budget is {rate:.0%}")
+        of = "requests" if region is None else "the region's requests"
+        problems.append(f"{n_forced / max(1, n_inside):.1%} of {of} need excluded models; "
+                        f"the remote budget is {rate:.0%} of {of}")
         violation += (n_forced / max(1, n_inside) - rate) / max(rate, 0.01)
     k, threshold, cascaded = _cascade(outcomes, eligible, max(0, slots))
     pinned_bytes = sum(costs[i].bytes for i in pinned)

@@ -58,6 +58,11 @@ def load_sib200(folder: Path, split: str, languages: Sequence[str] | None = None
     return examples, niches
 
 
+def requests_source(path: Path, split: str) -> str:
+    """Which requests were read, in words: the file and, where it has splits (a folder, a .json), the split."""
+    return f"{path} [{split}]" if path.is_dir() or path.suffix == ".json" else str(path)
+
+
 def default_requests(manifest: Manifest, data_root: Path) -> Path:
     """The data set an ecology was built from, by its input contract: the stm32_har folder for a
     sensor (dense-vector) ecology, the SIB-200 folder for a ``sib200*`` ecology, else CLINC150.
@@ -146,14 +151,17 @@ def budgets(p: Platform, remote_allowed: bool = True) -> A.Budgets:
 
 
 def region_of(manifest: Manifest, niches: Sequence[str] | None) -> frozenset[str] | None:
-    """The region as a set of niche values, checked against the ecology's niches.
+    """The region as a set of niche values, checked against the ecology's niches (None: no region).
 
     Raises:
-        RequestError: a niche no model of the ecology serves.
+        RequestError: an empty niche (``--niches ""``), or a niche no model of the ecology serves.
     """
-    if not niches:
+    if niches is None:
         return None
     known = {v for m in manifest.models for v in niche_values(m)}
+    if not niches or not all(n.strip() for n in niches):
+        raise RequestError(f"--niches: give comma-separated niche names, got {','.join(niches)!r} "
+                           f"(known: {sorted(known)})")
     unknown = sorted(set(niches) - known)
     if unknown:
         raise RequestError(f"--niches: {unknown} are not niches of {manifest.name} (known: {sorted(known)})")
@@ -175,8 +183,8 @@ def assign_one(root: Path, manifest: Manifest, platform: Platform, outcomes: lis
                      remote_ok), result
 
 
-def format_plan(plan: DevicePlan, result: A.Plan) -> str:
-    """The plan as a table and its expected figures."""
+def format_plan(plan: DevicePlan, result: A.Plan, source: str = "") -> str:
+    """The plan as a table and its expected figures (``source``: which requests were replayed)."""
     e = result.expected
     region = f", region {','.join(plan.region)}" if plan.region else ""
     lines = [f"{plan.ecology} on {plan.platform}: budget {plan.memory_budget_bytes / 2**20:.1f} MiB, latency "
@@ -185,7 +193,7 @@ def format_plan(plan: DevicePlan, result: A.Plan) -> str:
              f"{'model':22}{'decision':>11}{'bytes':>12}{'load ms':>10}"]
     for m in plan.models:
         lines.append(f"{m.id:22}{m.decision:>11}{m.resident_bytes:>12}{m.load_ms:>10.3f}")
-    lines.append(f"expected on {plan.requests} validation requests: accuracy {e.accuracy:.2%}, remote rate "
+    lines.append(f"expected on {plan.requests} requests{' of ' + source if source else ''}: accuracy {e.accuracy:.2%}, remote rate "
                  f"{e.remote_rate:.2%} (forced {e.forced_rate:.2%}), local p50/p95 {e.local_p50_ms:.3f}/"
                  f"{e.local_p95_ms:.3f} ms, p95 {e.p95_ms:.3f} ms, cold loads {e.cold_loads}, pinned "
                  f"{e.pinned_bytes / 2**20:.2f} MiB" + ("" if e.feasible else "  INFEASIBLE: " + "; ".join(e.problems)))

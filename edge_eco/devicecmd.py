@@ -128,7 +128,7 @@ def assign(args: argparse.Namespace, *, token, data_env, out: Emit, err: Emit) -
         raise RequestError(f"--plot {args.plot}: the plot is written as PNG; name it *.png")
     platform = load_platform(args.platform)
     profile = read_profile(args.profile) if args.profile else None
-    region = assignjob.region_of(manifest, args.niches.split(",") if args.niches else None)
+    region = assignjob.region_of(manifest, args.niches.split(",") if args.niches is not None else None)
     default_remote = manifest.remote.model if manifest.remote and manifest.remote.model else "generalist"
     remote_bundle = args.remote_bundle
     no_remote = manifest.policy.remote != "allowed" and not args.allow_remote
@@ -144,20 +144,24 @@ def assign(args: argparse.Namespace, *, token, data_env, out: Emit, err: Emit) -
         remote_bundle = str(beside)
     if args.replay and Path(args.replay).is_file():
         outcomes = assignjob.load_outcomes(manifest, Path(args.replay))
+        source = f"the replay {args.replay}"
     else:  # the labelled data is read only when the replay must be made
-        examples, niches = assignjob.load_labelled(manifest, data_root(args.data or data_env), args.requests,
+        root_dir = data_root(args.data or data_env)
+        source = assignjob.requests_source(Path(args.requests) if args.requests is not None else
+                                           assignjob.default_requests(manifest, root_dir), args.split)
+        examples, niches = assignjob.load_labelled(manifest, root_dir, args.requests,
                                                    args.split, args.limit, vector_field=args.vector_field)
         remote, close = (lambda text: None, lambda: None) if no_remote else \
             assignjob.remote_labeller(remote_bundle, args.remote, token, default_remote)
         try:
             outcomes = assignjob.replay_ecology(args.ecology, examples, niches, remote, progress=lambda i, n: err(
-                f"  replayed {i}/{n} validation requests\n"))
+                f"  replayed {i}/{n} requests\n"))
         finally:
             close()
         if args.replay:
             assignjob.save_outcomes(outcomes, manifest, Path(args.replay))
     plan, result = assignjob.assign_one(root, manifest, platform, outcomes, profile, region, args.allow_remote)
-    out(assignjob.format_plan(plan, result))
+    out(assignjob.format_plan(plan, result, source))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(plan_to_toml(plan))
@@ -170,7 +174,7 @@ def assign(args: argparse.Namespace, *, token, data_env, out: Emit, err: Emit) -
                 + ("" if c["feasible"] else " (infeasible)"))
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         assignjob.plot_platforms(curves, Path(args.plot), f"{manifest.name}: expected accuracy vs remote rate "
-                                 f"per platform ({len(outcomes)} validation requests)")
+                                 f"per platform ({len(outcomes)} requests of {Path(source).name})")
         out(f"plot written to {args.plot}")
     if not plan.feasible:
         err("edge-eco assign: INFEASIBLE: no assignment fits the platform's budgets (the plan says feasible = false)\n")

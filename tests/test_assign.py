@@ -115,3 +115,16 @@ def test_a_forced_request_loads_the_steps_before_the_excluded_model():
     coalition_with_excluded = Outcome((0, 1), True, True, 0.5, 0.1, stages=(2,))
     assert evaluate([direct_then_excluded], costs, decisions, b).cold_loads == 1  # m0 ran, then remote
     assert evaluate([coalition_with_excluded], costs, decisions, b).cold_loads == 0  # refused before running
+
+
+def test_the_forced_share_says_it_is_a_share_of_the_regions_requests():
+    """Found by a tester: "40.0% of requests need excluded models" was a share of the region's requests."""
+    costs = [ModelCost("a", 1000, 0.1, frozenset({"n0"})), ModelCost("b", 1000, 0.1, frozenset({"n0"}))]
+    outcomes = [Outcome((0,), True, True, 0.9, 0.1, niche="n0")] * 3 + \
+        [Outcome((1,), True, True, 0.9, 0.1, niche="n0")] * 2 + [Outcome((1,), True, True, 0.9, 0.1, niche="n1")] * 5
+    decisions = {"a": "pinned", "b": "excluded"}
+    e = evaluate(outcomes, costs, decisions, Budgets(10**9, 1e9, 0.1), region=frozenset({"n0"}))
+    assert e.problems[0] == ("40.0% of the region's requests need excluded models; the remote budget is 10% of "
+                             "the region's requests")
+    e = evaluate(outcomes, costs, decisions, Budgets(10**9, 1e9, 0.1))
+    assert e.problems[0] == "70.0% of requests need excluded models; the remote budget is 10% of requests"

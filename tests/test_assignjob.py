@@ -42,6 +42,10 @@ def test_clinc150_niches_are_the_domains_of_the_gold_intents():
     assert region_of(m, ["banking", "travel"]) == frozenset({"banking", "travel"})
     with pytest.raises(RequestError, match="not niches"):
         region_of(m, ["banking", "cooking"])
+    assert region_of(m, None) is None  # no --niches: no region
+    for given in ([""], ["banking", ""]):  # `--niches ""` and `--niches banking,` had meant: no region / a blank niche
+        with pytest.raises(RequestError, match=r"^--niches: give comma-separated niche names, got "):
+            region_of(m, given)
 
 
 def test_niche_values_split_lists_and_treat_star_as_every_niche():

@@ -26,7 +26,7 @@ def test_profile_then_assign_with_plot(tmp_path, capsys):
             "--out", str(plan), "--plot", str(png), "--replay", str(replay)]
     assert cli.main(args) == 0
     text = capsys.readouterr().out
-    assert "expected on 150 validation requests" in text and "x86-laptop" in text
+    assert f"expected on 150 requests of {CLINC} [val]: accuracy" in text and "x86-laptop" in text
     p = read_plan(plan)
     assert p.platform == "embedded-64mb" and p.memory_budget_bytes == 6 << 20
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
