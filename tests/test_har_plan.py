@@ -35,7 +35,7 @@ def test_profile_assign_and_run_the_plan_on_the_sensor_ecology(tmp_path, capsys)
     assert cli.main(["assign", str(MODELS / "har"), "--platform", "embedded-64mb", "--profile", str(device),
                      "--data", str(DATA), "--out", str(plan), "--replay", str(replay)]) == 0
     out = capsys.readouterr().out
-    assert "har on embedded-64mb" in out and "expected on 361 validation requests" in out, out
+    assert "har on embedded-64mb" in out and "expected on 361 requests of" in out and "stm32_har [val]" in out, out
     p = read_plan(plan)
     assert p.feasible and p.platform == "embedded-64mb" and p.requests == 361 and p.ids("pinned")
     assert p.remote_policy == "forbidden"  # the ecology's policy: an all-local plan
