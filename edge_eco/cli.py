@@ -46,6 +46,16 @@ def _positive(kind, *, zero_ok: bool = False):
     return parse
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value < 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a share strictly between 0 and 1, got {text}")
+    return value
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -505,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     fr.add_argument("--lambda", dest="lam", type=_positive(float, zero_ok=True), default=0.0,
                     help="utility = P(correct) - lambda x cost (cost: the model's MiB); default 0")
     fr.add_argument("--l2", type=_positive(float), default=1e-3, help="L2 strength of the sparse correction")
-    fr.add_argument("--reject-share", type=float, default=None,
+    fr.add_argument("--reject-share", type=_share, default=None,
                     help="expected share of requests whose answer is the reject label (out of scope); the "
                          "validation outcomes are re-weighted to it (default: as in the data)")
     fr.add_argument("--include-generalist", action="store_true",

@@ -218,6 +218,8 @@ def fit_and_install(folder: Path, examples: Sequence[Example], *, lam: float = 0
     """
     from . import ecology
 
+    if reject_share is not None and not 0.0 < reject_share < 1.0:  # NaN fails too
+        raise ValueError(f"reject_share must be a share strictly between 0 and 1, got {reject_share!r}")
     root, manifest = read_bundle(folder)
     base_path, base, base_candidates = domain_router(root, manifest)
     candidates = tuple(c for c in base_candidates

@@ -57,3 +57,22 @@ def test_fit_router_installs_a_correctness_router_that_the_runtime_uses(tmp_path
     again = fit_router(folder, val, lam=0.05, reject_share=0.18)
     assert again["top_choice_correct"] == report["top_choice_correct"]
     assert read_bundle(folder)[1].router == m.router
+
+
+@pytest.mark.parametrize("share", ["1.5", "-0.5", "nan", "0", "1"])
+def test_a_reject_share_outside_0_1_is_refused_before_the_bundle_changes(share, tmp_path, capsys):
+    # A share of 1.5 or -0.5 gave negative sample weights: the fit overflowed and a router fitted
+    # to nonsense was installed in the bundle.
+    from edge_eco.cli import main
+    from edge_eco.fitrouter import fit_and_install
+
+    folder = tmp_path / "eco"
+    shutil.copytree(ROOT / "models" / "clinc150", folder)
+    before = {f: (folder / f).read_bytes() for f in ("ecology.toml", "correctness.bin")}
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit-router", str(folder), "--requests", str(CLINC), "--split", "val", "--reject-share", share])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--reject-share: must be a share strictly between 0 and 1" in err
+    with pytest.raises(ValueError, match="reject_share must be a share strictly between 0 and 1"):
+        fit_and_install(folder, load_clinc150(CLINC, "val")[:5], reject_share=float(share))
+    assert {f: (folder / f).read_bytes() for f in before} == before
