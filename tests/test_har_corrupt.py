@@ -52,3 +52,26 @@ def test_a_request_routed_to_a_model_that_cannot_load_falls_back(corrupt_har):
             # The generalist was asked and found the activity (the judge weighs it against the
             # other specialists' "not mine"; see judges.settle).
             assert ("generalist", "stationary") in [(v[0], v[1]) for v in a.provenance["votes"]]
+
+
+@pytest.mark.parametrize("op, inputs", [(0, [0, -1, 2]), (1, [3, -1, 5])])
+def test_a_layer_without_weights_is_refused_before_litert_sees_it(op, inputs, tmp_path):
+    # A fully connected layer whose weights input is -1 ("no tensor", allowed for its bias) made
+    # LiteRT segfault the host process at load; the structure check let -1 through anywhere.
+    import flatbuffers
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs((MODELS / "har" / "active_tiny.tflite").read_bytes(), 0))
+    model.subgraphs[0].operators[op].inputs = np.array(inputs, np.int32)
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path = tmp_path / "active_tiny.tflite"
+    path.write_bytes(bytes(builder.Output()))
+    with pytest.raises(ModelLoadError, match=f"operator {op} has no tensor at input 1"):
+        backends.open_model("tflite", path)
+    model.subgraphs[0].operators[op].inputs[1:] = (inputs[0] + 1, -1)  # no bias: a valid layer
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(bytes(builder.Output()))
+    backends.open_model("tflite", path).close()

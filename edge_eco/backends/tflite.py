@@ -26,6 +26,11 @@ from ..errors import InferenceError, ModelLoadError
 
 _lit = None
 _import_lock = threading.Lock()
+# The operator inputs that may be -1 (no tensor), by builtin code: the bias of the layers with
+# weights. LiteRT's kernels read the others without checking, and a -1 there is a segfault at
+# load (measured: FULLY_CONNECTED's weights, every input of CONCATENATION and SPLIT, the first or
+# second input of SLICE, BATCH_MATMUL and the SPACE/BATCH_ND ops).
+_OPTIONAL_INPUTS = {9: {2}, 3: {2}, 4: {2}, 67: {3}}  # FULLY_CONNECTED, CONV_2D, DEPTHWISE_CONV_2D, TRANSPOSE_CONV
 # Measured in tools/bench_backends.py (README figures): the default XNNPACK delegate packs the
 # weights into private memory but runs int8 layers faster; BUILTIN_WITHOUT_DEFAULT_DELEGATES
 # keeps them in the mapped file. optimize=True (the default) picks XNNPACK.
@@ -104,6 +109,12 @@ def _walk(buf, size: int, name: str) -> None:
                 idx = list(op.InputsAsNumpy()) + list(op.OutputsAsNumpy()) if op.InputsLength() else []
                 if any(not -1 <= j < n_t for j in idx):
                     raise bad(f"operator {i} names a tensor out of range")
+                oc = model.OperatorCodes(op.OpcodeIndex())
+                optional = _OPTIONAL_INPUTS.get(max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode()), set())
+                missing = [k for k in range(op.InputsLength()) if op.Inputs(k) == -1 and k not in optional]
+                if missing or -1 in idx[op.InputsLength():]:
+                    raise bad(f"operator {i} has no tensor at input {missing[0]}" if missing
+                              else f"operator {i} has no tensor at an output")
             ios = (list(sg.InputsAsNumpy()) if sg.InputsLength() else []) + \
                   (list(sg.OutputsAsNumpy()) if sg.OutputsLength() else [])
             if any(not 0 <= j < n_t for j in ios):
