@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -169,9 +170,14 @@ def _cmd_bench_routing(args: argparse.Namespace) -> int:
         examples = examples[: args.limit]
     if not examples:
         raise CliError(f"{args.requests} holds no labelled requests")
-    with _ecology.open(args.ecology) as eco:
+    with _ecology.open(args.ecology) as eco, contextlib.ExitStack() as stack:
+        if eco.feature_dim is not None:
+            raise CliError(f"{args.ecology} takes sensor windows; bench routing replays text requests "
+                           f"(use edge-eco run or eval for a dense ecology)")
         if args.remote_bundle:
-            remote_eco = _ecology.open(args.remote_bundle)
+            remote_eco = stack.enter_context(_ecology.open(args.remote_bundle))
+            if remote_eco.feature_dim is not None:
+                raise CliError(f"--remote-bundle {args.remote_bundle} takes sensor windows, not text requests")
             remote_label = lambda text: remote_eco.answer(text).label  # noqa: E731
         else:
             from .fallback import client_for

@@ -7,7 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import CLINC, MODELS
+import pytest
+from conftest import CLINC, DATA, MODELS
 
 
 def test_bench_routing_reports_every_figure(tmp_path):
@@ -43,3 +44,18 @@ def test_bench_routing_reports_every_figure(tmp_path):
     best = max(a for x, a in zip(r["curves"]["ecology"]["rates"], r["curves"]["ecology"]["accuracy"]) if x <= 0.25)
     assert r["best_accuracy_at_most_25pct_remote"] == round(best, 5)
     assert "best ecology accuracy with <= 25 % remote calls" in done.stdout
+
+
+@pytest.mark.parametrize("ecology, requests, remote, needle", [
+    ("har", ["stm32_har", "--split", "test"], "minilm", "har takes sensor windows; bench routing replays text"),
+    ("clinc150", ["clinc150/data_full.json", "--split", "test"], "har",
+     "--remote-bundle {models}/har takes sensor windows, not text requests"),
+])
+def test_bench_routing_names_a_dense_ecology_instead_of_a_window_error(ecology, requests, remote, needle, capsys):
+    # Both had ended with "window must be an array of numbers shaped [52, 3] ..., got str".
+    from edge_eco.cli import main
+
+    pytest.importorskip("ai_edge_litert", reason="models/har needs ai-edge-litert (litert extra)")
+    status = main(["bench", "routing", str(MODELS / ecology), "--requests", str(DATA / requests[0]), *requests[1:],
+                   "--remote-bundle", str(MODELS / remote), "--limit", "5"])
+    assert status == 2 and needle.format(models=MODELS) in capsys.readouterr().err
