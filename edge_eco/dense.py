@@ -62,17 +62,19 @@ def validate_window(window: object, spec: DenseSpec) -> np.ndarray:
         raise RequestError(f"window must be an array of numbers shaped {want}: {exc}") from exc
     if raw.dtype.kind not in "iuf":  # no bool, complex, datetime, strings or objects
         raise RequestError(f"window must hold real numbers (ints or floats), got dtype {raw.dtype}")
-    a = raw.astype(np.float32, copy=False)
+    a = raw
     if a.shape != (spec.samples, spec.axes):
         if a.size == spec.samples * spec.axes and a.ndim == 1:
             a = a.reshape(spec.samples, spec.axes)
         else:
             raise RequestError(f"window has shape {list(a.shape)}; the ecology expects {want}")
+    # Checked before the cast to float32, which turns a float64 reading past its range into
+    # infinity (with a RuntimeWarning); max/min, not abs, which wraps the most negative integer.
     if not np.isfinite(a).all():
         raise RequestError("window holds NaN or infinity")
-    if np.abs(a).max(initial=0.0) > spec.max_abs:
+    if a.max() > spec.max_abs or a.min() < -spec.max_abs:
         raise RequestError(f"window holds a reading beyond the sensor range ±{spec.max_abs:g}")
-    return a
+    return a.astype(np.float32, copy=False)
 
 
 def raw_features(windows: np.ndarray) -> np.ndarray:

@@ -53,7 +53,10 @@ def test_answers_carry_provenance_and_calibrated_confidence(har_test):
     (np.zeros((52, 3), "datetime64[s]"), "real numbers.*datetime64"),
     (np.full((52, 3), "12"), "real numbers.*<U2"), ([["1", "2", "3"]] * 52, "real numbers"),
     (None, "array of numbers.*NoneType"), ([[1, 2, 3]] * 51 + [[1, 2]], "array of numbers|real numbers"),
-    ([[1, None, 3]] * 52, "real numbers.*object")])
+    ([[1, None, 3]] * 52, "real numbers.*object"),
+    # a float64 past float32's range had read as "NaN or infinity", with a RuntimeWarning on stderr
+    (np.full((52, 3), 1e300), "range"), (np.full((52, 3), -1e39), "range"),
+    (np.full((52, 3), np.iinfo(np.int64).min), "range"), (np.full((52, 3), np.iinfo(np.uint64).max), "range")])
 def test_malformed_windows_are_refused(window, why):
     with edge_eco.open(MODELS / "har") as eco:
         with pytest.raises(RequestError, match=why):
