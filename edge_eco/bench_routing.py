@@ -146,6 +146,7 @@ def bench_routing(eco: Ecology, remote_label: Callable[[str], str], examples: Se
     # The figure that stays meaningful whichever tier is stronger: the best the ecology's curve
     # reaches with at most a quarter of the requests remote, against always-remote.
     at_most_25 = [a for r, a in zip(ours["rates"], ours["accuracy"]) if r <= 0.25 + 1e-9]
+    router_us = _router_us(eco, [ex.text for ex in examples])
     return {
         "ecology": eco.name, "requests": len(examples), "weak_accuracy": round(weak, 5),
         "strong_accuracy": round(strong, 5),
@@ -158,5 +159,6 @@ def bench_routing(eco: Ecology, remote_label: Callable[[str], str], examples: Se
         "accuracy_at_remote_rate": ours["accuracy_at_remote_rate"], "curves": curves,
         "local_generalist_accuracy": round(weak_gen, 5), "vs_local_generalist": vs_generalist,
         "ece": _model_ece(eco, examples), "aurc_local": round(rm.aurc(conf, lc), 5),
-        "eaurc_local": round(rm.eaurc(conf, lc), 5), "router_us": _router_us(eco, [ex.text for ex in examples]),
+        "eaurc_local": round(rm.eaurc(conf, lc), 5), "router_us": router_us,
+        "router_speedup": router_us["router_speedup"],
     }

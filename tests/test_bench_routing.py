@@ -34,6 +34,7 @@ def test_bench_routing_reports_every_figure(tmp_path):
     assert all(v["after"] <= v["before"] + 0.02 for v in r["ece"].values())
     assert 0 <= r["aurc_local"] <= 1
     assert r["router_us"]["c"]["p50"] < r["router_us"]["numpy"]["p50"]
+    assert r["router_speedup"] == r["router_us"]["router_speedup"] > 1
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "apgr" in done.stdout and "router decision" in done.stdout
     # PGR's direction is reported, not assumed: the flag agrees with the two accuracies.
