@@ -278,7 +278,7 @@ class Ecology:
         and None returned, so the request falls back to the next candidate or the generalist."""
         try:
             return self._vote(model_id, text, hashed)
-        except (BackendError, BudgetError, IntegrityError) as exc:  # IntegrityError: a file changed after open
+        except _MODEL_FAILURES as exc:
             prov.setdefault("model_errors", {})[model_id] = f"{type(exc).__name__}: {exc}"
             return None
 
@@ -318,11 +318,17 @@ class Ecology:
         """Run ``ids`` in parallel (the first in this thread) and collect votes within the timeout."""
         if self._excluded.intersection(ids):
             raise _Excluded(next(m for m in ids if m in self._excluded))
-        futures = [self._pool.submit(self._vote, m, text, hashed) for m in ids[1:]]
+        futures = {self._pool.submit(self._vote, m, text, hashed): m for m in ids[1:]}
         first = self._try_vote(ids[0], text, hashed, prov)
         done, late = wait(futures, timeout=self.policy.coalition_timeout_ms / 1e3)
         results = ([first] if first else []) + [f.result() for f in futures if f in done and f.exception() is None]
-        errors = [str(f.exception()) for f in done if f.exception() is not None]
+        errors = []
+        for f in (f for f in futures if f in done and f.exception() is not None):
+            exc = f.exception()
+            if isinstance(exc, _MODEL_FAILURES):  # recorded per model, as _try_vote records the first
+                prov.setdefault("model_errors", {})[futures[f]] = f"{type(exc).__name__}: {exc}"
+            else:
+                errors.append(str(exc))
         if late or errors:
             prov["coalition_dropped"] = {"late": len(late), "errors": errors}
         prov["model_us"] = {v.model_id: round(us, 1) for v, us in results}
@@ -434,7 +440,12 @@ class Ecology:
             votes = [x[0] for x in filter(None, [self._try_vote(self._generalist, text, hashed, prov)])]
         if not votes:
             raise InferenceError(f"no model could answer: {prov.get('model_errors') or prov.get('coalition_dropped')}")
-        best = judge(votes, self.manifest.reject_label)
+        # A routed candidate that failed stands in as a decline with no confidence (as a model the
+        # device plan excludes does): its niche is unknown, so the others' declines cannot make the
+        # reject label confident; the generalist and then the remote decide.
+        failed = [Vote(m, self.manifest.reject_label, 0.0, declined=True)
+                  for m in prov.get("model_errors", {}) if m != self._generalist]
+        best = judge(failed + votes, self.manifest.reject_label)
         if hashed is not None and "indices" in hashed and not len(hashed["indices"]):
             # No word byte at all (punctuation, symbols): no local model has evidence. Answer the
             # reject label with no confidence, so the remote generalist is asked when allowed.
@@ -444,10 +455,12 @@ class Ecology:
             # Every specialist asked said "not mine": the local generalist is asked too, and the
             # judge compares calibrated confidences: the generalist's answer against the reject
             # label backed by the least confident decline.
-            vote, us = self._vote(self._generalist, text, hashed)
-            votes.append(vote)
-            prov.setdefault("model_us", {})[self._generalist] = round(us, 1)
-            best, path = settle(best, vote), "coalition"
+            asked = self._try_vote(self._generalist, text, hashed, prov)
+            if asked is not None:
+                vote, us = asked
+                votes.append(vote)
+                prov.setdefault("model_us", {})[self._generalist] = round(us, 1)
+                best, path = settle(best, vote), "coalition"
         t_local = time.perf_counter()
         prov["votes"] = [(v.model_id, v.label, round(v.confidence, 4), v.declined) for v in votes]
         prov["models"] = {v.model_id: self._model_ids[v.model_id] for v in votes}
@@ -533,8 +546,10 @@ class Ecology:
     def _fallback(self, text: str, best: Vote, path: str, prov: dict, local_only: bool,
                   deadline_ms: float | None, t0: float) -> tuple[str, float, str]:
         """Ask the remote generalist; on any failure keep the best local answer."""
-        voters = prov.get("votes", ())
-        blocked = remote_block_reason(self.policy, local_only, (self._entries[v[0]].niches for v in voters))
+        # The models that failed count with those that voted: a request for a niche whose
+        # jurisdiction keeps it local stays local even when that niche's model could not answer.
+        voters = [v[0] for v in prov.get("votes", ())] + list(prov.get("model_errors", ()))
+        blocked = remote_block_reason(self.policy, local_only, (self._entries[m].niches for m in voters))
         if blocked is not None:
             prov["remote"] = {"skipped": blocked}
             return best.label, best.confidence, path
@@ -622,6 +637,9 @@ class Ecology:
         self.close()
 
 
+# A model that cannot load or run (IntegrityError: a file changed after open): the request goes on
+# without it, and it stands in the judge as a decline with no confidence (see _answer).
+_MODEL_FAILURES = (BackendError, BudgetError, IntegrityError)
 _SHARED_FEEDS = ("hashed-text", "dense-vector")  # inputs computed once per request for every model
 
 

@@ -232,3 +232,26 @@ def test_close_waits_for_answers_in_flight(fake_ecology):
     assert result["a"].path == "remote"
     with pytest.raises(edge_eco.EdgeEcoError, match="closed"):
         eco.answer("hello")
+
+
+def test_a_coalition_member_that_cannot_load_is_named_and_cannot_back_the_reject_label(tmp_path):
+    # money runs in the request's thread, travel in the pool: travel's load error is recorded by
+    # model (was only a string in coalition_dropped), and money's lone "not mine" no longer makes
+    # the answer oos at money's confidence: travel's niche is unknown, the generalist's answer stands.
+    from edge_eco.bundle import sha256_file
+
+    folder = make_fake_ecology(tmp_path / "fake", policy=Policy(direct_threshold=0.6, fallback_threshold=0.5))
+    old = sha256_file(folder / "travel.npz")
+    (folder / "travel.npz").write_bytes(b"not a zip")
+    toml = folder / "ecology.toml"
+    toml.write_text(toml.read_text().replace(old, sha256_file(folder / "travel.npz")))
+    remote = RecordingRemote(label="balance")
+    with edge_eco.open(folder, remote_client=remote) as eco:
+        offline = eco.answer("money flight alarm balance", local_only=True)
+        online = eco.answer("money flight alarm balance")
+    assert offline.provenance["route"]["candidates"] == ["money", "travel"]
+    assert "ModelLoadError" in offline.provenance["model_errors"]["travel"]
+    assert "coalition_dropped" not in offline.provenance
+    assert ("money", "oos", True) in [(v[0], v[1], v[3]) for v in offline.provenance["votes"]]
+    assert (offline.label, offline.path) == ("balance", "coalition") and offline.confidence < 0.5
+    assert (online.label, online.path) == ("balance", "remote") and remote.sent == ["money flight alarm balance"]
