@@ -63,6 +63,9 @@ def format_report(r: dict) -> str:
     for who, msg in problems:
         if msg:
             lines.append(f"first error ({who}): {msg}")
+    for model, seen in r.get("model_errors", {}).items():
+        lines.append(f"model error: {model} failed in {seen['requests']} requests (answered without it); "
+                     f"first: {seen['first_error']}")
     for reason in r.get("unavailable_reasons", []):
         lines.append(f"remote unavailable: {reason}")
     return "\n".join(lines)

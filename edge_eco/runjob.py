@@ -43,12 +43,16 @@ def run_job(eco: Ecology, examples: Sequence[Example], opts: RunOptions = RunOpt
     reject = eco.manifest.reject_label
     gold = [ex.label for ex in examples]
     predicted, paths, lat, errors, first_error, remote_errors = [], [], [], 0, None, {}
+    model_errors: dict[str, dict] = {}  # model -> requests it failed in, and its first error
     for i, ex in enumerate(examples):
         t0 = time.perf_counter()
         try:
             a = eco.answer(ex.request, deadline_ms=opts.deadline_ms, local_only=opts.local_only)
             predicted.append(a.label)
             paths.append(a.path)
+            for model, msg in a.provenance.get("model_errors", {}).items():
+                seen = model_errors.setdefault(model, {"requests": 0, "first_error": f"line {i + 1}: {msg}"})
+                seen["requests"] += 1
             if a.path == "unavailable":
                 reason = a.provenance.get("remote", {}).get("error", "?")
                 remote_errors[reason.split(":")[0]] = remote_errors.get(reason.split(":")[0], reason)
@@ -64,6 +68,7 @@ def run_job(eco: Ecology, examples: Sequence[Example], opts: RunOptions = RunOpt
               **accuracy_block(predicted, gold, reject),
               "remote_rate": round(paths.count("remote") / max(1, len(paths)), 5),
               **path_summary(paths, lat, PATHS), "errors": errors, "first_error": first_error,
+              "model_errors": dict(sorted(model_errors.items())),
               "unavailable_reasons": list(remote_errors.values())[:5],
               # answered on the device (direct or coalition): featurize + route + models + judge
               "local_latency_ms": percentiles_ms([x for x, p in zip(lat, paths) if p in ("direct", "coalition")])}

@@ -5,7 +5,10 @@ ecology.toml). Before, the two runners-up's "not mine" made the answer `oos` at 
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from edge_eco.fallback import RemoteAnswer
 
 from conftest import MODELS
 
+EDGE_ECO = str(Path(sys.executable).parent / "edge-eco")
 LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\n"
                "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e9ca24d17e9393\nsize 12345\n")
 SHOPPING = "add milk to my shopping list"  # the intact bundle: shopping_list_update 0.946, direct from home
@@ -85,4 +89,19 @@ def test_a_confident_generalist_keeps_the_request_local(no_home):
         a = eco.answer(SHOPPING)
     assert (a.label, a.path) == ("shopping_list_update", "coalition") and a.confidence >= eco.policy.fallback_threshold
     assert remote.sent == []
+
+
+def test_run_reports_model_errors_per_model(no_home, tmp_path):
+    rows = [(SHOPPING, "shopping_list_update"), ("play the song called baby shark", "play_music"),
+            ("tell me a joke about cats", "tell_joke")]
+    requests, out = tmp_path / "req.jsonl", tmp_path / "report.json"
+    requests.write_text("".join(json.dumps({"text": t, "label": gold}) + "\n" for t, gold in rows))
+    done = subprocess.run([EDGE_ECO, "run", str(no_home), "--requests", str(requests), "--local-only",
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert report["errors"] == 0 and list(report["model_errors"]) == ["home"]
+    assert report["model_errors"]["home"]["requests"] == 2  # the two home requests; the joke is small_talk's
+    assert report["model_errors"]["home"]["first_error"].startswith("line 1: ModelLoadError: home.onnx")
+    assert "model error: home failed in 2 requests" in done.stdout
 
