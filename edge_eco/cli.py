@@ -313,8 +313,8 @@ def _cmd_bench_residency(args: argparse.Namespace) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     root, m = read_bundle(args.ecology)
-    with _ecology.open(args.ecology, trust=args.trust):  # every check open() makes: signature, headers, budget
-        pass
+    with _ecology.open(args.ecology, trust=args.trust) as eco:  # every check open() makes: signature, headers, budget
+        failed = eco.check_models()  # and each model's own: the backend's file checks, then a probe run
     print(f"{m.name} v{m.version}: {m.description}")
     print(f"labels: {len(m.labels)}   reject label: {m.reject_label}   budget: {m.budget_bytes} bytes")
     p = m.policy
@@ -329,7 +329,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
     signed = (root / "ecology.toml.sig").is_file()
     print("\nall files present, sha256 verified"
           + (", signature verified" if args.trust and signed else
-             ", not signed (the trust does not require a signature)" if args.trust else "") + ", the bundle opens")
+             ", not signed (the trust does not require a signature)" if args.trust else "") + ", the bundle opens"
+          + ("" if failed else f", all {len(m.models)} models load and run"))
+    for model_id, error in failed.items():
+        print(f"model {model_id} FAILS: {error}")
+    if failed:
+        print(f"edge-eco info: {len(failed)} of {len(m.models)} models cannot load or run "
+              f"({', '.join(failed)}); requests routed to them are answered without them", file=sys.stderr)
+        return 1
     return 0
 
 

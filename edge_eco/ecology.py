@@ -503,6 +503,26 @@ class Ecology:
         prov["latency_us"] = {"total": round((time.perf_counter() - t0) * 1e6, 1)}
         return Answer(label, conf, path, prov)
 
+    def check_models(self) -> dict[str, str]:
+        """Load every model once (the backend's file checks, then one probe run on its input
+        contract), one at a time within the memory budget.
+
+        Returns:
+            ``{model_id: "ErrorType: message"}`` for each model that cannot load or run (empty when
+            every model works); the bundle's sha256 check does not catch these (e.g. a Git LFS
+            pointer committed in place of the weights, with its own hash in the manifest).
+        """
+        failed = {}
+        for model_id in self._entries:
+            if model_id in self._excluded:
+                continue
+            try:
+                with self.residency.use(model_id):
+                    pass
+            except _MODEL_FAILURES as exc:
+                failed[model_id] = f"{type(exc).__name__}: {exc}"
+        return failed
+
     def pin(self, model_ids: Sequence[str]) -> None:
         """Load ``model_ids`` now and keep them resident (never evicted) until :meth:`close`."""
         for model_id in model_ids:

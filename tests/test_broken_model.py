@@ -105,3 +105,13 @@ def test_run_reports_model_errors_per_model(no_home, tmp_path):
     assert report["model_errors"]["home"]["first_error"].startswith("line 1: ModelLoadError: home.onnx")
     assert "model error: home failed in 2 requests" in done.stdout
 
+
+def test_info_loads_every_model_and_names_the_broken_one(no_home):
+    done = subprocess.run([EDGE_ECO, "info", str(no_home)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "model home FAILS: ModelLoadError: home.onnx: is a Git LFS pointer" in done.stdout
+    assert "1 of 11 models cannot load or run (home)" in done.stderr
+    intact = subprocess.run([EDGE_ECO, "info", str(MODELS / "clinc150")], capture_output=True, text=True,
+                            timeout=120)
+    assert intact.returncode == 0, intact.stderr
+    assert "all 11 models load and run" in intact.stdout
