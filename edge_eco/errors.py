@@ -121,3 +121,13 @@ class RecipeError(BuildError, ValueError):
 
 class DataError(BuildError, ValueError):
     """The training data cannot be used as given; found before any training starts."""
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """``repr(value)`` for an error message, cut to about ``limit`` characters (a peer's
+    400-digit integer or megabyte string is named, not copied into logs and provenance)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's str conversion limit (4,300 digits)
+        return f"<{type(value).__name__} too large to print>"
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

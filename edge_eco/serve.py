@@ -31,6 +31,8 @@ import time
 from typing import Any, Callable
 from urllib.parse import unquote, urlsplit
 
+import numpy as np
+
 from edge_eco import __version__
 from edge_eco.admission import Admission
 from edge_eco.clientguard import ClientGuard
@@ -253,7 +255,7 @@ class InferenceServer:
                 except RequestError as exc:
                     raise RequestError(f"input {name!r} element {i}: {exc}") from exc
                 labels.append(str(ans.label))
-                confidences.append(float(ans.confidence))
+                confidences.append(_fp32(ans.confidence))
         except RequestError as exc:
             raise HttpError(400, str(exc)) from exc
         except EdgeEcoError as exc:
@@ -270,6 +272,12 @@ class InferenceServer:
             reply["id"] = req.req_id
         reply["outputs"] = [outputs[n] for n in dict.fromkeys(req.outputs)]
         return reply
+
+
+def _fp32(x: float) -> float:
+    """``x`` as the FP32 the reply declares, written with the shortest digits that read back as
+    that float32 (0.9459, not 0.945912345678901 or 0.9459000229835510)."""
+    return float(str(np.float32(x)))
 
 
 def serve_forever(eco: Any, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, *,

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import RequestError
+from .errors import RequestError, shown
 
 __all__ = ["InferRequest", "parse_infer_request", "OUTPUT_NAMES"]
 
@@ -47,7 +47,7 @@ def _shape(inp: dict, name: str) -> list[int]:
     shape = inp.get("shape")
     if not isinstance(shape, list) or not shape or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise RequestError(f"input {name!r}: shape must be a non-empty list of non-negative ints, got {shape!r}")
+        raise RequestError(f"input {name!r}: shape must be a non-empty list of non-negative ints, got {shown(shape)}")
     return shape
 
 
@@ -64,13 +64,14 @@ def _flat(data: Any, name: str, depth: int = 0) -> list:
 
 def _texts(inp: dict, max_batch: int, max_text_bytes: int) -> tuple[str, ...]:
     if inp.get("datatype") != "BYTES":
-        raise RequestError(f"input 'text': datatype must be 'BYTES', got {inp.get('datatype')!r}")
+        raise RequestError(f"input 'text': datatype must be 'BYTES', got {shown(inp.get('datatype'))}")
     shape = _shape(inp, "text")
     data = _flat(inp.get("data"), "text")
     if not all(isinstance(d, str) for d in data):
         raise RequestError("input 'text': every element of 'data' must be a string")
     if len(data) != math.prod(shape):
-        raise RequestError(f"input 'text': shape {shape} holds {math.prod(shape)} elements, data has {len(data)}")
+        raise RequestError(f"input 'text': shape {shown(shape)} holds {shown(math.prod(shape))} elements, "
+                           f"data has {len(data)}")
     if not data:
         raise RequestError("input 'text': no texts given")
     if len(data) > max_batch:
@@ -84,13 +85,14 @@ def _texts(inp: dict, max_batch: int, max_text_bytes: int) -> tuple[str, ...]:
 
 def _rows(inp: dict, max_batch: int, dim: int) -> tuple[tuple[float, ...], ...]:
     if inp.get("datatype") != "FP32":
-        raise RequestError(f"input 'features': datatype must be 'FP32', got {inp.get('datatype')!r}")
+        raise RequestError(f"input 'features': datatype must be 'FP32', got {shown(inp.get('datatype'))}")
     shape = _shape(inp, "features")
     if len(shape) != 2 or shape[1] != dim:
-        raise RequestError(f"input 'features': shape must be [batch, {dim}], got {shape}")
+        raise RequestError(f"input 'features': shape must be [batch, {dim}], got {shown(shape)}")
     data = _flat(inp.get("data"), "features")
     if len(data) != shape[0] * dim:
-        raise RequestError(f"input 'features': shape {shape} holds {shape[0] * dim} elements, data has {len(data)}")
+        raise RequestError(f"input 'features': shape {shown(shape)} holds {shown(shape[0] * dim)} elements, "
+                           f"data has {len(data)}")
     if not all(_finite_number(x) for x in data):
         raise RequestError("input 'features': every element must be a finite number")
     if not shape[0]:
@@ -132,7 +134,7 @@ def parse_infer_request(body: bytes, max_batch: int, *, max_text_bytes: int = 1 
         raise RequestError(f"'inputs' must be a non-empty list with one input named {' or '.join(map(repr, accepted))}")
     names = [i.get("name") if isinstance(i, dict) else None for i in inputs]
     if len(names) != 1 or names[0] not in accepted:
-        raise RequestError(f"expected exactly one input named {' or '.join(map(repr, accepted))}, got {names!r}")
+        raise RequestError(f"expected exactly one input named {' or '.join(map(repr, accepted))}, got {shown(names)}")
     texts = rows = None
     if names[0] == "text":
         texts = _texts(inputs[0], max_batch, max_text_bytes)
@@ -146,11 +148,12 @@ def parse_infer_request(body: bytes, max_batch: int, *, max_text_bytes: int = 1 
         wanted = tuple(o.get("name") for o in outputs)
         unknown = [n for n in wanted if n not in OUTPUT_NAMES]
         if unknown:
-            raise RequestError(f"unknown output(s) {unknown!r}; this model has {list(OUTPUT_NAMES)}")
-    params = req.get("parameters") or {}
+            raise RequestError(f"unknown output(s) {shown(unknown)}; this model has {list(OUTPUT_NAMES)}")
+    params = req.get("parameters")
+    params = {} if params is None else params  # absent or null; [] or "" is refused
     if not isinstance(params, dict):
-        raise RequestError("'parameters' must be an object")
+        raise RequestError(f"'parameters' must be an object, got {type(params).__name__}")
     deadline_ms = params.get("deadline_ms")
     if deadline_ms is not None and (not _finite_number(deadline_ms) or deadline_ms <= 0):
-        raise RequestError(f"parameter 'deadline_ms' must be a positive number, got {deadline_ms!r}")
+        raise RequestError(f"parameter 'deadline_ms' must be a positive number, got {shown(deadline_ms)}")
     return InferRequest(texts, rows, req_id, wanted, float(deadline_ms) if deadline_ms is not None else None)

@@ -153,6 +153,8 @@ def test_infer_outputs_selection(conn):
     # an integer past float range: OverflowError in the handler, the connection dropped with no reply (trial)
     (infer_body(["a"], parameters={"deadline_ms": 10 ** 400}), "deadline_ms"),
     (infer_body([""]), "element 0: text is empty"),
+    (infer_body(["a"], parameters=[]), "'parameters' must be an object, got list"),  # was accepted (tester)
+    (infer_body(["a"], parameters=""), "'parameters' must be an object, got str"),
 ])
 def test_infer_bad_requests_are_400(conn, eco, body, needle):
     status, doc, resp = call(conn, "POST", INFER, body)
@@ -308,3 +310,33 @@ def test_deeply_nested_json_is_a_400_not_a_500(conn):
     body = b"[" * 2000 + b"]" * 2000  # under the 4096-byte body limit, past Python's recursion limit
     status, doc, _ = call(conn, "POST", INFER, body)
     assert status == 400 and "nested too deeply" in doc["error"]
+
+
+def test_long_values_are_cut_in_error_messages(conn):
+    # a tester's request printed its 400-digit deadline back in full
+    status, doc, _ = call(conn, "POST", INFER, infer_body(["a"], parameters={"deadline_ms": 10 ** 400}))
+    assert status == 400 and doc["error"].endswith("got 1" + "0" * 59 + "... (401 characters)")
+    status, doc, _ = call(conn, "POST", INFER, infer_body(["a"], shape=[10 ** 300, 10 ** 90]))
+    assert status == 400 and len(doc["error"]) < 250 and "(396 characters) holds 1" in doc["error"]
+    assert "(391 characters) elements" in doc["error"]  # the product of the dims, a 391-digit integer
+
+
+def test_fp32_confidence_is_written_with_float32_digits(eco):
+    # was 0.9459123456789012 on the wire for an FP32 output: now the shortest digits of its float32
+    eco.answer = lambda text, **_: FakeAnswer("balance", 0.9459123456789012, "direct")
+    with InferenceServer(eco) as srv:
+        c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=2)
+        c.request("POST", INFER, body=json.dumps(infer_body(["money"])).encode())
+        raw = c.getresponse().read().decode()
+        c.close()
+    assert '"datatype":"FP32","shape":[1],"data":[0.94591236]}' in raw.replace(" ", "")
+
+
+def test_a_batch_of_one_sent_as_shape_1_1_is_answered_with_the_declared_output_shape(conn):
+    # The v2 metadata declares both outputs with shape [-1] (one value per text, however the
+    # input was nested), and a response output's shape is that output tensor's own shape, so
+    # a [1, 1] text input gets [1] outputs, as it does with shape [1].
+    status, doc, _ = call(conn, "POST", INFER, infer_body([["money"]], shape=[1, 1]))
+    assert status == 200 and [o["shape"] for o in doc["outputs"]] == [[1], [1]]
+    meta = call(conn, "GET", "/v2/models/intents")[1]
+    assert [o["shape"] for o in meta["outputs"]] == [[-1], [-1]]

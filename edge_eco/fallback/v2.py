@@ -13,7 +13,7 @@ import math
 from typing import Any
 from urllib.parse import quote
 
-from edge_eco.errors import RemoteProtocolError, RemoteStatusError
+from edge_eco.errors import RemoteProtocolError, RemoteStatusError, shown
 from edge_eco.fallback.client import RemoteAnswer, RemoteClient
 from edge_eco.fallback.transport import error_message
 
@@ -70,11 +70,11 @@ def _output(outputs: dict[str, Any], name: str, datatypes: tuple[str, ...], batc
     if out is None:
         raise RemoteProtocolError(f"reply has no output {name!r} (got {sorted(outputs)})")
     if out.get("datatype") not in datatypes:
-        raise RemoteProtocolError(f"output {name!r}: datatype {out.get('datatype')!r}, expected one of {datatypes}")
+        raise RemoteProtocolError(f"output {name!r}: datatype {shown(out.get('datatype'))}, expected one of {datatypes}")
     shape = out.get("shape")
     if (not isinstance(shape, list) or not shape or shape[0] != batch
             or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape) or math.prod(shape) != batch):
-        raise RemoteProtocolError(f"output {name!r}: shape {shape!r}, expected [{batch}]")
+        raise RemoteProtocolError(f"output {name!r}: shape {shown(shape)}, expected [{batch}]")
     data = _flat(out.get("data"))
     if not isinstance(data, list) or len(data) != batch:
         got = len(data) if isinstance(data, list) else type(data).__name__
@@ -91,7 +91,7 @@ def _parse_reply(raw: bytes, batch: int, req_id: str, model: str) -> list[Remote
     if not isinstance(doc, dict):
         raise RemoteProtocolError(f"reply must be a JSON object, got {type(doc).__name__}")
     if "id" in doc and doc["id"] != req_id:
-        raise RemoteProtocolError(f"reply id {doc['id']!r} does not match request id {req_id!r}")
+        raise RemoteProtocolError(f"reply id {shown(doc['id'])} does not match request id {req_id!r}")
     outputs = doc.get("outputs")
     if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
         raise RemoteProtocolError("reply 'outputs' must be a list of objects")
@@ -103,7 +103,7 @@ def _parse_reply(raw: bytes, batch: int, req_id: str, model: str) -> list[Remote
     for x in confs:
         # A range check, not math.isfinite: a JSON integer can be too large for a float (and NaN fails it too).
         if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0.0 <= x <= 1.0:
-            raise RemoteProtocolError(f"output 'confidence': {x!r} is not a number in [0, 1]")
+            raise RemoteProtocolError(f"output 'confidence': {shown(x)} is not a number in [0, 1]")
     name = doc.get("model_name") if isinstance(doc.get("model_name"), str) else model
     version = doc.get("model_version") if isinstance(doc.get("model_version"), str) else ""
     return [RemoteAnswer(label, float(conf), name, version, 0.0) for label, conf in zip(labels, confs)]
