@@ -451,7 +451,8 @@ class Ecology:
             # reject label with no confidence, so the remote generalist is asked when allowed.
             best = Vote(best.model_id, self.manifest.reject_label, 0.0, declined=True)
             prov["no_features"] = True
-        elif best.declined and self._generalist and all(v.model_id != self._generalist for v in votes):
+        elif best.declined and self._generalist and all(v.model_id != self._generalist for v in votes) \
+                and risk_allows(self._entries[self._generalist].risk, max_risk):
             # Every specialist asked said "not mine": the local generalist is asked too, and the
             # judge compares calibrated confidences: the generalist's answer against the reject
             # label backed by the least confident decline.

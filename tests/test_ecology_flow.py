@@ -255,3 +255,18 @@ def test_a_coalition_member_that_cannot_load_is_named_and_cannot_back_the_reject
     assert ("money", "oos", True) in [(v[0], v[1], v[3]) for v in offline.provenance["votes"]]
     assert (offline.label, offline.path) == ("balance", "coalition") and offline.confidence < 0.5
     assert (online.label, online.path) == ("balance", "remote") and remote.sent == ["money flight alarm balance"]
+
+
+def test_a_generalist_above_the_requests_risk_is_not_asked_when_every_specialist_declines(tmp_path):
+    # The judge's "every specialist said not mine" step asked the local generalist without the
+    # request's max_risk check that routing applies (found in review).
+    folder = make_fake_ecology(tmp_path / "fake", policy=Policy(direct_threshold=0.6, fallback_threshold=0.0))
+    toml = folder / "ecology.toml"
+    text = toml.read_text()
+    at = text.rindex('risk = "low"')  # the last model's: the generalist
+    toml.write_text(text[:at] + 'risk = "high"' + text[at + len('risk = "low"'):])
+    with edge_eco.open(folder) as eco:
+        a = eco.answer("flight alarm account transfer", local_only=True)  # both specialists decline
+    asked = [v[0] for v in a.provenance["votes"]]
+    assert asked and "generalist" not in asked and "generalist" not in a.provenance["models"]
+    assert all(v[3] for v in a.provenance["votes"]) and a.label == "oos"
