@@ -62,6 +62,9 @@ def validate_window(window: object, spec: DenseSpec) -> np.ndarray:
         raise RequestError(f"window must be an array of numbers shaped {want}: {exc}") from exc
     if raw.dtype.kind not in "iuf":  # no bool, complex, datetime, strings or objects
         raise RequestError(f"window must hold real numbers (ints or floats), got dtype {raw.dtype}")
+    if isinstance(window, (list, tuple)) and any(  # numpy casts a bool mixed with numbers silently
+            isinstance(v, bool) for row in window for v in (row if isinstance(row, (list, tuple)) else (row,))):
+        raise RequestError("window must hold real numbers (ints or floats), got a bool")
     a = raw
     if a.shape != (spec.samples, spec.axes):
         if a.size == spec.samples * spec.axes and a.ndim == 1:

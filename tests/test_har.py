@@ -54,6 +54,8 @@ def test_answers_carry_provenance_and_calibrated_confidence(har_test):
     (np.full((52, 3), "12"), "real numbers.*<U2"), ([["1", "2", "3"]] * 52, "real numbers"),
     (None, "array of numbers.*NoneType"), ([[1, 2, 3]] * 51 + [[1, 2]], "array of numbers|real numbers"),
     ([[1, None, 3]] * 52, "real numbers.*object"),
+    # found by a trial: numpy cast a bool in a list of numbers to 1.0 silently
+    ([[True, 1.0, 2.0]] * 52, "real numbers.*bool"), ([1.0, 2.0, False] * 52, "real numbers.*bool"),
     # a float64 past float32's range had read as "NaN or infinity", with a RuntimeWarning on stderr
     (np.full((52, 3), 1e300), "range"), (np.full((52, 3), -1e39), "range"),
     (np.full((52, 3), np.iinfo(np.int64).min), "range"), (np.full((52, 3), np.iinfo(np.uint64).max), "range")])
