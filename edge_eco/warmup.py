@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 __all__ = ["WarmReport", "warm"]
 
 WARM_TEXT = "hello, what can you do"
@@ -27,7 +29,7 @@ class WarmReport:
     resident_bytes: int
 
 
-def warm(eco: Any, text: str = WARM_TEXT) -> WarmReport:
+def warm(eco: Any, text: str | None = None) -> WarmReport:
     """Load every model of ``eco`` (within its memory budget) and run one request through each,
     then one through the whole request path (featurizer, router, judge), never sent remote.
 
@@ -36,13 +38,16 @@ def warm(eco: Any, text: str = WARM_TEXT) -> WarmReport:
 
     Args:
         eco: an open Ecology.
-        text: the warming request.
+        text: the warming request; by default ``WARM_TEXT``, or for an ecology that takes sensor
+            windows an all-zero window (inside every sensor range).
     Returns:
         A WarmReport (models visited, time taken, resident bytes afterwards).
     Raises:
         EdgeEcoError: a model cannot be loaded or run (better now than on a client's request).
     """
     t0 = time.perf_counter()
+    if text is None:  # a dense ecology's request is a window of numbers, not text
+        text = WARM_TEXT if eco.feature_dim is None else np.zeros(eco.feature_dim, np.float32)
     ids = [m.id for m in eco.manifest.models]
     for model_id in ids:
         eco.predict_with(model_id, text)

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 import edge_eco
 from edge_eco.warmup import warm
 
@@ -57,3 +59,32 @@ def test_first_request_to_a_fresh_server_is_not_a_cold_load():
     # A cold model load made the first request ~70x the next ones here (680 ms vs ~10 ms).
     assert first < 5 * rest + 30, (first, rest)
     assert "warmed 1 model(s)" in proc.stderr.read()
+
+
+def test_a_sensor_ecology_is_warmed_with_a_window_and_served_from_the_command_line():
+    # The warm-up sent text to every ecology: `edge-eco serve models/har` refused to start
+    # ("takes windows of [52, 3] numbers, not text"), found by a fresh-clone trial.
+    with edge_eco.open(MODELS / "har") as eco:
+        report = warm(eco)
+        assert report.models == len(eco.manifest.models) == 4 and eco.stats()["loads"] == 4
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "edge_eco.cli", "serve", str(MODELS / "har"), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("edge-eco serve: har"), line + proc.stderr.read()
+        port = int(line.rsplit(":", 1)[1].split("/")[0])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        body = json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 156], "data": [0.0] * 156}]})
+        conn.request("POST", "/v2/models/har/infer", body=body)
+        resp = conn.getresponse()
+        reply = json.loads(resp.read())
+        conn.close()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0
+    assert resp.status == 200, reply
+    labels = {o["name"]: o["data"] for o in reply["outputs"]}["label"]
+    with edge_eco.open(MODELS / "har") as eco:  # the served answer is the library's
+        assert labels == [eco.answer(np.zeros(156, np.float32), local_only=True).label]
+    assert "warmed 4 model(s)" in proc.stderr.read()
