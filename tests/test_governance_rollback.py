@@ -7,6 +7,7 @@ bound); models, shadow, swaps, archive and audit are real."""
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -144,3 +145,14 @@ def test_a_watch_ends_by_retire_when_the_new_champion_holds_up(tmp_path):
         assert a.was_champion and not a.evicted and a.diversity is not None
         assert not (root / "population" / "staged" / "home-0").exists()
         assert [r[3] for r in pop.audit()][-1] == "retire"
+
+
+def test_the_scenario_bundle_leaves_the_source_devices_population_state_behind(tmp_path):
+    # A trial ran the README's Population snippet on models/clinc150 first; the scenario's copy then
+    # started with that device's decisions and feedback.
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "models" / "clinc150", src)
+    (src / "population").mkdir()
+    (src / "population" / "outcomes.db").write_bytes(b"another device's memory")
+    out = _scenario.scenario_bundle(tmp_path / "scenario", source=src)
+    assert not (out / "population").exists() and (out / "ecology.toml").is_file()

@@ -51,7 +51,8 @@ from edge_eco.tomlwrite import manifest_to_toml  # noqa: E402
 def scenario_bundle(out: Path, governance: Governance | None = None, *, source: Path = ROOT / "models" / "clinc150",
                     early: Path = ROOT / "models" / "challengers" / "home-0") -> Path:
     """Copy ``source`` to ``out`` with ``home`` replaced by the challenger in ``early``; returns ``out``."""
-    shutil.copytree(source, out)
+    # the device's own population state (outcome memory, archive) stays behind: the scenario starts empty
+    shutil.copytree(source, out, ignore=shutil.ignore_patterns("population"))
     _, m = read_bundle(out)
     spec = tomllib.loads((early / "challenger.toml").read_text())
     entry = model_entry(spec["model"])
