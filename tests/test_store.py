@@ -188,3 +188,21 @@ def test_feedback_in_the_same_batch_as_its_outcome_is_kept(tmp_path):
         s.flush()
         assert s.query("SELECT request_id FROM feedback ORDER BY request_id") == [("r0",), ("r1",)]
         assert "orphan_feedback" not in s.stats()
+
+
+def test_the_writer_lingers_without_waking_per_row_and_flush_cuts_the_linger_short(tmp_path):
+    # The writer sleeps through its linger on an event rows do not set (a timed queue.get had
+    # woken it for every row: the request threads paid a thread switch each); flush() and close()
+    # set it, so an acknowledgement never waits out a long linger.
+    store = Store(tmp_path / "o.db", linger_s=30.0)
+    try:
+        for i in range(50):
+            store.submit("feedback", (f"r{i}", "balance", float(i)))
+        t0 = time.monotonic()
+        store.flush()
+        assert time.monotonic() - t0 < 5.0
+        assert store.stats()["batches"] == 1  # one transaction for the 50 rows, then the flush
+    finally:
+        t0 = time.monotonic()
+        store.close()
+        assert time.monotonic() - t0 < 5.0
