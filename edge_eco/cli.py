@@ -412,6 +412,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
                    log=lambda m: _log_line(f"[build {time.monotonic() - t0:6.1f}s] {m}"),
                    progress=None if args.quiet else _progress)
     t = report["test"]
+    if "eval" not in t:  # an embedding-head bundle: one model, no remote tier
+        print(f"edge-eco build: {recipe.name} -> {args.out} in {time.monotonic() - t0:.1f} s; test accuracy "
+              f"{t['accuracy']}, in scope {t['in_scope_accuracy']}, {recipe.reject_label} recall {t['oos_recall']}")
+        return 0
     print(f"edge-eco build: {recipe.name} -> {args.out} in {time.monotonic() - t0:.1f} s; test accuracy "
           f"{t['accuracy']}, remote rate {t['remote_rate']}, local tier {t['eval']['local_accuracy']}")
     return 0

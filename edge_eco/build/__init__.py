@@ -1,6 +1,7 @@
 """Build an ecology bundle from labelled data and a recipe (``edge-eco build``).
 
-Build-time only: the heavy dependencies (scipy for training, onnx for writing models) are
+Build-time only: the heavy dependencies (scipy for training, onnx for writing models, torch for the
+embedding-head export) are
 imported inside the functions that need them, through :func:`require`, so the on-device runtime
 never imports them and a missing one is reported with the extra that installs it.
 
@@ -11,6 +12,9 @@ logistic regression), ``export`` (int8 ONNX), ``calibrate`` (temperatures, thres
 Dense-vector recipes: ``recipe_dense`` (``[dense]``, ``[data.windows]``, the ``mlp`` family),
 ``recordings`` (raw sensor recordings -> windows), ``train_dense`` (scikit-learn MLPs written by
 ``tflite_mlp`` or ``onnx_mlp``), ``dense_build`` (the build of a dense bundle).
+Embedding-head recipes (``[bundle] kind = "embedding-head"``, the remote generalist): ``recipe_embedding``
+(``[encoder]``, ``[head]``), ``embedding_export`` (torch export, int8 quantization, the head appended to the
+ONNX graph), ``embedding_head`` (the build of that bundle).
 """
 
 from __future__ import annotations

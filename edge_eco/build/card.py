@@ -177,3 +177,95 @@ The models here are derived from that data and are shared under its licence.{lic
 ## Limits
 {c.limits or "See the data source."}
 """
+
+
+def _embedding_files(m: Manifest, out: Path) -> str:
+    e = m.models[0]
+    rows = ["| file | bytes | what |", "|---|---|---|",
+            f"| `{e.file.path}` | {(out / e.file.path).stat().st_size:,} | encoder (int8) + mean pooling + L2 "
+            "normalisation + linear head (fp32) |",
+            f"| `{e.tokenizer}` | {(out / e.tokenizer).stat().st_size:,} | the base model's tokenizer, byte for byte |",
+            "| `ecology.toml` | | manifest: labels, calibration, sha256 of both files |",
+            "| `build.json` | | everything the build measured |"]
+    return "\n".join(rows)
+
+
+def embedding_card(recipe, m: Manifest, report: dict, out: Path, licence_text: str = "") -> str:
+    """The model card of an embedding-head bundle (:mod:`edge_eco.build.embedding_head`).
+
+    Args:
+        recipe: the ``EmbeddingHeadRecipe`` built; m: its manifest; report: the build report (build.json);
+        out: the bundle folder; licence_text: the recipe's ``card.licence_file`` text ("" when none).
+    """
+    c, enc, head, d = recipe.card, recipe.encoder, recipe.head, report["data"]
+    e, t, v, cos = m.models[0], report["test"], report["val"], report["cosine_int8_vs_fp32_val"]
+    rl = recipe.reject_label
+    notes = "".join(f"\n- {n}" for n in d["notes"])
+    licence = f"\n\nThe licence, reproduced as it requires:\n\n```\n{licence_text}\n```" if licence_text else ""
+    sample = (f", a seeded sample of {d['train_rows_used']} of them" if d["train_rows_used"] < d["train"] else "")
+    floors = "; ".join(f"{k}: {_pct(s['accuracy'])} / {_pct(s['in_scope_accuracy'])} / {_pct(s['oos_recall'])}"
+                       for k, s in report.get("test_by_floor_info_only", {}).items())
+    return f"""# Model card: {m.name} (embedding + linear head)
+
+{m.description}
+
+{_embedding_files(m, out)}
+
+- Inputs: `input_ids`, `attention_mask`, `token_type_ids`, int64 `[batch, seq]` (input contract `text-tokens`:
+  `edge_eco.tokens.TokenEncoder`, padding to the longest text, truncation to {e.max_tokens} tokens).
+- Output: `logits`, float32 `[batch, {len(e.labels)}]`, in the order of `labels` in `ecology.toml` (also the ONNX
+  metadata `edge_eco.labels`).
+- Calibration: temperature {e.calibration.temperature} (NLL on {recipe.calibration_split}); the answer is `{rl}` when the
+  calibrated top probability is under `reject_below` = {e.calibration.reject_below} (chosen on {recipe.calibration_split} to
+  maximise overall accuracy) or when `{rl}` is the argmax.
+- Run time needs onnxruntime and `tokenizers` (`pip install edge_eco[remote]`); no torch.
+
+## Data
+{c.source}
+
+- Licence: {c.licence}
+- Attribution: {c.attribution or "none given"}
+- Data fingerprint (sha256 over every input file's path and sha256): `{d['fingerprint_sha256']}`
+- Rows: {d['train']} train{sample} / {d['val']} val / {d['test']} test{notes}
+
+The head is derived from that data and is shared under its licence; C, the temperature and `reject_below`
+were chosen on {recipe.calibration_split}; test was used only for the figures below.{licence}
+
+## Base model
+`{enc.name}`, licence **{enc.licence}**; weights from the pip package `{enc.package}`
+{report['versions'].get(enc.package)}, read offline.
+
+{enc.source}
+
+## How it was built
+`edge-eco build` from a recipe (deterministic for a recipe, data and library versions: a rebuild is
+byte-identical; versions in `build.json`).
+
+- export: `transformers` `BertModel` (eager attention) with mean pooling over the attention mask and L2
+  normalisation, `torch.onnx.export(dynamo=False, opset_version={enc.opset})`, dynamic batch and sequence axes
+- quantization: `{recipe.quantization}` (`onnxruntime.quantization.quantize_dynamic`, every op); cosine of
+  int8 vs fp32 embeddings on the {cos['n']} {recipe.calibration_split} texts: min {cos['min']:.4f}, \
+mean {cos['mean']:.4f}, 1st percentile {cos['p01']:.4f}
+- head: multinomial logistic regression (scikit-learn lbfgs, L2, tol {head.tol:g}, at most {head.max_iter}
+  iterations) on the int8 embeddings (batches of {enc.batch} sorted by length); C in \
+{{{", ".join(f"{x:g}" for x in head.c_grid)}}}
+  picked on {recipe.calibration_split} argmax accuracy: **C = {report['C']:g}**; appended as fp32 `MatMul` + `Add`
+- calibration with the final file at batch 1 (as served): temperature, then `reject_below` on a 0.01 grid
+- seed {recipe.seed}
+
+## Measured on the test split ({t['n']} requests, batch 1, as served)
+
+| | overall | in scope | {rl} recall |
+|---|---|---|---|
+| test | **{_pct(t['accuracy'])}** | **{_pct(t['in_scope_accuracy'])}** | **{_pct(t['oos_recall'])}** |
+| {recipe.calibration_split} ({v['n']}) | {_pct(v['accuracy'])} | {_pct(v['in_scope_accuracy'])} | {_pct(v['oos_recall'])} |
+
+For information only (not used to choose anything), test overall / in scope / {rl} recall at other floors:
+{floors or "n/a"}.
+
+Batch-{enc.batch} vs batch-1 argmax agreement on test: {_pct(report['test_argmax_agreement_batch_vs_batch1'])} (dynamic
+int8 quantization scales activations per batch, so a query's logits depend slightly on its batch-mates and padding).
+
+## Limits
+{c.limits or "See the data source."}
+"""

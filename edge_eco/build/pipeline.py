@@ -5,6 +5,7 @@ Steps: validate the data (before any training), featurize, train one int8 specia
 split, fit the router (:func:`edge_eco.build.router_fit.fit_router`), write ``ecology.toml`` with
 sha256s, pick the thresholds by replaying the calibration split through the runtime, optionally
 fit the learned deferral, then score the test split and write ``build.json`` and ``MODEL_CARD.md``.
+An embedding-head recipe (the remote generalist) is built by :mod:`edge_eco.build.embedding_head`.
 Deterministic for a recipe and data: a rebuild is byte-identical (no clocks or timings in files).
 """
 
@@ -26,6 +27,7 @@ from .data import Dataset, Row, prepare
 from .outdir import clear_out
 from .precheck import check_before_training
 from .recipe import Recipe, unsafe_id
+from .recipe_embedding import EmbeddingHeadRecipe
 from .router_fit import fit_router
 
 Log = Callable[[str], None]
@@ -95,7 +97,7 @@ def _calibrate_generalist(recipe: Recipe, trained: dict, y_va: np.ndarray, rejec
     return fit_temperature_reject_bias(trained["val_logits"], y_va, reject, weight)
 
 
-def build(recipe: Recipe, data_root: Path, out: Path, *, log: Log = lambda m: None,
+def build(recipe: Recipe | EmbeddingHeadRecipe, data_root: Path, out: Path, *, log: Log = lambda m: None,
           progress: Progress | None = None) -> dict:
     """Build the bundle of ``recipe`` into ``out`` (created or emptied of what a build writes).
 
@@ -115,11 +117,16 @@ def build(recipe: Recipe, data_root: Path, out: Path, *, log: Log = lambda m: No
     """
     from .train import csr_from_features
 
+    embedding = isinstance(recipe, EmbeddingHeadRecipe)
+    groups = () if embedding else recipe.specialists.groups
     data = prepare(data_root, recipe.data, recipe.split, reject_label=recipe.reject_label,
-                   niche_values=tuple(v for _, vals in recipe.specialists.groups for v in vals))
+                   niche_values=tuple(v for _, vals in groups for v in vals))
     data = replace(data, licence_text=_licence_text(data_root, recipe.card.licence_file))
     log(f"data: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test rows, "
         f"fingerprint {data.fingerprint[:16]}" + "".join(f"; {n}" for n in data.notes))
+    if embedding:  # one encoder + linear head, its own bundle (the remote generalist)
+        from .embedding_head import build_embedding_head
+        return build_embedding_head(recipe, data, out, log=log, progress=progress)
     if recipe.dense is not None:  # vectors: MLPs over the dense featurizer, served by the dense contract
         from .dense_build import build_dense
         return build_dense(recipe, data, out, log=log, progress=progress)

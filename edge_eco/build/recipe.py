@@ -5,6 +5,9 @@ back to a default. The recipe declares where the data is and how it is read, the
 featurizer, the population (specialists per niche, a local generalist), quantization,
 calibration, the router, the policy targeted at a remote-call budget, the optional remote
 generalist and the model card's licence.
+
+``[bundle] kind = "embedding-head"`` declares a different bundle: one sentence-embedding encoder with a
+linear head, the serve-able remote generalist (its own tables: :mod:`edge_eco.build.recipe_embedding`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from ..errors import RecipeError
 from ..featurizer import FeaturizerSpec
 from ..manifest import ManifestError
 from .recipe_dense import DenseRecipe, WindowSpec, check_dense, mlp_settings, parse_dense, parse_windows
+from .recipe_embedding import EmbeddingHeadRecipe, parse_embedding_head
 
+KINDS = ("population", "embedding-head")  # [bundle] kind: an ecology, or one embedding + linear head model
 FORMATS = ("jsonl", "csv", "tsv", "json-splits", "recordings")
 SPLITS = ("train", "val", "test")
 FAMILIES = ("sparse-linear", "mlp")  # sparse-linear: text (hashed n-grams, ONNX); mlp: dense vectors
@@ -309,26 +314,7 @@ def _data(t: _T) -> DataSpec:
     return spec
 
 
-def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe:
-    """Parse and validate a recipe.
-
-    Args:
-        text: the recipe TOML.
-        base_dir: the folder relative paths of the remote bundle are resolved against.
-
-    Returns:
-        A :class:`Recipe`.
-
-    Raises:
-        RecipeError: invalid TOML, a missing or unknown field, a wrong type or a value out of range.
-    """
-    try:
-        top = _T(tomllib.loads(text), "recipe")
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"recipe is not valid TOML: {exc}") from exc
-    b = top.table("bundle", required=True)
-    data = _data(top.table("data", required=True))
-    s = top.table("split")
+def _split(s: _T, data: DataSpec) -> SplitSpec:
     split = SplitSpec(mode=s.choice("mode", ("given", "stratified", "by-recording"), "given"),
                       val_fraction=s.get("val_fraction", float, 0.15, 0.01, 0.5),
                       test_fraction=s.get("test_fraction", float, 0.15, 0.01, 0.5),
@@ -344,6 +330,49 @@ def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe:
     if split.mode == "stratified" and data.format == "recordings":
         raise RecipeError("split.mode 'stratified' would put windows of one recording in train and test (leakage); "
                           "use mode = 'by-recording' or give each file's split")
+    return split
+
+
+def _card(t: _T) -> CardSpec:
+    card = CardSpec(licence=t.get("licence", str), licence_file=t.get("licence_file", str, ""),
+                    source=t.get("source", str, ""),
+                    attribution=t.get("attribution", str, ""), limits=t.get("limits", str, ""))
+    if not card.licence.strip():
+        raise RecipeError("card.licence: the data's licence must be stated")
+    return card
+
+
+def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe | EmbeddingHeadRecipe:
+    """Parse and validate a recipe.
+
+    Args:
+        text: the recipe TOML.
+        base_dir: the folder relative paths of the remote bundle are resolved against.
+
+    Returns:
+        A :class:`Recipe`, or an :class:`EmbeddingHeadRecipe` for ``[bundle] kind = "embedding-head"``.
+
+    Raises:
+        RecipeError: invalid TOML, a missing or unknown field, a wrong type or a value out of range.
+    """
+    try:
+        top = _T(tomllib.loads(text), "recipe")
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"recipe is not valid TOML: {exc}") from exc
+    b = top.table("bundle", required=True)
+    kind = b.choice("kind", KINDS, "population")
+    data = _data(top.table("data", required=True))
+    s = top.table("split")
+    split = _split(s, data)
+    card_t = top.table("card", required=True)
+    card = _card(card_t)
+    if kind == "embedding-head":
+        if data.text_field is None:
+            raise RecipeError("bundle.kind 'embedding-head' embeds text: give data.text_field, not vectors")
+        recipe = parse_embedding_head(top, b, data=data, split=split, card=card, base_dir=base_dir)
+        for t in (s, card_t):
+            t.done()
+        return _check_bundle(recipe)
     f = top.table("featurizer")
     try:
         feat = FeaturizerSpec(**{k: f.get(k, int if k != "version" else str, getattr(FeaturizerSpec(), k))
@@ -418,12 +447,6 @@ def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe:
         bad = [m for m in (spec_model, generalist.model) + tuple(f for _, f in own_models) if m.family != "sparse-linear"]
         if bad:
             raise RecipeError("model family 'mlp' takes dense vectors; text data trains 'sparse-linear' models")
-    card_t = top.table("card", required=True)
-    card = CardSpec(licence=card_t.get("licence", str), licence_file=card_t.get("licence_file", str, ""),
-                    source=card_t.get("source", str, ""),
-                    attribution=card_t.get("attribution", str, ""), limits=card_t.get("limits", str, ""))
-    if not card.licence.strip():
-        raise RecipeError("card.licence: the data's licence must be stated")
     recipe = Recipe(name=b.get("name", str), version=b.get("version", str, "1"),
                     description=b.get("description", str, ""), reject_label=b.get("reject_label", str, "oos"),
                     budget_bytes=b.get("budget_bytes", int, 64 << 20, 0), seed=b.get("seed", int, 0, 0),
@@ -433,6 +456,11 @@ def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe:
                     calibration=calibration, dense=dense)
     for t in (top, b, s, f, q, c, sp_t, g, r, p, d, card_t):
         t.done()
+    return _check_bundle(recipe)
+
+
+def _check_bundle(recipe):
+    """The checks every kind of recipe shares: a bundle name and a reject label."""
     if unsafe_id(recipe.name):  # it names the bundle, the v2 model and path segments
         raise RecipeError(f"bundle.name: {recipe.name!r} cannot name a bundle (1-64 letters, digits, _ - ., "
                           "starting with a letter or digit, no '..')")
@@ -441,7 +469,7 @@ def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe:
     return recipe
 
 
-def load_recipe(path: str | Path) -> Recipe:
+def load_recipe(path: str | Path) -> Recipe | EmbeddingHeadRecipe:
     """Read and parse a recipe file; relative bundle paths resolve against the repository root
     (the recipe folder's parent).
 
