@@ -48,7 +48,7 @@ models: $(STAMP)
 
 minilm: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[build,remote,dev]"
-	$(PY) tools/build_minilm.py --data $(DATA) --out models/minilm
+	$(VENV)/bin/edge-eco build recipes/minilm.toml --data $(DATA) --out models/minilm
 
 har: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[build,litert,remote,dev]"
