@@ -212,9 +212,9 @@ class InferenceServer:
             return {"name": "edge_eco", "version": __version__, "extensions": []}
         if route == "ready":
             return {"name": eco.name, "ready": True}
-        inputs = [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
-        if self._feature_dim:
-            inputs.append({"name": "features", "datatype": "FP32", "shape": [-1, self._feature_dim]})
+        # One input: text, or for a sensor ecology its flattened windows (text could never be answered)
+        inputs = [{"name": "features", "datatype": "FP32", "shape": [-1, self._feature_dim]} if self._feature_dim
+                  else {"name": "text", "datatype": "BYTES", "shape": [-1]}]
         return {"name": eco.name, "versions": [eco.version], "platform": "edge_eco", "inputs": inputs,
                 "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
                             {"name": "confidence", "datatype": "FP32", "shape": [-1]}],

@@ -129,7 +129,7 @@ def parse_infer_request(body: bytes, max_batch: int, *, max_text_bytes: int = 1 
     if req_id is not None and not isinstance(req_id, str):
         raise RequestError("'id' must be a string")
     inputs = req.get("inputs")
-    accepted = ["text"] + (["features"] if feature_dim else [])
+    accepted = ["features"] if feature_dim else ["text"]  # a sensor ecology answers windows only
     if not isinstance(inputs, list) or not inputs:
         raise RequestError(f"'inputs' must be a non-empty list with one input named {' or '.join(map(repr, accepted))}")
     names = [i.get("name") if isinstance(i, dict) else None for i in inputs]

