@@ -92,6 +92,8 @@ class InferenceServer:
         self.eco, self.max_body_bytes, self.max_batch = eco, max_body_bytes, max_batch
         self.max_text_bytes, self.queue_timeout_s = max_text_bytes, float(queue_timeout_s)
         self._feature_dim = getattr(eco, "feature_dim", None) if hasattr(eco, "answer_features") else None
+        # a sensor ecology (Ecology.takes names its windows) answers no text: its metadata lists only features
+        self._takes_text = getattr(eco, "takes", "text") == "text"
         self._admission = Admission(max_concurrent, max_queue)
         self._token = token.encode() if token else None
         self._scheme = "https" if ssl_context is not None else "http"
@@ -212,9 +214,9 @@ class InferenceServer:
             return {"name": "edge_eco", "version": __version__, "extensions": []}
         if route == "ready":
             return {"name": eco.name, "ready": True}
-        # One input: text, or for a sensor ecology its flattened windows (text could never be answered)
-        inputs = [{"name": "features", "datatype": "FP32", "shape": [-1, self._feature_dim]} if self._feature_dim
-                  else {"name": "text", "datatype": "BYTES", "shape": [-1]}]
+        inputs = [{"name": "text", "datatype": "BYTES", "shape": [-1]}] if self._takes_text else []
+        if self._feature_dim:
+            inputs.append({"name": "features", "datatype": "FP32", "shape": [-1, self._feature_dim]})
         return {"name": eco.name, "versions": [eco.version], "platform": "edge_eco", "inputs": inputs,
                 "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
                             {"name": "confidence", "datatype": "FP32", "shape": [-1]}],
@@ -229,7 +231,7 @@ class InferenceServer:
     def _parse(self, body: bytes) -> InferRequest:
         try:
             return parse_infer_request(body, self.max_batch, max_text_bytes=self.max_text_bytes,
-                                       feature_dim=self._feature_dim)
+                                       feature_dim=self._feature_dim, text=self._takes_text)
         except RequestError as exc:
             raise HttpError(400, str(exc)) from exc
 

@@ -103,13 +103,14 @@ def _rows(inp: dict, max_batch: int, dim: int) -> tuple[tuple[float, ...], ...]:
 
 
 def parse_infer_request(body: bytes, max_batch: int, *, max_text_bytes: int = 1 << 24,
-                        feature_dim: int | None = None) -> InferRequest:
+                        feature_dim: int | None = None, text: bool = True) -> InferRequest:
     """Parse and validate a v2 infer request body.
 
     Args:
         body: the raw JSON request body.
         max_batch: the largest number of texts or rows accepted.
         max_text_bytes: the largest UTF-8 size of one text.
+        text: whether a ``text`` input is accepted (False for an ecology that answers only windows).
         feature_dim: the length of a feature row when the model takes FP32 ``features``; None when
             it takes only ``text``.
     Returns:
@@ -129,7 +130,7 @@ def parse_infer_request(body: bytes, max_batch: int, *, max_text_bytes: int = 1 
     if req_id is not None and not isinstance(req_id, str):
         raise RequestError("'id' must be a string")
     inputs = req.get("inputs")
-    accepted = ["features"] if feature_dim else ["text"]  # a sensor ecology answers windows only
+    accepted = (["text"] if text else []) + (["features"] if feature_dim else [])
     if not isinstance(inputs, list) or not inputs:
         raise RequestError(f"'inputs' must be a non-empty list with one input named {' or '.join(map(repr, accepted))}")
     names = [i.get("name") if isinstance(i, dict) else None for i in inputs]
