@@ -90,6 +90,9 @@ class Ecology:
                        if m.role == "generalist" and m.input in ("hashed-text", "dense-vector")]
         self._dense = dense_adapter(root, manifest)
         self._generalist = generalists[0] if generalists else None
+        # risk levels whose requests the local generalist may answer (when every specialist declines)
+        self._generalist_for = frozenset(r for r in RISK_LEVELS if self._generalist
+                                         and risk_allows(self._entries[self._generalist].risk, r))
         if manifest.router is not None:
             header, arrays = read_router(root / manifest.router.file.path)
             built_for = header.get("featurizer_spec")
@@ -435,8 +438,7 @@ class Ecology:
                 path = "coalition"
         else:
             votes, path = self._coalition(ids[:self.policy.coalition_size], text, hashed, prov), "coalition"
-        if not votes and self._generalist and self._generalist not in prov.get("model_errors", {}) \
-                and risk_allows(self._entries[self._generalist].risk, max_risk):
+        if not votes and max_risk in self._generalist_for and self._generalist not in prov.get("model_errors", {}):
             votes = [x[0] for x in filter(None, [self._try_vote(self._generalist, text, hashed, prov)])]
         if not votes:
             raise InferenceError(f"no model could answer: {prov.get('model_errors') or prov.get('coalition_dropped')}")
@@ -451,8 +453,7 @@ class Ecology:
             # reject label with no confidence, so the remote generalist is asked when allowed.
             best = Vote(best.model_id, self.manifest.reject_label, 0.0, declined=True)
             prov["no_features"] = True
-        elif best.declined and self._generalist and all(v.model_id != self._generalist for v in votes) \
-                and risk_allows(self._entries[self._generalist].risk, max_risk):
+        elif best.declined and max_risk in self._generalist_for and all(v.model_id != self._generalist for v in votes):
             # Every specialist asked said "not mine": the local generalist is asked too, and the
             # judge compares calibrated confidences: the generalist's answer against the reject
             # label backed by the least confident decline.

