@@ -25,7 +25,7 @@ from . import ecology as _ecology
 from .residency import Residency
 from .residency.footprint import drop_file_pages, mapped_bytes, read_footprint, release_heap
 from .residency.policy import ModelCost, miss_cost_ms
-from .residency.simulate import POLICIES, optimum_cost, replay
+from .residency.simulate import POLICIES, online_optimum_cost, optimum_cost, replay
 
 DEADLINE_MS, FALLBACK_MS, RUN_MS = 20.0, 50.0, 0.1  # a request's deadline; a remote call's cost
 # Synthetic population: int8 MatMul models loaded with prepacking (the fast-running mode), whose
@@ -87,15 +87,31 @@ def synthetic_population(n: int = 12, seed: int = 0) -> dict[str, ModelCost]:
 
 def synthetic_traces(ids: list[str], n: int = 3000, rate_per_s: float = 5.0, seed: int = 1) -> dict[str, list]:
     """Zipf 0.6/0.9/1.2, a popularity shift, a periodic scan and bursts, Poisson arrivals."""
+    return synthetic_workload(ids, n, rate_per_s, seed)[0]
+
+
+def synthetic_workload(ids: list[str], n: int = 3000, rate_per_s: float = 5.0,
+                       seed: int = 1) -> tuple[dict[str, list], dict[str, list]]:
+    """The traces of :func:`synthetic_traces`, and for those drawn independently (Zipf, shift)
+    their phases: (first request, model -> probability), for the online optimum."""
     rng = np.random.default_rng(seed)
     times = np.cumsum(rng.exponential(1 / rate_per_s, n))
+
+    def popularity(alpha, order):
+        p = 1 / np.arange(1, len(ids) + 1) ** alpha
+        p /= p.sum()
+        return {ids[order[j]]: float(p[j]) for j in range(len(ids))}
 
     def zipf(alpha, order, k):
         p = 1 / np.arange(1, len(ids) + 1) ** alpha
         return [ids[order[j]] for j in rng.choice(len(ids), k, p=p / p.sum())]
     order = rng.permutation(len(ids))
     traces = {f"zipf-{a}": zipf(a, order, n) for a in (0.6, 0.9, 1.2)}
-    traces["shift"] = zipf(0.9, order, n // 2) + zipf(0.9, rng.permutation(len(ids)), n - n // 2)
+    phases = {f"zipf-{a}": [(0, popularity(a, order))] for a in (0.6, 0.9, 1.2)}
+    before = zipf(0.9, order, n // 2)
+    shifted = rng.permutation(len(ids))
+    traces["shift"] = before + zipf(0.9, shifted, n - n // 2)
+    phases["shift"] = [(0, popularity(0.9, order)), (n // 2, popularity(0.9, shifted))]
     base = zipf(0.9, order, n)
     traces["scan"] = [ids[(i // 25) % len(ids)] if (i // 25) % 12 == 0 and i % 25 < len(ids) else m
                       for i, m in enumerate(base)][:n]
@@ -104,7 +120,7 @@ def synthetic_traces(ids: list[str], n: int = 3000, rate_per_s: float = 5.0, see
         m = ids[int(rng.integers(len(ids)))]
         burst[start:start + 40] = [m] * len(burst[start:start + 40])
     traces["bursts"] = burst
-    return {k: list(zip(times.tolist(), v)) for k, v in traces.items()}
+    return {k: list(zip(times.tolist(), v)) for k, v in traces.items()}, phases
 
 
 def record_trace(eco: _ecology.Ecology, requests: list, rate_per_s: float = 5.0) -> list:
@@ -117,8 +133,10 @@ def record_trace(eco: _ecology.Ecology, requests: list, rate_per_s: float = 5.0)
     return out
 
 
-def score_policies(traces: dict, costs_of: Callable[[str], dict[str, ModelCost]], fractions: tuple) -> dict:
-    """trace -> budget -> policy -> figures (and ratios against LRU and the optimum)."""
+def score_policies(traces: dict, costs_of: Callable[[str], dict[str, ModelCost]], fractions: tuple,
+                   phases: dict | None = None) -> dict:
+    """trace -> budget -> policy -> figures (and ratios against LRU, the offline optimum and,
+    for traces drawn independently from known probabilities (``phases``), the online optimum)."""
     out = {}
     for name, trace in traces.items():
         costs = costs_of(name)
@@ -132,6 +150,11 @@ def score_policies(traces: dict, costs_of: Callable[[str], dict[str, ModelCost]]
             ours, lru = row["cost_aware"]["miss_cost_ms"], row["lru"]["miss_cost_ms"]
             row["cost_vs_lru"] = round(ours / lru, 4) if lru else 1.0
             row["cost_vs_optimum"] = round(ours / opt, 4) if opt else 1.0
+            if phases and name in phases:
+                online = online_optimum_cost(trace, costs, budget, phases[name])
+                row["online_optimum"] = {"miss_cost_ms": round(online, 3)}
+                row["online_vs_optimum"] = round(online / opt, 4) if opt else 1.0
+                row["cost_vs_online_optimum"] = round(ours / online, 4) if online else 1.0
             out[name][f"{int(f * 100)}%"] = {"budget_bytes": budget, **row}
     return out
 
@@ -178,12 +201,13 @@ def warm_ratio(warm: _ecology.Ecology, warm_request, loader: _ecology.Ecology, i
                runs: int = 3000, rounds: int = 6, round_s: float = 1.0) -> dict:
     """Warm answer p99 while another thread loads and unloads models, against isolated p99.
 
-    The two conditions are interleaved in ``rounds`` rounds (isolated then loading, or the
-    reverse on odd rounds), and the ratio is the median of the rounds' p99 ratios: on a shared
-    machine other processes' load drifts over seconds, and one block per condition measured
-    that drift instead (a trial read 0.598, the isolated block slower than the loaded one). Each
-    round lasts at least ``round_s`` seconds (count-bounded rounds of a 0.2 ms answer had lasted
-    0.1 s: 9 loads in the whole loaded condition).
+    Three conditions are interleaved in ``rounds`` rounds (their order rotates), and each ratio
+    is the median of the rounds' p99 ratios: on a shared machine other processes' load drifts
+    over seconds, and one block per condition measured that drift instead (a trial read 0.598,
+    the isolated block slower than the loaded one). Each round lasts at least ``round_s`` seconds
+    per condition. The third condition is the control: the same thread waking as often (every
+    10 ms) but loading nothing, which separates what a load costs a warm request from what any
+    second Python thread costs it on this machine (the wake-up takes the interpreter lock).
     """
     def lat(k):
         out, until = [], time.perf_counter() + round_s
@@ -195,14 +219,15 @@ def warm_ratio(warm: _ecology.Ecology, warm_request, loader: _ecology.Ecology, i
     lat(200)
     loads = [0]
 
-    def loading(k):
+    def beside(k, load: bool):
         stop = threading.Event()
 
         def churn():
             i = 0
             while not stop.is_set():
-                loader._load(ids[i % len(ids)]).close()
-                loads[0] += 1
+                if load:
+                    loader._load(ids[i % len(ids)]).close()
+                    loads[0] += 1
                 i += 1
                 time.sleep(0.01)  # ~70 loads/s: ~30x the miss rate of the replays above
         t = threading.Thread(target=churn, daemon=True)
@@ -212,20 +237,26 @@ def warm_ratio(warm: _ecology.Ecology, warm_request, loader: _ecology.Ecology, i
         finally:
             stop.set()
             t.join()
+    conditions = {"isolated": lambda k: lat(k), "loading": lambda k: beside(k, True),
+                  "thread_only": lambda k: beside(k, False)}
+    names = list(conditions)
     per = max(runs // rounds, 100)
-    isolated, busy, ratios = [], [], []
+    seen = {c: [] for c in names}
+    ratios = {"loading": [], "thread_only": []}
     for r in range(rounds):
-        if r % 2 == 0:
-            a, b = lat(per), loading(per)
-        else:
-            b = loading(per)
-            a = lat(per)
-        isolated += a
-        busy += b
-        ratios.append(_p(b, 99) / max(_p(a, 99), 1e-9))
-    return {"isolated_p99_ms": _p(isolated, 99), "while_loading_p99_ms": _p(busy, 99),
-            "warm_p99_ratio": round(float(np.median(ratios)), 3),
-            "warm_p99_ratio_rounds": [round(x, 3) for x in ratios], "loads_during": loads[0]}
+        p99 = {}
+        for c in names[r % 3:] + names[:r % 3]:
+            got = conditions[c](per)
+            seen[c] += got
+            p99[c] = _p(got, 99)
+        for c in ratios:
+            ratios[c].append(p99[c] / max(p99["isolated"], 1e-9))
+    return {"isolated_p99_ms": _p(seen["isolated"], 99), "while_loading_p99_ms": _p(seen["loading"], 99),
+            "thread_only_p99_ms": _p(seen["thread_only"], 99),
+            "warm_p99_ratio": round(float(np.median(ratios["loading"])), 3),
+            "warm_p99_ratio_rounds": [round(x, 3) for x in ratios["loading"]],
+            "thread_only_p99_ratio": round(float(np.median(ratios["thread_only"])), 3),
+            "loads_during": loads[0]}
 
 
 def bench_residency(clinc: Path, har: Path, clinc_requests: list, har_requests: list, *, cycles: int = 1000,
@@ -241,10 +272,10 @@ def bench_residency(clinc: Path, har: Path, clinc_requests: list, har_requests: 
                                     miss_cost_ms(v["load_ms"], RUN_MS, DEADLINE_MS, FALLBACK_MS) - v["load_ms"])
                        for k, v in models.items() if not k.startswith("har/")}
         synth = synthetic_population()
-        traces = synthetic_traces(sorted(synth))
+        traces, phases = synthetic_workload(sorted(synth))
         traces["clinc150"] = clinc_trace
         progress(f"replaying {len(traces)} traces x {len(fractions)} budgets (and the exact optimum)")
-        policies = score_policies(traces, lambda n: costs_clinc if n == "clinc150" else synth, fractions)
+        policies = score_policies(traces, lambda n: costs_clinc if n == "clinc150" else synth, fractions, phases)
         progress(f"{cycles} load/unload cycles per backend")
         growth = {"ort": cycles_growth(ceco, "banking", cycles), "tflite": cycles_growth(heco, "active_large", cycles)}
         progress("replaying the CLINC150 trace with real loads under a budget")
@@ -257,7 +288,11 @@ def bench_residency(clinc: Path, har: Path, clinc_requests: list, har_requests: 
         warm = warm_ratio(heco, har_requests[0], ceco, [m for m in costs_clinc if m != "generalist"])
     worst_lru = max(r["cost_vs_lru"] for t in policies.values() for r in t.values())
     worst_opt = max(r["cost_vs_optimum"] for t in policies.values() for r in t.values())
+    online = [r for t in policies.values() for r in t.values() if "online_optimum" in r]
     return {"policies": policies, "worst_cost_vs_lru": worst_lru, "worst_cost_vs_optimum": worst_opt,
+            "worst_cost_vs_online_optimum": max(r["cost_vs_online_optimum"] for r in online),
+            "online_vs_optimum_range": [min(r["online_vs_optimum"] for r in online),
+                                        max(r["online_vs_optimum"] for r in online)],
             "budget_violations": sum(r["budget_violations"] for r in real.values()), "real_replay": real,
             "load_ms": fits, "specialist_cold_load_ms_p50": {
                 "ort": _p([v["load_ms"] for k, v in models.items() if not k.startswith("har/") and k != "generalist"], 50),

@@ -121,6 +121,10 @@ def bench_residency_cmd(args: argparse.Namespace) -> int:
                   f"{100 * row['cost_aware']['miss_ratio']:>8.1f}/{100 * row['lru']['miss_ratio']:<6.1f}"
                   f"{row['cost_aware']['thrash_rate']:>9.3f}/{row['lru']['thrash_rate']:<6.3f}")
     print(f"worst miss cost vs LRU {r['worst_cost_vs_lru']}, vs optimum {r['worst_cost_vs_optimum']}")
+    lo, hi = r["online_vs_optimum_range"]
+    print(f"independent traces (Zipf, shift): the best online policy (knowing the probabilities) costs {lo}-{hi}x "
+          f"the offline optimum; the cost-aware policy costs at most {r['worst_cost_vs_online_optimum']}x that "
+          "online optimum")
     for backend, f in r["load_ms"].items():
         print(f"load {backend}: p50 {f['p50_ms']} ms; fit {f['fit_intercept_ms']} ms + {f['fit_ms_per_mib']} ms/MiB "
               f"({f['models']} models)")
@@ -132,7 +136,8 @@ def bench_residency_cmd(args: argparse.Namespace) -> int:
               f"{rr['budget_violations']} (worst excess {rr['worst_excess_bytes']} bytes), "
               f"accounting_error p50 {rr['accounting_error_p50']} p95 {rr['accounting_error_p95']}")
     print(f"warm p99 {r['isolated_p99_ms']} ms isolated, {r['while_loading_p99_ms']} ms while "
-          f"{r['loads_during']} loads ran: warm_p99_ratio {r['warm_p99_ratio']}")
+          f"{r['loads_during']} loads ran: warm_p99_ratio {r['warm_p99_ratio']}; control (a thread waking as often, "
+          f"loading nothing): {r['thread_only_p99_ms']} ms, ratio {r['thread_only_p99_ratio']}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(r, indent=1) + "\n")

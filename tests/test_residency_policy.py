@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
+import pytest
+
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -139,7 +142,7 @@ def test_experts_follow_lru_where_the_loss_rule_loses():
     trace, costs = grouped_trace()
     alone, lru = replay(trace, costs, 11, "cost_aware_only").miss_cost_ms, replay(trace, costs, 11, "lru").miss_cost_ms
     assert (alone, lru) == (1935.0, 302.0)  # keeping the generalist costs a miss per run switch
-    assert replay(trace, costs, 11, "cost_aware").miss_cost_ms == 304.0  # two misses to learn it
+    assert replay(trace, costs, 11, "cost_aware").miss_cost_ms == 302.0  # LRU leads from the start
     e = Experts(11)
     for _, m in trace:
         e.access(m, costs[m], on_access(1.0, costs[m]))
@@ -166,3 +169,45 @@ def test_experts_virtual_caches_stay_within_the_budget_and_hold_the_last_request
         for rule in ("lru", "cost_aware"):
             held = e.virtual(rule)
             assert sum(held.values()) <= budget and m in held
+
+
+def _a0(trace, keep_of):
+    """Room for two equal models: keep ``keep_of(i)`` for good and give the other slot to the
+    last miss; returns the misses."""
+    state, misses = set(), 0
+    for i, (_, m) in enumerate(trace):
+        if m in state:
+            continue
+        misses += 1
+        if len(state) == 2:
+            keep = keep_of(i)
+            state = {keep} if keep in state else {sorted(state)[0]}
+        state.add(m)
+    return float(misses)
+
+
+def test_online_optimum_keeps_the_most_likely_model_and_cycles_the_other_slot():
+    """Equal sizes and costs, room for two of three: the best online policy keeps the most
+    likely model and gives the second slot to the last miss (the classic A0 policy)."""
+    from edge_eco.residency.simulate import online_optimum_cost, optimum_cost
+
+    rng = np.random.default_rng(3)
+    probs = {"a": 0.5, "b": 0.3, "c": 0.2}
+    trace = [(float(i), str(m)) for i, m in enumerate(rng.choice(list(probs), 2000, p=list(probs.values())))]
+    costs = {m: ModelCost(100, 1.0) for m in probs}
+    online = online_optimum_cost(trace, costs, 200, [(0, probs)])
+    assert online == _a0(trace, lambda i: "a")
+    assert optimum_cost(trace, costs, 200) <= online < replay(trace, costs, 200, "lru").miss_cost_ms
+
+
+def test_online_optimum_follows_a_shift_and_checks_its_probabilities():
+    from edge_eco.residency.simulate import online_optimum_cost
+
+    costs = {m: ModelCost(100, 1.0) for m in "abc"}
+    first, second = {"a": 0.6, "b": 0.2, "c": 0.2}, {"a": 0.1, "b": 0.1, "c": 0.8}
+    trace = [(float(i), m) for i, m in enumerate("abacabca" * 50 + "cbcacbcc" * 50)]
+    shifted = online_optimum_cost(trace, costs, 200, [(0, first), (400, second)])
+    assert shifted == _a0(trace, lambda i: "a" if i < 400 else "c")  # keeps a, then c
+    assert shifted < online_optimum_cost(trace, costs, 200, [(0, first)])
+    with pytest.raises(ValueError, match="sum to 1"):
+        online_optimum_cost(trace, costs, 200, [(0, {"a": 0.5, "b": 0.2, "c": 0.2})])

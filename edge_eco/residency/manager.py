@@ -243,7 +243,11 @@ class Residency:
                     credit += s.file_bytes
         frees = {k: self._slots[k].bytes - (self._slots[k].file_bytes if any(self._slots[k] is d for d in demoted)
                                             else 0) for k in order}
-        if self._by_lru():
+        if self._experts is not None:
+            picked = self._experts.victims(idle, {k: self._entries.get(k, pol.Entry(0.0, 0.0)) for k in idle}, frees,
+                                           need, free + credit)
+            enough, chosen = picked is not None, picked or []
+        elif self._by_lru():
             chosen, gain = [], 0
             for k in order:
                 if need <= free + credit + gain:

@@ -7,6 +7,9 @@ in the future, optimal in misses when sizes are equal) and counts misses, missed
 and thrash (reloads within ``thrash_window_s`` of the model's eviction). ``optimum_cost`` is the
 exact offline minimum of total miss cost for any sizes and costs (dynamic programming over
 resident sets; demand loading is optimal, so only evictions are chosen), for up to 16 models.
+``online_optimum_cost`` is the best an online policy can do in expectation when requests are drawn
+independently from known probabilities (a Markov decision process, solved exactly): the gap
+between the two is what not seeing the future costs any policy.
 """
 
 from __future__ import annotations
@@ -86,7 +89,12 @@ def replay(trace: Sequence[tuple[float, str]], costs: dict[str, ModelCost], budg
         if m in evicted_at and t - evicted_at[m] <= thrash_window_s:
             thrash += 1
         free = budget_bytes - used
-        if policy == "lru" or (experts is not None and experts.rule == "lru"):
+        if experts is not None:
+            victims = experts.victims(list(resident), entries, {k: costs[k].size_bytes for k in resident},
+                                      c.size_bytes, free)
+            if victims is None:
+                raise ValueError(f"model {m!r} does not fit the budget of {budget_bytes} bytes")
+        elif policy == "lru":
             victims = []
             for k in resident:
                 if free >= c.size_bytes:
@@ -150,3 +158,79 @@ def optimum_cost(trace: Sequence[tuple[float, str]], costs: dict[str, ModelCost]
         new[idx] = np.minimum(sup[idx], sup[idx ^ b] + costs[m].miss_cost)
         d = new
     return float(d.min())
+
+
+def online_optimum_cost(trace: Sequence[tuple[float, str]], costs: dict[str, ModelCost], budget_bytes: int,
+                        phases: Sequence[tuple[int, dict[str, float]]], tol: float = 1e-7,
+                        max_iter: int = 5000) -> float:
+    """Miss cost of the best *online* policy on ``trace`` when requests are drawn independently
+    from known probabilities: the reference no policy without sight of the future can beat in
+    expectation (the exact offline optimum sees every future request).
+
+    Each phase is an average-cost Markov decision process over resident sets: a request for a
+    resident model costs 0; a miss on m costs ``miss_cost(m)`` and moves to the best feasible
+    subset of S + {m} holding m. Solved by relative value iteration (damped by 1/2, which makes
+    it converge on periodic chains), then the optimal decisions are replayed on the trace.
+
+    Args:
+        phases: (first request index, model -> probability) in order; the policy switches its
+            decisions at each phase's start (it knows when popularity shifts, a generous oracle).
+
+    Raises:
+        ValueError: more than 16 models, or a phase without probabilities for a model.
+    """
+    models = sorted(costs)
+    n = len(models)
+    if n > 16:
+        raise ValueError(f"the online optimum handles at most 16 models, there are {n}")
+    bit = {m: 1 << i for i, m in enumerate(models)}
+    sets = np.arange(1 << n)
+    size = np.zeros(1 << n)
+    for m, b in bit.items():
+        size += ((sets & b) != 0) * costs[m].size_bytes
+    feasible = size <= budget_bytes
+    miss = np.array([costs[m].miss_cost for m in models])
+    values = [_relative_values(n, sets, feasible, miss, np.array([p[m] for m in models]), tol, max_iter)
+              for _, p in phases]
+    starts = [s for s, _ in phases]
+    state, total, phase = 0, 0.0, 0
+    for i, (_, m) in enumerate(trace):
+        while phase + 1 < len(starts) and i >= starts[phase + 1]:
+            phase += 1
+        b = bit[m]
+        if state & b:
+            continue
+        total += costs[m].miss_cost
+        grown = state | b
+        if feasible[grown]:
+            state = grown
+            continue
+        h = values[phase]
+        options = sets[((sets & ~grown) == 0) & ((sets & b) != 0) & feasible]
+        state = int(options[np.argmin(h[options])])
+    return total
+
+
+def _relative_values(n: int, sets: np.ndarray, feasible: np.ndarray, miss: np.ndarray, prob: np.ndarray,
+                     tol: float, max_iter: int) -> np.ndarray:
+    """Relative values h(S) of the average-cost process (see :func:`online_optimum_cost`)."""
+    if np.any(prob < 0) or not np.isclose(prob.sum(), 1.0):
+        raise ValueError("phase probabilities must be >= 0 and sum to 1")
+    h = np.where(feasible, 0.0, np.inf)
+    for _ in range(max_iter):
+        step = np.zeros_like(h)
+        for i in range(n):
+            b = 1 << i
+            has = (sets & b) != 0
+            best = np.where(has & feasible, h, np.inf)  # min over subsets holding i: subset-min transform
+            for j in range(n):
+                v = best.reshape(-1, 2, 1 << j)
+                np.minimum(v[:, 1, :], v[:, 0, :], out=v[:, 1, :])
+            step += prob[i] * np.where(has, h, miss[i] + best[sets | b])
+        step = np.where(feasible, step - step[0], np.inf)
+        new = 0.5 * h + 0.5 * step
+        diff = new[feasible] - h[feasible]
+        h = new
+        if diff.max() - diff.min() < tol:
+            break
+    return h
