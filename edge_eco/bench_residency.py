@@ -14,6 +14,7 @@ Shell (loads real models, reads /proc, spawns a thread). Two parts:
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -124,12 +125,21 @@ def synthetic_workload(ids: list[str], n: int = 3000, rate_per_s: float = 5.0,
 
 
 def record_trace(eco: _ecology.Ecology, requests: list, rate_per_s: float = 5.0) -> list:
-    """(time, model) per model each request used, from the answers' provenance (real run)."""
-    out, t = [], 0.0
-    for r in requests:
-        a = eco.answer(r, local_only=True)
-        t += 1 / rate_per_s
-        out += [(t, v[0]) for v in a.provenance["votes"]]
+    """(time, model) per model each request used, from the answers' provenance (real run).
+
+    Coalition members are waited for as long as they take while recording: with the manifest's
+    50 ms a member late on a busy machine was missing from the trace, and the trace (and so the
+    policies' figures on it) changed between runs.
+    """
+    out, t, policy = [], 0.0, eco.policy
+    eco.policy = dataclasses.replace(policy, coalition_timeout_ms=60_000.0)
+    try:
+        for r in requests:
+            a = eco.answer(r, local_only=True)
+            t += 1 / rate_per_s
+            out += [(t, v[0]) for v in a.provenance["votes"]]
+    finally:
+        eco.policy = policy
     return out
 
 
@@ -180,10 +190,12 @@ def real_replay(eco: _ecology.Ecology, trace: list, budget: int, demote: bool) -
     res = Residency(eco._load, eco._predict_bytes, budget, measure=read_footprint, policy="cost_aware",
                     cost=lambda m: (res.stats.load_times.get(m, 1.0), 0.0), paths=eco._model_paths,
                     demote=drop_file_pages if demote else None, runtime_of=eco._runtime_of, anon_cap=eco._anon_cap)
-    violations, samples, slack, first = 0, 0, 0, set()
+    violations, samples, slack, misses = 0, 0, 0, []
     for _, m in trace:
+        loads, t0 = res.stats.loads, time.perf_counter()
         with res.use(m):
-            pass
+            if res.stats.loads > loads:  # a miss: its load, measurement and evictions, as a request waits
+                misses.append((time.perf_counter() - t0) * 1e3)
         now = read_footprint().total_bytes - base
         samples += 1
         if now > budget:
@@ -194,7 +206,8 @@ def real_replay(eco: _ecology.Ecology, trace: list, budget: int, demote: bool) -
     return {"budget_violations": violations, "samples": samples, "worst_excess_bytes": slack,
             "accounting_error_p95": _p(err, 95), "accounting_error_p50": _p(err, 50),
             "loads": res.stats.loads, "evictions": res.stats.evictions, "demotions": res.stats.demotions,
-            "overshoots": res.stats.overshoots, "budget_bytes": budget}
+            "overshoots": res.stats.overshoots, "budget_bytes": budget,
+            "miss_ms_p50": _p(misses, 50), "miss_ms_p95": _p(misses, 95)}
 
 
 def warm_ratio(warm: _ecology.Ecology, warm_request, loader: _ecology.Ecology, ids: list[str],

@@ -134,7 +134,8 @@ def bench_residency_cmd(args: argparse.Namespace) -> int:
         print(f"real replay ({name}): {rr['loads']} loads, {rr['evictions']} evictions, {rr['demotions']} demotions, "
               f"budget {rr['budget_bytes']} bytes, {rr['samples']} samples, budget_violations "
               f"{rr['budget_violations']} (worst excess {rr['worst_excess_bytes']} bytes), "
-              f"accounting_error p50 {rr['accounting_error_p50']} p95 {rr['accounting_error_p95']}")
+              f"accounting_error p50 {rr['accounting_error_p50']} p95 {rr['accounting_error_p95']}; a miss "
+              f"(load, measurement, evictions) p50 {rr['miss_ms_p50']} ms, p95 {rr['miss_ms_p95']} ms")
     print(f"warm p99 {r['isolated_p99_ms']} ms isolated, {r['while_loading_p99_ms']} ms while "
           f"{r['loads_during']} loads ran: warm_p99_ratio {r['warm_p99_ratio']}; control (a thread waking as often, "
           f"loading nothing): {r['thread_only_p99_ms']} ms, ratio {r['thread_only_p99_ratio']}")

@@ -1,7 +1,12 @@
 """Measured memory footprints: anonymous and file-backed resident bytes of this process.
 
-Linux only (``/proc/self/smaps_rollup``, per-mapping ``/proc/self/smaps``); elsewhere every
-reading is ``None`` and the residency manager keeps its predictions. Also the two OS hints the
+Linux only; elsewhere every reading is ``None`` and the residency manager keeps its predictions.
+The footprint comes from the kernel's RSS counters in ``/proc/self/status`` (``RssAnon``,
+``RssFile`` + ``RssShmem``): ~20 us to read, against ~0.6 ms for ``/proc/self/smaps_rollup``,
+which walks the page tables of every mapping (with ONNX Runtime loaded, three such reads were
+~2.4 ms of a specialist's ~3.8 ms miss). Both read the same bytes here (kernel 6.18: equal to the
+page around loads of every clinc150 model); before Linux 6.2 the counters were cached per thread
+and lagged by up to 64 pages each, so there ``smaps_rollup`` is read instead. Also the two OS hints the
 manager uses: dropping a model's file pages from this process (the *cold* state: the mapping
 stays, the pages come back from the page cache on the next touch) and returning freed heap to the
 OS after an unload (``malloc_trim``). Hints that fail are reported to the caller, never raised.
@@ -18,6 +23,7 @@ from pathlib import Path
 ROLLUP = Path("/proc/self/smaps_rollup")
 SMAPS = Path("/proc/self/smaps")
 MAPS = Path("/proc/self/maps")
+STATUS = Path("/proc/self/status")
 _MADV_DONTNEED = 4
 
 
@@ -47,12 +53,61 @@ def parse_rollup(text: str) -> Footprint:
     return Footprint(anon, max(rss - anon, 0))
 
 
-def read_footprint() -> Footprint | None:
-    """This process's footprint now, or None where /proc is unavailable (~60 us to read)."""
+def parse_status(data: bytes) -> Footprint | None:
+    """Footprint from ``/proc/self/status``: RssAnon, and RssFile + RssShmem (None: fields missing)."""
+    fields = {}
+    for line in data.split(b"\n"):
+        if line.startswith(b"Rss"):
+            name, _, value = line.partition(b":")
+            parts = value.split()
+            if len(parts) == 2 and parts[1] == b"kB" and parts[0].isdigit():
+                fields[name] = int(parts[0]) * 1024
+    if not {b"RssAnon", b"RssFile", b"RssShmem"} <= fields.keys():
+        return None
+    return Footprint(fields[b"RssAnon"], fields[b"RssFile"] + fields[b"RssShmem"])
+
+
+def _exact_counters(release: str) -> bool:
+    """Whether this kernel's RSS counters are exact (Linux 6.2 and later)."""
     try:
+        major, minor = (int(x) for x in release.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (6, 2)
+
+
+_USE_STATUS = hasattr(os, "uname") and _exact_counters(os.uname().release)
+
+
+def read_footprint() -> Footprint | None:
+    """This process's footprint now, or None where /proc is unavailable (~20 us from the RSS
+    counters, ~0.6 ms from smaps_rollup on kernels whose counters lag)."""
+    try:
+        if _USE_STATUS:
+            with open(STATUS, "rb") as fh:
+                got = parse_status(fh.read())
+            if got is not None:
+                return got
         return parse_rollup(ROLLUP.read_text())
     except OSError:
         return None
+
+
+def _file_maps(data: bytes, paths: set[str]):
+    """(start, end, perms) of each mapping of ``paths`` in the text of /proc/self/maps: the paths
+    are searched for in the whole text (C speed) rather than each of its ~1,000 lines split."""
+    for path in paths:
+        needle = os.fsencode(path)
+        at = data.find(needle)
+        while at >= 0:
+            end = at + len(needle)
+            if end == len(data) or data[end] == 0x0A:  # the path ends its line (not "... (deleted)")
+                start = data.rfind(b"\n", 0, at) + 1
+                fields = data[start:at].split()
+                if len(fields) == 5 and b"-" in fields[0]:
+                    lo, hi = (int(x, 16) for x in fields[0].split(b"-"))
+                    yield lo, hi, fields[1]
+            at = data.find(needle, end)
 
 
 def mapped_file_bytes(paths: set[str]) -> int | None:
@@ -75,16 +130,10 @@ def mapped_bytes(paths: set[str]) -> int:
     """Bytes of this process's address space mapped from the files ``paths`` (absolute): the most
     their file-backed pages can grow to as requests touch them. 0 where /proc is unavailable."""
     try:
-        text = MAPS.read_text()
+        data = MAPS.read_bytes()
     except OSError:
         return 0
-    total = 0
-    for line in text.splitlines():
-        parts = line.split(maxsplit=5)
-        if len(parts) == 6 and parts[5] in paths:
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
-            total += hi - lo
-    return total
+    return sum(hi - lo for lo, hi, _ in _file_maps(data, paths))
 
 
 def drop_file_pages(paths: set[str]) -> int:
@@ -97,14 +146,12 @@ def drop_file_pages(paths: set[str]) -> int:
     if libc is None:
         return 0
     try:
-        text = MAPS.read_text()
+        data = MAPS.read_bytes()
     except OSError:
         return 0
     done = 0
-    for line in text.splitlines():
-        parts = line.split(maxsplit=5)
-        if len(parts) == 6 and parts[5] in paths and "w" not in parts[1]:  # read-only file maps only
-            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+    for lo, hi, perms in _file_maps(data, paths):
+        if b"w" not in perms:  # read-only file maps only
             if libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_DONTNEED) == 0:
                 done += 1
     return done
