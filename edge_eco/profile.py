@@ -117,7 +117,7 @@ def _trim() -> None:
 
 
 def _open(root: Path, entry: ModelEntry) -> backends.Session:
-    # Same options as the runtime's loader (ecology.Ecology._load).
+    # Same options as the runtime's loader (modelload.ModelLoader.open).
     return backends.open_model(entry.backend, root / entry.file.path, output=entry.output,
                                optimize=entry.input != "hashed-text")
 
