@@ -14,8 +14,8 @@ ONNX graph, its protobuf structure (a graph file of a few kB): they cost microse
 - ORT format (``.ort``) and TFLite (``.tflite``): the flatbuffer file identifier (``ORTM``,
   ``TFL3``) and a root table offset inside the file.
 
-A file that passed is remembered by its identity (device, inode, size, mtime in ns; for ONNX also
-those of its external data files): a reload of an unchanged file costs a few ``stat`` calls
+A file that passed is remembered by its identity (device, inode, size, mtime and ctime in ns; for
+ONNX also those of its external data files; the ctime because a rewrite can set the mtime back): a reload of an unchanged file costs a few ``stat`` calls
 instead of the structure walk, which was ~40 % of the Python-side work of a specialist's reload
 and holds the interpreter lock that warm requests on other threads need. Any change of a file's
 identity (a rewrite, a restore, a truncation) walks it again. As in git's "racy clean" rule, a
@@ -77,7 +77,7 @@ def preflight(path: Path) -> list[str]:
     checked_ns = time.time_ns()
     external = _preflight(path, st.st_size)
     idents = _identities(path, external)
-    newest = max([st.st_mtime_ns] + [i[3] if i else checked_ns for i in idents])
+    newest = max([st.st_mtime_ns, st.st_ctime_ns] + [max(i[3:]) if i else checked_ns for i in idents])
     if newest < checked_ns - _SETTLED_NS:
         with _passed_lock:
             _passed[key] = (ident, tuple(external), idents)
@@ -87,8 +87,8 @@ def preflight(path: Path) -> list[str]:
     return external
 
 
-def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _identities(path: Path, names) -> tuple:

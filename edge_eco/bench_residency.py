@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from . import ecology as _ecology
+from .errors import RequestError
 from .residency import Residency
 from .residency.footprint import drop_file_pages, mapped_bytes, read_footprint, release_heap
 from .residency.policy import ModelCost, miss_cost_ms
@@ -272,10 +273,32 @@ def warm_ratio(warm: _ecology.Ecology, warm_request, loader: _ecology.Ecology, i
             "loads_during": loads[0]}
 
 
+def _cycled_models(ceco: _ecology.Ecology, heco: _ecology.Ecology) -> tuple[str, str]:
+    """The ONNX Runtime specialist (--clinc, a text ecology) and the largest LiteRT model (--har, a
+    sensor ecology) whose load/unload cycles are measured.
+
+    Raises:
+        RequestError: a bundle of the wrong kind (named by its flag).
+    """
+    if ceco.takes != "text":
+        raise RequestError(f"--clinc must be a text ecology (like models/clinc150); {ceco.root} takes {ceco.takes}")
+    if heco.takes == "text":
+        raise RequestError(f"--har must be a sensor ecology (like models/har); {heco.root} takes text")
+    ort = [m.id for m in ceco.manifest.models if m.backend == "ort" and m.role == "specialist"]
+    tflite = sorted((Path(heco.root / m.file.path).stat().st_size, m.id)
+                    for m in heco.manifest.models if m.backend == "tflite")
+    if not ort:
+        raise RequestError(f"--clinc {ceco.root}: no ONNX Runtime specialist to measure load/unload cycles on")
+    if not tflite:
+        raise RequestError(f"--har {heco.root}: no LiteRT model to measure load/unload cycles on")
+    return ("banking" if "banking" in ort else ort[0]), tflite[-1][1]
+
+
 def bench_residency(clinc: Path, har: Path, clinc_requests: list, har_requests: list, *, cycles: int = 1000,
                     fractions: tuple = (0.3, 0.6), progress: Callable[[str], None] = lambda s: None) -> dict:
     """The whole benchmark (see the module docstring); returns the report."""
     with _ecology.open(clinc, budget_bytes=0) as ceco, _ecology.open(har, budget_bytes=0) as heco:
+        ort_model, tflite_model = _cycled_models(ceco, heco)
         progress("measuring every model's load time and footprint")
         models = {**measure_models(ceco), **{f"har/{k}": v for k, v in measure_models(heco).items()}}
         fits = fit_load_ms(models)
@@ -290,7 +313,7 @@ def bench_residency(clinc: Path, har: Path, clinc_requests: list, har_requests: 
         progress(f"replaying {len(traces)} traces x {len(fractions)} budgets (and the exact optimum)")
         policies = score_policies(traces, lambda n: costs_clinc if n == "clinc150" else synth, fractions, phases)
         progress(f"{cycles} load/unload cycles per backend")
-        growth = {"ort": cycles_growth(ceco, "banking", cycles), "tflite": cycles_growth(heco, "active_large", cycles)}
+        growth = {"ort": cycles_growth(ceco, ort_model, cycles), "tflite": cycles_growth(heco, tflite_model, cycles)}
         progress("replaying the CLINC150 trace with real loads under a budget")
         total = sum(c.size_bytes for c in costs_clinc.values())
         budget = max(int(0.4 * total), int(1.2 * max(c.size_bytes for c in costs_clinc.values())))

@@ -100,14 +100,17 @@ def _num(x: float | None) -> str:
 def bench_residency_cmd(args: argparse.Namespace) -> int:
     """`edge-eco bench residency`: run the benchmark, print its rows, write the report and the plot."""
     from .bench_residency import bench_residency
-    from .datasets import data_root, fetch_clinc150, load_clinc150
+    from .datasets import data_root, load_clinc150
     from .har_data import load_har
 
     for flag, path in (("--out", args.out), ("--plot", args.plot)):
         if path and Path(path).is_dir():
             raise RequestError(f"{flag} {path} is a directory; give a file name")
     root = data_root(args.data, os.environ.get("EDGE_ECO_DATA"))
-    clinc_req = [e.text for e in load_clinc150(fetch_clinc150(root) / "data_full.json", "test")][::max(1, args.stride)]
+    source = root / "clinc150" / "data_full.json"
+    if not source.is_file():  # never downloads (only `make demo` may): name what is missing
+        raise RequestError(f"CLINC150 is not at {source}; give --data the folder that holds clinc150/ and stm32_har/")
+    clinc_req = [e.text for e in load_clinc150(source, "test")][::max(1, args.stride)]
     har_req = [e.vector for e in load_har(root / "stm32_har", "test")]
     r = bench_residency(Path(args.clinc), Path(args.har), clinc_req, har_req, cycles=args.cycles,
                         progress=lambda s: print(f"  {s}", file=sys.stderr, flush=True))

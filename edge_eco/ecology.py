@@ -366,10 +366,12 @@ class Ecology:
 
     # -- lifecycle -----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        """Loads, evictions, demotions to cold and resident bytes so far."""
+        """Loads, evictions, demotions to cold and resident bytes so far; ``resident`` lists every
+        loaded model, ``cold`` those of them whose file pages were dropped (not in ``resident_bytes``)."""
         s = self.residency.stats
         out = {"loads": s.loads, "evictions": s.evictions, "demotions": s.demotions, "resident_bytes": self.residency.resident_bytes,
-               "resident": self.residency.resident(), "budget_bytes": self.residency.budget_bytes,
+               "resident": self.residency.resident(), "cold": self.residency.cold(),
+               "budget_bytes": self.residency.budget_bytes,
                "eviction_rule": self.residency.eviction_rule,
                "runtime_bytes": {k: v.total_bytes for k, v in self.residency.meter.runtime_bytes.items()}}
         if self.controller is not None:

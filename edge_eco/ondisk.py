@@ -2,9 +2,12 @@
 
 ``edge_eco.open`` hashes every file once. A model evicted and loaded again later would map
 whatever is on disk by then, so each model's files are remembered by (device, inode, size,
-mtime) when the bundle is opened, and before every load a ``stat`` compares them: a file that
+mtime, ctime) when the bundle is opened, and before every load a ``stat`` compares them: a file that
 changed is hashed again and, unless it still matches the manifest's sha256, the load is refused
 with an :class:`~edge_eco.errors.IntegrityError` instead of handing the bytes to a runtime.
+The ctime is in the stamp because a user can set the mtime back (``os.utime``, ``touch -d``) after
+rewriting a file in place, but not the ctime: a trial rewrote a model's weights with the same size,
+restored the mtime, and the model answered from the damaged weights (git's index keeps ctime too).
 
 What this cannot cover: a file truncated or rewritten *in place* while a loaded model has it
 memory-mapped. The kernel then faults on the missing pages (SIGBUS) before any check can run.
@@ -21,7 +24,7 @@ from pathlib import Path
 from .errors import IntegrityError
 from .manifest import FileEntry, Manifest
 
-Stamp = tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns)
+Stamp = tuple[int, int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)
 
 
 def model_files(manifest: Manifest, model_id: str) -> list[FileEntry]:
@@ -33,7 +36,7 @@ def model_files(manifest: Manifest, model_id: str) -> list[FileEntry]:
 
 def _stamp(path: Path) -> Stamp:
     st = os.stat(path)
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def stamps(root: Path) -> dict[str, Stamp]:

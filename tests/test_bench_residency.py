@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,14 @@ def test_bench_residency_reports_every_figure(tmp_path):
     assert 1.0 <= r["online_vs_optimum_range"][0] <= r["online_vs_optimum_range"][1]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "warm_p99_ratio" in done.stdout and "worst miss cost vs LRU" in done.stdout
+
+
+def test_bench_residency_names_a_bundle_of_the_wrong_kind_and_never_downloads(tmp_path):
+    exe = str(Path(sys.executable).parent / "edge-eco")
+    wrong = subprocess.run([exe, "bench", "residency", "--clinc", str(MODELS / "clinc150"), "--har", str(MODELS / "clinc150"),
+                            "--data", str(DATA)], capture_output=True, text=True, timeout=300)
+    assert wrong.returncode == 2 and "--har must be a sensor ecology" in wrong.stderr and "Traceback" not in wrong.stderr
+    missing = subprocess.run([exe, "bench", "residency", "--data", str(tmp_path)], capture_output=True, text=True,
+                             timeout=300, env={**os.environ, "HOME": str(tmp_path)})
+    assert missing.returncode == 2 and "CLINC150 is not at" in missing.stderr
+    assert not (tmp_path / ".cache").exists()

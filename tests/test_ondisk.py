@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 
 import edge_eco
-from conftest import MODELS, ROOT
+from conftest import DATA, MODELS, ROOT
 from edge_eco.errors import IntegrityError
 from edge_eco.ondisk import FileGuard
 from edge_eco.population import Population
 from edge_eco.routerfile import write_router
-from edge_eco.signing import generate_key, sign_bundle
+from edge_eco.signing import Trust, generate_key, sign_bundle
 from test_governance import staged_proposal, with_governance, challenger
 
 
@@ -59,6 +59,37 @@ def test_a_model_changed_on_disk_after_open_is_refused_before_it_maps(clinc):
         assert eco.predict_with("banking", "what is my balance").label == "balance"
         a = eco.answer("book a flight to paris for tomorrow", local_only=True)  # the others answer
         assert "changed on disk" in a.provenance["model_errors"]["travel"]
+
+
+def test_an_in_place_rewrite_with_its_mtime_set_back_is_refused(clinc):
+    """A trial's case: the weights rewritten in place with the same size and the mtime restored;
+    the model, not loaded at the time, answered from the damaged weights at its next load."""
+    weights = clinc / "banking.onnx.data"
+    with edge_eco.open(clinc) as eco:
+        assert eco.predict_with("banking", "what is my balance").label == "balance"
+        eco.residency.close()  # evicted: the next request loads it again
+        before = os.stat(weights)
+        with open(weights, "r+b") as fh:
+            fh.write(bytes(before.st_size))  # zeros, same size, same inode
+        os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert (os.stat(weights).st_size, os.stat(weights).st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+        with pytest.raises(IntegrityError, match="'banking.onnx.data' changed on disk after the ecology was opened"):
+            eco.predict_with("banking", "what is my balance")
+
+
+def test_a_signed_bundle_loads_its_generalist_at_the_budget_that_works_unsigned(clinc, tmp_path):
+    """The hash before each load of a signed bundle had left ~1 MiB of read buffers in the heap,
+    charged to the model: the generalist was locked out of a 10.4 MB budget that works unsigned
+    (a trial; 101 of these 424 requests lost it before the fix, 0 after)."""
+    from edge_eco.datasets import load_clinc150
+
+    texts = [e.text for e in load_clinc150(DATA / "clinc150" / "data_full.json", "test")][::13]
+    public = generate_key(tmp_path / "k")
+    sign_bundle(clinc, tmp_path / "k")
+    with edge_eco.open(clinc, trust=Trust(keys=(public,)), budget_bytes=10_400_000) as eco:
+        lost = [t for t in texts if "generalist" in eco.answer(t, local_only=True).provenance.get("model_errors", {})]
+        assert eco.residency.stats.loads > 11  # evictions happened
+    assert len(texts) == 424 and lost == []
 
 
 class Held:

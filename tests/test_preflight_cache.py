@@ -15,8 +15,14 @@ from edge_eco.errors import ModelLoadError
 from conftest import MODELS
 
 
+@pytest.fixture(autouse=True)
+def _settled_at_once(monkeypatch):
+    """Files copied now have a ctime of now, which no test can set back: remember them at once."""
+    monkeypatch.setattr(artifacts, "_SETTLED_NS", 0)
+
+
 def _copy_settled(tmp_path: Path, model: str = "banking") -> Path:
-    """A specialist's graph and its weights, with timestamps an hour old (a settled file)."""
+    """A specialist's graph and its weights, with mtimes an hour old."""
     src = MODELS / "clinc150"
     graph = src / f"{model}.onnx"
     out = tmp_path / graph.name
@@ -56,11 +62,26 @@ def test_truncated_weights_are_refused_after_the_graph_passed(tmp_path):
         artifacts.preflight(path)
 
 
+def test_a_rewrite_with_its_mtime_set_back_is_walked_again(tmp_path):
+    """A same-size rewrite in place, mtime restored (a trial's case): the ctime still moves."""
+    path = _copy_settled(tmp_path)
+    (name,) = artifacts.preflight(path)
+    before = os.stat(path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2:] = bytes(len(data) - len(data) // 2)  # zeros over its second half
+    with open(path, "r+b") as fh:
+        fh.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(path).st_size == before.st_size and os.stat(path).st_mtime_ns == before.st_mtime_ns
+    with pytest.raises(ModelLoadError, match="not a valid ONNX model"):
+        artifacts.preflight(path)
+
+
 def test_a_fresh_file_is_not_remembered(tmp_path, monkeypatch):
     """Modified within the timestamp clock's reach of the check: a same-size rewrite could keep
     its identity, so every preflight walks it (git's racy-clean rule)."""
-    path = _copy_settled(tmp_path)
-    os.utime(path)  # modified now
+    monkeypatch.setattr(artifacts, "_SETTLED_NS", 2_000_000_000)
+    path = _copy_settled(tmp_path)  # its ctime is now, whatever its mtime says
     artifacts.preflight(path)
     walks = []
     real = artifacts._check_onnx
