@@ -99,14 +99,15 @@ def synthetic_workload(ids: list[str], n: int = 3000, rate_per_s: float = 5.0,
     rng = np.random.default_rng(seed)
     times = np.cumsum(rng.exponential(1 / rate_per_s, n))
 
-    def popularity(alpha, order):
+    def weights(alpha):
         p = 1 / np.arange(1, len(ids) + 1) ** alpha
-        p /= p.sum()
-        return {ids[order[j]]: float(p[j]) for j in range(len(ids))}
+        return p / p.sum()
+
+    def popularity(alpha, order):
+        return {ids[order[j]]: float(p) for j, p in enumerate(weights(alpha))}
 
     def zipf(alpha, order, k):
-        p = 1 / np.arange(1, len(ids) + 1) ** alpha
-        return [ids[order[j]] for j in rng.choice(len(ids), k, p=p / p.sum())]
+        return [ids[order[j]] for j in rng.choice(len(ids), k, p=weights(alpha))]
     order = rng.permutation(len(ids))
     traces = {f"zipf-{a}": zipf(a, order, n) for a in (0.6, 0.9, 1.2)}
     phases = {f"zipf-{a}": [(0, popularity(a, order))] for a in (0.6, 0.9, 1.2)}

@@ -9,8 +9,7 @@ from .errors import IntegrityError, ManifestError
 from .manifest import Manifest, parse_manifest
 
 MANIFEST_NAME = "ecology.toml"
-_CHUNK = 64 << 10  # one reused buffer below malloc's mmap threshold: a hash before a load (signed
-# bundles) left ~1 MiB of 1 MiB chunks in the heap, charged to the model (a trial's generalist was locked out)
+_CHUNK = 64 << 10  # one reused read buffer, below malloc's mmap threshold (no new bytes object per chunk)
 
 
 def sha256_file(path: Path) -> str:

@@ -108,10 +108,10 @@ class Ecology:
         self._runtime_of, self._anon_cap, self._model_paths = loader.runtime_of, loader.anon_cap, loader.model_paths
         budget = manifest.budget_bytes if budget_bytes is None else budget_bytes
         loader.check_budget(budget, self._excluded)
-        self.residency = Residency(self._load, self._predict_bytes, budget, measure=read_footprint,
+        self.residency = Residency(loader.open, self._predict_bytes, budget, measure=read_footprint,
                                    policy="cost_aware", cost=self._miss_cost, paths=self._model_paths,
                                    demote=drop_file_pages if cold_state else None, runtime_of=self._runtime_of,
-                                   anon_cap=self._anon_cap)
+                                   anon_cap=self._anon_cap, check=self._check_files)
         self._local = LocalTier(manifest, self.residency, loader.adapters, self._excluded,
                                 workers=max(2, 2 * manifest.policy.coalition_size))
         self._ids = itertools.count(1)
@@ -129,7 +129,15 @@ class Ecology:
 
     # -- loading (edge_eco.modelload) ----------------------------------------------------------
     def _load(self, model_id: str) -> backends.Session:
-        return self._loader.open(model_id, self.before_load)
+        """A checked load outside the residency manager (benches, tools)."""
+        self._check_files(model_id)
+        return self._loader.open(model_id)
+
+    def _check_files(self, model_id: str) -> None:
+        """``before_load`` (set by :func:`open`: the files' stamps, or their hashes for a signed
+        bundle); the residency manager calls it before it measures a load."""
+        if self.before_load is not None:
+            self.before_load(model_id)
 
     def _miss_cost(self, model_id: str) -> tuple[float, float]:
         return self._loader.miss_cost(model_id, self.residency.stats.load_times)

@@ -111,21 +111,18 @@ class ModelLoader:
                 raise BudgetError(f"model {need[1]!r} needs {need[0]} bytes; the memory budget of "
                                   f"{budget} bytes cannot hold it")
 
-    def open(self, model_id: str, before_load: Callable[[str], None] | None = None) -> backends.Session:
-        """Load ``model_id`` and run it once on its manifest's input contract.
+    def open(self, model_id: str) -> backends.Session:
+        """Load ``model_id`` and run it once on its manifest's input contract (the files' integrity
+        is checked by the caller first: ``Ecology._check_files``).
 
         Args:
             model_id: the model to load.
-            before_load: called with ``model_id`` first (e.g. hash its files again).
         Returns:
             The ready session; the caller closes it.
         Raises:
             BackendError: the model cannot load, or fails the probe run (ModelLoadError).
-            IntegrityError: raised by ``before_load`` for a file that changed.
         """
         entry = self._entries[model_id]
-        if before_load is not None:
-            before_load(model_id)  # e.g. hash the files again (signed populations)
         if entry.input == "text-tokens" and model_id not in self.adapters:
             self.adapters[model_id] = token_adapter(self.root, entry)
         if entry.risk == "high":  # in a sandboxed worker process (no network, memory/CPU limits)

@@ -5,9 +5,7 @@ whatever is on disk by then, so each model's files are remembered by (device, in
 mtime, ctime) when the bundle is opened, and before every load a ``stat`` compares them: a file that
 changed is hashed again and, unless it still matches the manifest's sha256, the load is refused
 with an :class:`~edge_eco.errors.IntegrityError` instead of handing the bytes to a runtime.
-The ctime is in the stamp because a user can set the mtime back (``os.utime``, ``touch -d``) after
-rewriting a file in place, but not the ctime: a trial rewrote a model's weights with the same size,
-restored the mtime, and the model answered from the damaged weights (git's index keeps ctime too).
+The stamp is :func:`~edge_eco.artifacts.file_identity` (the ctime in it: an mtime can be set back).
 
 What this cannot cover: a file truncated or rewritten *in place* while a loaded model has it
 memory-mapped. The kernel then faults on the missing pages (SIGBUS) before any check can run.
@@ -21,6 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .artifacts import file_identity
 from .errors import IntegrityError
 from .manifest import FileEntry, Manifest
 
@@ -35,8 +34,7 @@ def model_files(manifest: Manifest, model_id: str) -> list[FileEntry]:
 
 
 def _stamp(path: Path) -> Stamp:
-    st = os.stat(path)
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+    return file_identity(os.stat(path))
 
 
 def stamps(root: Path) -> dict[str, Stamp]:

@@ -368,3 +368,27 @@ def test_cost_aware_manager_evicts_by_lru_once_lru_has_lost_less():
     # specialist at every run switch: 377 misses in the replay of the same trace)
     assert len(loader.calls) == 62
     res.close()
+
+
+def test_the_file_check_runs_before_the_measurement_and_its_failure_fails_the_load():
+    """Residency(check=...): what the check allocates is read into the 'before' footprint (not
+    charged to the model); a check that raises leaves nothing loaded or reserved."""
+    rss = [0]
+    loader = FakeLoader()
+    calls = []
+
+    def check(model_id):
+        calls.append(model_id)
+        rss[0] += 1_000_000  # e.g. a hash's read buffers that stay in the heap
+        if model_id == "bad":
+            raise ModelLoadError("bad: changed on disk")
+
+    res = Residency(loader, lambda m: 100, 10_000, measure=lambda: rss[0], check=check)
+    with res.use("a"):
+        pass
+    assert calls == ["a"] and res.resident_bytes == 100  # the check's 1 MB is not charged to a
+    with pytest.raises(ModelLoadError, match="changed on disk"):
+        with res.use("bad"):
+            pass
+    assert loader.calls == ["a"] and res.resident() == ["a"] and res.resident_bytes == 100
+    res.close()

@@ -4,8 +4,8 @@ Linux only; elsewhere every reading is ``None`` and the residency manager keeps 
 The footprint comes from the kernel's RSS counters in ``/proc/self/status`` (``RssAnon``,
 ``RssFile`` + ``RssShmem``): ~20 us to read, against ~0.6 ms for ``/proc/self/smaps_rollup``,
 which walks the page tables of every mapping (with ONNX Runtime loaded, three such reads were
-~2.4 ms of a specialist's ~3.8 ms miss). Both read the same bytes here (kernel 6.18: equal to the
-page around loads of every clinc150 model); before Linux 6.2 the counters were cached per thread
+~2.4 ms of a specialist's ~3.8 ms miss). Both read the same deltas here (kernel 6.18, around loads of
+five clinc150 models: equal, or within one page); before Linux 6.2 the counters were cached per thread
 and lagged by up to 64 pages each, so there ``smaps_rollup`` is read instead. Also the two OS hints the
 manager uses: dropping a model's file pages from this process (the *cold* state: the mapping
 stays, the pages come back from the page cache on the next touch) and returning freed heap to the
@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROLLUP = Path("/proc/self/smaps_rollup")
-SMAPS = Path("/proc/self/smaps")
 MAPS = Path("/proc/self/maps")
 STATUS = Path("/proc/self/status")
 _MADV_DONTNEED = 4
@@ -108,22 +107,6 @@ def _file_maps(data: bytes, paths: set[str]):
                     lo, hi = (int(x, 16) for x in fields[0].split(b"-"))
                     yield lo, hi, fields[1]
             at = data.find(needle, end)
-
-
-def mapped_file_bytes(paths: set[str]) -> int | None:
-    """Resident bytes of this process's mappings of ``paths`` (absolute), from /proc/self/smaps."""
-    try:
-        text = SMAPS.read_text()
-    except OSError:
-        return None
-    total, current = 0, False
-    for line in text.splitlines():
-        first = line.split(maxsplit=5)
-        if first and "-" in first[0] and len(first) >= 5 and not first[0].endswith(":"):
-            current = len(first) == 6 and first[5] in paths
-        elif current and line.startswith("Rss:"):
-            total += int(line.split()[1]) * 1024
-    return total
 
 
 def mapped_bytes(paths: set[str]) -> int:

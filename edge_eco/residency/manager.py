@@ -50,6 +50,8 @@ class Residency:
         runtime_of: model id -> its runtime's name; the first load per runtime is preceded by
             an unmeasured probe (its one-time start-up is not charged to a model; see .meter).
         anon_cap: model id -> the most anonymous bytes one load of it is charged.
+        check: called with a model id before each load, outside its measurement (e.g. hash its
+            files again); what it allocates is not charged to the model. Its errors fail the load.
     """
 
     def __init__(self, loader: Callable[[str], Session], predict_bytes: Callable[[str], int],
@@ -59,12 +61,13 @@ class Residency:
                  paths: Callable[[str], set[str]] | None = None,
                  demote: Callable[[set[str]], object] | None = None,
                  runtime_of: Callable[[str], str] | None = None,
-                 anon_cap: Callable[[str], int] | None = None) -> None:
+                 anon_cap: Callable[[str], int] | None = None,
+                 check: Callable[[str], None] | None = None) -> None:
         if policy not in ("lru", "cost_aware"):
             raise ValueError(f"policy must be 'lru' or 'cost_aware', got {policy!r}")
         self._loader, self._predict, self._measure = loader, predict_bytes, measure
         self.budget_bytes, self.wait_s, self.policy = budget_bytes, wait_s, policy
-        self._cost, self._paths, self._demote = cost, paths, demote
+        self._cost, self._paths, self._demote, self._check = cost, paths, demote, check
         self._slots: OrderedDict[str, _Slot] = OrderedDict()
         self._unloading = 0
         self._lock = threading.Lock()
@@ -248,13 +251,8 @@ class Residency:
                                            need, free + credit)
             enough, chosen = picked is not None, picked or []
         elif self._by_lru():
-            chosen, gain = [], 0
-            for k in order:
-                if need <= free + credit + gain:
-                    break
-                chosen.append(k)
-                gain += frees[k]
-            enough = need <= free + credit + gain
+            picked = pol.lru_victims(order, frees, need, free + credit)
+            enough, chosen = picked is not None, picked or []
         else:
             picked = pol.choose_victims({k: self._entries.get(k, pol.Entry(0.0, 0.0)) for k in order}, frees, (),
                                         need, free + credit)
@@ -302,6 +300,8 @@ class Residency:
         caller; None when the measured footprint did not fit (the model is unloaded again)."""
         try:
             with self._load_lock:
+                if self._check is not None:  # before the footprint is read: its buffers are not the model's
+                    self._check(model_id)
                 session, load_ms, grown, paths = self.meter.load(model_id, self._loader)
         except BaseException as exc:
             with self._lock:

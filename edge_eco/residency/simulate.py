@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .policy import Entry, Experts, ModelCost, belady_victim, choose_victims, decayed, on_access
+from .policy import Entry, Experts, ModelCost, belady_victim, choose_victims, decayed, lru_victims, on_access
 
 POLICIES = ("cost_aware", "lru", "belady", "cost_aware_only")
 
@@ -95,12 +95,7 @@ def replay(trace: Sequence[tuple[float, str]], costs: dict[str, ModelCost], budg
             if victims is None:
                 raise ValueError(f"model {m!r} does not fit the budget of {budget_bytes} bytes")
         elif policy == "lru":
-            victims = []
-            for k in resident:
-                if free >= c.size_bytes:
-                    break
-                victims.append(k)
-                free += costs[k].size_bytes
+            victims = lru_victims(resident, {k: costs[k].size_bytes for k in resident}, c.size_bytes, free) or []
         elif policy == "belady":
             victims, pool = [], list(resident)
             while free < c.size_bytes:
@@ -135,25 +130,14 @@ def optimum_cost(trace: Sequence[tuple[float, str]], costs: dict[str, ModelCost]
     O(len(trace) * n * 2^n); n <= 16 models.
     """
     models = sorted({m for _, m in trace})
-    n = len(models)
-    if n > 16:
-        raise ValueError(f"the exact optimum handles at most 16 models, the trace has {n}")
-    bit = {m: i for i, m in enumerate(models)}
-    sets = np.arange(1 << n)
-    size = np.zeros(1 << n)
-    for m, i in bit.items():
-        size += ((sets >> i) & 1) * costs[m].size_bytes
-    feasible = size <= budget_bytes
-    d = np.full(1 << n, np.inf)
+    bit, sets, feasible = _resident_sets(models, costs, budget_bytes, "the exact optimum")
+    d = np.full(len(sets), np.inf)
     d[0] = 0.0
     for _, m in trace:
-        sup = d.copy()
-        for i in range(n):  # superset-min transform: sup[S] = min over P >= S of d[P]
-            v = sup.reshape(-1, 2, 1 << i)
-            np.minimum(v[:, 0, :], v[:, 1, :], out=v[:, 0, :])
-        b = 1 << bit[m]
+        sup = _min_over(d, len(models), supersets=True)  # sup[S] = min over P >= S of d[P]
+        b = bit[m]
         has = (sets & b) != 0
-        new = np.full(1 << n, np.inf)
+        new = np.full(len(sets), np.inf)
         idx = sets[has & feasible]
         new[idx] = np.minimum(sup[idx], sup[idx ^ b] + costs[m].miss_cost)
         d = new
@@ -177,21 +161,14 @@ def online_optimum_cost(trace: Sequence[tuple[float, str]], costs: dict[str, Mod
             decisions at each phase's start (it knows when popularity shifts, a generous oracle).
 
     Raises:
-        ValueError: more than 16 models, or a phase without probabilities for a model.
+        ValueError: more than 16 models, or a phase whose probabilities do not sum to 1 (a model a
+            phase does not name has probability 0).
     """
     models = sorted(costs)
-    n = len(models)
-    if n > 16:
-        raise ValueError(f"the online optimum handles at most 16 models, there are {n}")
-    bit = {m: 1 << i for i, m in enumerate(models)}
-    sets = np.arange(1 << n)
-    size = np.zeros(1 << n)
-    for m, b in bit.items():
-        size += ((sets & b) != 0) * costs[m].size_bytes
-    feasible = size <= budget_bytes
+    bit, sets, feasible = _resident_sets(models, costs, budget_bytes, "the online optimum")
     miss = np.array([costs[m].miss_cost for m in models])
-    values = [_relative_values(n, sets, feasible, miss, np.array([p[m] for m in models]), tol, max_iter)
-              for _, p in phases]
+    values = [_relative_values(len(models), sets, feasible, miss, np.array([p.get(m, 0.0) for m in models]),
+                               tol, max_iter) for _, p in phases]
     starts = [s for s, _ in phases]
     state, total, phase = 0, 0.0, 0
     for i, (_, m) in enumerate(trace):
@@ -222,10 +199,7 @@ def _relative_values(n: int, sets: np.ndarray, feasible: np.ndarray, miss: np.nd
         for i in range(n):
             b = 1 << i
             has = (sets & b) != 0
-            best = np.where(has & feasible, h, np.inf)  # min over subsets holding i: subset-min transform
-            for j in range(n):
-                v = best.reshape(-1, 2, 1 << j)
-                np.minimum(v[:, 1, :], v[:, 0, :], out=v[:, 1, :])
+            best = _min_over(np.where(has & feasible, h, np.inf), n, supersets=False)  # over subsets holding i
             step += prob[i] * np.where(has, h, miss[i] + best[sets | b])
         step = np.where(feasible, step - step[0], np.inf)
         new = 0.5 * h + 0.5 * step
@@ -234,3 +208,28 @@ def _relative_values(n: int, sets: np.ndarray, feasible: np.ndarray, miss: np.nd
         if diff.max() - diff.min() < tol:
             break
     return h
+
+
+def _resident_sets(models: list[str], costs: dict[str, ModelCost], budget_bytes: int,
+                   what: str) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+    """Every resident set as a bit mask: (model -> its bit, the masks, which fit the budget)."""
+    if len(models) > 16:
+        raise ValueError(f"{what} handles at most 16 models, there are {len(models)}")
+    bit = {m: 1 << i for i, m in enumerate(models)}
+    sets = np.arange(1 << len(models))
+    size = np.zeros(len(sets))
+    for m, b in bit.items():
+        size += ((sets & b) != 0) * costs[m].size_bytes
+    return bit, sets, size <= budget_bytes
+
+
+def _min_over(values: np.ndarray, n: int, supersets: bool) -> np.ndarray:
+    """For every set S, the minimum of ``values`` over the supersets (or the subsets) of S."""
+    out = values.copy()
+    for i in range(n):
+        v = out.reshape(-1, 2, 1 << i)
+        if supersets:
+            np.minimum(v[:, 0, :], v[:, 1, :], out=v[:, 0, :])
+        else:
+            np.minimum(v[:, 1, :], v[:, 0, :], out=v[:, 1, :])
+    return out
