@@ -14,7 +14,7 @@ PEERS_STAMP := $(PEERS)/.installed-stamp
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py native/edge_eco.h native/featurize.c native/router.c native/build_native.py
+$(STAMP): pyproject.toml setup.py native/edge_eco.h native/featurize.c native/router.c native/ortrun.c native/build_native.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip "setuptools>=77" wheel
 	$(PY) -m pip install --quiet -e ".[remote,dev,litert,signing]"

@@ -189,3 +189,60 @@ class RouterKernel:
                                     p_logit, p_order, p_prob, p_n), "ee_router_route")
         n = p_n[0]
         return order[:n].copy(), prob[:n].copy(), logit.copy()
+
+
+class OrtCalls:
+    """ONNX Runtime loads and runs in one kernel call each (``ee_ort_session_open``, ``ee_ort_run``):
+    each call crosses the interpreter lock once where the same work through cffi's ABI mode crosses
+    it once per OrtApi call (see ``backends/_ort_capi.py``). Handles and statuses are plain ints
+    (addresses), so that the two cffi worlds never share a cdata.
+    """
+
+    FUNCTIONS = ("create_session_options", "release_session_options", "set_session_graph_optimization_level",
+                 "set_intra_op_num_threads", "set_inter_op_num_threads", "set_session_execution_mode",
+                 "disable_mem_pattern", "disable_cpu_mem_arena", "set_session_log_severity_level",
+                 "add_session_config_entry", "create_session", "create_tensor_with_data_as_ort_value",
+                 "run", "release_value")
+    MAX_INPUTS = 16
+
+    def __init__(self, env: int, cpu: int, functions: dict[str, int]) -> None:
+        if not available():
+            raise NativeError(f"compiled kernel unavailable: {_IMPORT_ERROR}")
+        self._o = _ffi.new("ee_ort_t *")
+        self._o.env, self._o.cpu = _ffi.cast("void *", env), _ffi.cast("void *", cpu)
+        for name in self.FUNCTIONS:
+            setattr(self._o, name, _ffi.cast("void *", functions[name]))
+        self._run = _lib.ee_ort_run
+
+    def open_session(self, path: bytes, threads: int, level: int, config: dict[str, str]) -> tuple[int, int]:
+        """(session address, 0) on success, (0, OrtStatus address) when ONNX Runtime refused."""
+        keys = [_ffi.new("char[]", k.encode()) for k in config]
+        values = [_ffi.new("char[]", v.encode()) for v in config.values()]
+        session, status = _ffi.new("void **"), _ffi.new("void **")
+        rc = _lib.ee_ort_session_open(self._o, path, threads, level, _ffi.new("char *[]", keys),
+                                      _ffi.new("char *[]", values), len(keys), session, status)
+        if rc == -4:
+            return 0, int(_ffi.cast("uintptr_t", status[0]))
+        _check(rc, "ee_ort_session_open")
+        return int(_ffi.cast("uintptr_t", session[0])), 0
+
+    def names(self, names: list[str]) -> tuple:
+        """A session's input names and output name bound once: pass the result to :meth:`run`."""
+        keep = [_ffi.new("char[]", n.encode()) for n in names]
+        return _ffi.new("char *[]", keep[:-1]), keep[-1], keep
+
+    def run(self, session: int, names: tuple, arrays: list[np.ndarray], types: list[int],
+            out: np.ndarray, out_type: int) -> int:
+        """Run ``session`` on C-contiguous ``arrays`` into ``out``; 0, or an OrtStatus address."""
+        dims = [d for a in arrays for d in a.shape]
+        status = _ffi.new("void **")
+        rc = self._run(self._o, _ffi.cast("void *", session), len(arrays), names[0],
+                       _ffi.new("void *[]", [_ffi.from_buffer(a) for a in arrays]),
+                       _ffi.new("unsigned long[]", [a.nbytes for a in arrays]), _ffi.new("int[]", types),
+                       _ffi.new("unsigned long[]", [a.ndim for a in arrays]), _ffi.new("long long[]", dims),
+                       names[1], _ffi.from_buffer(out, require_writable=True), out.nbytes, out_type, out.ndim,
+                       _ffi.new("long long[]", out.shape), status)
+        if rc == -4:
+            return int(_ffi.cast("uintptr_t", status[0]))
+        _check(rc, "ee_ort_run")
+        return 0

@@ -23,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from . import ecology as _ecology
+from .backends import ort as ort_backend
 from .errors import RequestError
 from .residency import Residency
 from .residency.footprint import drop_file_pages, mapped_bytes, read_footprint, release_heap
@@ -213,16 +214,18 @@ def real_replay(eco: _ecology.Ecology, trace: list, budget: int, demote: bool) -
 
 
 def warm_ratio(warm: _ecology.Ecology, warm_request, loader: _ecology.Ecology, ids: list[str],
-               runs: int = 3000, rounds: int = 6, round_s: float = 1.0) -> dict:
+               runs: int = 4000, rounds: int = 8, round_s: float = 1.0) -> dict:
     """Warm answer p99 while another thread loads and unloads models, against isolated p99.
 
-    Three conditions are interleaved in ``rounds`` rounds (their order rotates), and each ratio
+    Four conditions are interleaved in ``rounds`` rounds (their order rotates), and each ratio
     is the median of the rounds' p99 ratios: on a shared machine other processes' load drifts
     over seconds, and one block per condition measured that drift instead (a trial read 0.598,
     the isolated block slower than the loaded one). Each round lasts at least ``round_s`` seconds
-    per condition. The third condition is the control: the same thread waking as often (every
-    10 ms) but loading nothing, which separates what a load costs a warm request from what any
-    second Python thread costs it on this machine (the wake-up takes the interpreter lock).
+    per condition. ``loading`` loads through ONNX Runtime's C API (the default binding);
+    ``loading_python_binding`` through onnxruntime's Python binding, which holds the interpreter
+    lock while it builds a session; ``thread_only`` is the control: the same thread waking as
+    often (every 10 ms) but loading nothing, which separates what a load costs a warm request
+    from what any second Python thread costs it on this machine.
     """
     def lat(k):
         out, until = [], time.perf_counter() + round_s
@@ -232,19 +235,20 @@ def warm_ratio(warm: _ecology.Ecology, warm_request, loader: _ecology.Ecology, i
             out.append((time.perf_counter() - t0) * 1e3)
         return out
     lat(200)
-    loads = [0]
+    loads = {"c": 0, "python": 0}
 
-    def beside(k, load: bool):
+    def beside(k, binding: str | None):
         stop = threading.Event()
 
         def churn():
             i = 0
             while not stop.is_set():
-                if load:
+                if binding:
                     loader._load(ids[i % len(ids)]).close()
-                    loads[0] += 1
+                    loads[binding] += 1
                 i += 1
                 time.sleep(0.01)  # at most ~100 loads/s; ~17/s beside the warm loop (~12x the replays' miss rate)
+        previous = ort_backend.set_default_binding(binding or "c")
         t = threading.Thread(target=churn, daemon=True)
         t.start()
         try:
@@ -252,15 +256,16 @@ def warm_ratio(warm: _ecology.Ecology, warm_request, loader: _ecology.Ecology, i
         finally:
             stop.set()
             t.join()
-    conditions = {"isolated": lambda k: lat(k), "loading": lambda k: beside(k, True),
-                  "thread_only": lambda k: beside(k, False)}
+            ort_backend.set_default_binding(previous)
+    conditions = {"isolated": lambda k: lat(k), "loading": lambda k: beside(k, "c"),
+                  "loading_python_binding": lambda k: beside(k, "python"), "thread_only": lambda k: beside(k, None)}
     names = list(conditions)
     per = max(runs // rounds, 100)
     seen = {c: [] for c in names}
-    ratios = {"loading": [], "thread_only": []}
+    ratios = {c: [] for c in names[1:]}
     for r in range(rounds):
         p99 = {}
-        for c in names[r % 3:] + names[:r % 3]:
+        for c in names[r % len(names):] + names[:r % len(names)]:
             got = conditions[c](per)
             seen[c] += got
             p99[c] = _p(got, 99)
@@ -268,10 +273,12 @@ def warm_ratio(warm: _ecology.Ecology, warm_request, loader: _ecology.Ecology, i
             ratios[c].append(p99[c] / max(p99["isolated"], 1e-9))
     return {"isolated_p99_ms": _p(seen["isolated"], 99), "while_loading_p99_ms": _p(seen["loading"], 99),
             "thread_only_p99_ms": _p(seen["thread_only"], 99),
+            "while_loading_python_binding_p99_ms": _p(seen["loading_python_binding"], 99),
             "warm_p99_ratio": round(float(np.median(ratios["loading"])), 3),
             "warm_p99_ratio_rounds": [round(x, 3) for x in ratios["loading"]],
+            "warm_p99_ratio_python_binding": round(float(np.median(ratios["loading_python_binding"])), 3),
             "thread_only_p99_ratio": round(float(np.median(ratios["thread_only"])), 3),
-            "loads_during": loads[0]}
+            "loads_during": loads["c"], "loads_during_python_binding": loads["python"]}
 
 
 def _cycled_models(ceco: _ecology.Ecology, heco: _ecology.Ecology) -> tuple[str, str]:

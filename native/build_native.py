@@ -8,7 +8,7 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["featurize.c", "router.c"]
+SOURCES = ["featurize.c", "router.c", "ortrun.c"]
 
 ffibuilder = FFI()
 ffibuilder.cdef((HERE / "edge_eco.h").read_text())

@@ -12,7 +12,8 @@ enum {
     EE_OK = 0,
     EE_ERR_NULL = -1,        /* a required pointer was NULL */
     EE_ERR_CONFIG = -2,      /* featurizer config out of range */
-    EE_ERR_CAPACITY = -3     /* output buffers too small for this text */
+    EE_ERR_CAPACITY = -3,    /* output buffers too small for this text */
+    EE_ERR_RUNTIME = -4      /* ONNX Runtime returned an error: *out_status holds its OrtStatus */
 };
 
 /* Featurizer "hash-ngram-v1" settings; see edge_eco/featurizer.py for the spec. */
@@ -110,3 +111,50 @@ typedef struct {
  *   text  [n_bytes]  raw UTF-8 bytes
  */
 ee_status ee_route_job_run(ee_route_job_t *job, const unsigned char *text, unsigned long n_bytes);
+
+/* ONNX Runtime, one C call per load and per run (ortrun.c; edge_eco/backends/_ort_capi.py).
+ * Through cffi each OrtApi call releases and retakes the interpreter lock, and each retake lets
+ * this thread's Python in ahead of another thread's: a load made of ~30 calls kept a warm request
+ * on another thread waiting. The function pointers are ONNX Runtime's own, copied by the Python
+ * side from the library's OrtApi table; this kernel does not link against ONNX Runtime. */
+typedef struct {
+    void *env;                                  /* OrtEnv* */
+    void *cpu;                                  /* OrtMemoryInfo* describing CPU memory */
+    void *create_session_options;               /* OrtApi functions, by their OrtApi names */
+    void *release_session_options;
+    void *set_session_graph_optimization_level;
+    void *set_intra_op_num_threads;
+    void *set_inter_op_num_threads;
+    void *set_session_execution_mode;
+    void *disable_mem_pattern;
+    void *disable_cpu_mem_arena;
+    void *set_session_log_severity_level;
+    void *add_session_config_entry;
+    void *create_session;
+    void *create_tensor_with_data_as_ort_value;
+    void *run;
+    void *release_value;
+} ee_ort_t;
+
+/* Build a session with edge_eco's options: optimization level (0 or 99), intra-op threads,
+ * one inter-op thread, sequential, no memory pattern, no CPU arena, errors-only logging, and
+ * n_config session config entries keys[i] = values[i].
+ *   out_session  [1]  the OrtSession* on success
+ *   out_status   [1]  the OrtStatus* when EE_ERR_RUNTIME is returned (the caller releases it)
+ */
+ee_status ee_ort_session_open(const ee_ort_t *o, const char *path, int threads, int optimization_level,
+                              const char *const *keys, const char *const *values, unsigned long n_config,
+                              void **out_session, void **out_status);
+
+/* Run a session on n_in (<= 16) CPU tensors into one preallocated output tensor.
+ *   names  [n_in]       input names      data   [n_in]  C-contiguous input buffers
+ *   bytes  [n_in]       buffer sizes     types  [n_in]  ONNX element types
+ *   ranks  [n_in]       input ranks      dims   [sum of ranks]  input shapes, concatenated
+ *   out_data [out_bytes] receives the output (element type out_type, shape out_dims [out_rank])
+ *   out_status [1]      the OrtStatus* when EE_ERR_RUNTIME is returned (the caller releases it)
+ */
+ee_status ee_ort_run(const ee_ort_t *o, void *session, unsigned long n_in, const char *const *names,
+                     void *const *data, const unsigned long *bytes, const int *types,
+                     const unsigned long *ranks, const long long *dims, const char *out_name,
+                     void *out_data, unsigned long out_bytes, int out_type, unsigned long out_rank,
+                     const long long *out_dims, void **out_status);

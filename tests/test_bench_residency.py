@@ -37,7 +37,8 @@ def test_bench_residency_reports_every_figure(tmp_path):
     assert r["accounting_error_p95"] <= 0.10
     assert r["unload_cycles"] == 50 and all(g <= 1 << 20 for g in r["unload_growth_bytes"].values())
     assert set(r["specialist_cold_load_ms_p50"]) == {"ort", "tflite"}
-    assert r["loads_during"] > 0 and r["warm_p99_ratio"] > 0 and len(r["warm_p99_ratio_rounds"]) == 6
+    assert r["loads_during"] > 0 and r["warm_p99_ratio"] > 0 and len(r["warm_p99_ratio_rounds"]) == 8
+    assert r["loads_during_python_binding"] > 0 and r["warm_p99_ratio_python_binding"] > 0
     assert r["thread_only_p99_ratio"] > 0 and r["thread_only_p99_ms"] > 0
     # Zipf and shift traces are drawn independently: the online optimum is between the offline
     # optimum and the policies that cannot see the future's probabilities

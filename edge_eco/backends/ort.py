@@ -1,4 +1,5 @@
-"""ONNX Runtime backend. The only module that imports onnxruntime (lazily, on first load).
+"""ONNX Runtime backend. The only module that imports onnxruntime (lazily, on first load; its
+C API binding, ``_ort_capi``, loads the wheel's shared library instead and is the default).
 
 Models keep their int8 weights in an external-data file next to the ``.onnx`` graph; ONNX
 Runtime maps such files into memory instead of copying them, so a cold load costs
@@ -9,6 +10,7 @@ memory-mapped too (``session.use_memory_mapped_ort_model``).
 from __future__ import annotations
 
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,46 +44,25 @@ def _runtime():
     return _ort
 
 
-class OrtSession:
-    """One ONNX Runtime inference session; ``run`` is thread-safe (ORT sessions are)."""
+def _config(path: Path, mode: str | None) -> tuple[str, dict[str, str]]:
+    """The loading mode for ``path`` and the session config entries it sets."""
+    mode = mode or ("ort-mmap" if path.suffix == ".ort" else "plain")
+    if mode not in MODES:
+        raise ModelLoadError(f"unknown ONNX Runtime loading mode {mode!r} (known: {list(MODES)})")
+    if (mode == "ort-mmap") != (path.suffix == ".ort"):
+        raise ModelLoadError(f"{path.name}: mode {mode!r} needs {'an .ort' if mode == 'ort-mmap' else 'an .onnx'} file")
+    if mode == "external-noprepack":
+        return mode, {"session.disable_prepacking": "1"}
+    if mode == "ort-mmap":
+        return mode, {"session.load_model_format": "ORT", "session.use_memory_mapped_ort_model": "1",
+                      "session.use_ort_model_bytes_for_initializers": "1"}
+    return mode, {}
 
-    def __init__(self, path: Path, output: str, threads: int, optimize: bool, mode: str | None = None) -> None:
-        ort = _runtime()
-        mode = mode or ("ort-mmap" if path.suffix == ".ort" else "plain")
-        if mode not in MODES:
-            raise ModelLoadError(f"unknown ONNX Runtime loading mode {mode!r} (known: {list(MODES)})")
-        if (mode == "ort-mmap") != (path.suffix == ".ort"):
-            raise ModelLoadError(f"{path.name}: mode {mode!r} needs {'an .ort' if mode == 'ort-mmap' else 'an .onnx'} file")
-        opts = ort.SessionOptions()
-        if not optimize:
-            # Graphs written by tools/ are already minimal: skipping the optimizer makes a cold
-            # load of a specialist ~0.4 ms instead of ~2.3 ms (measured), same outputs.
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.enable_mem_pattern = False
-        # No per-session CPU arena: with it, 1,000 load/unload cycles of a specialist left a one-off
-        # ~0.8 MiB RSS step near cycle 900 (bare onnxruntime 1.32 too); without it +136 KiB over
-        # 2,100 cycles, and run p50 unchanged (specialist 8.1-8.5 us, MiniLM 5.0-5.8 ms, both ways).
-        opts.enable_cpu_mem_arena = False
-        opts.log_severity_level = 3
-        if mode == "external-noprepack":
-            opts.add_session_config_entry("session.disable_prepacking", "1")
-        if mode == "ort-mmap":
-            opts.add_session_config_entry("session.load_model_format", "ORT")
-            opts.add_session_config_entry("session.use_memory_mapped_ort_model", "1")
-            opts.add_session_config_entry("session.use_ort_model_bytes_for_initializers", "1")
-        try:
-            self._sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-            names = [o.name for o in self._sess.get_outputs()]
-            inputs = [(i.name, i.type, list(i.shape)) for i in self._sess.get_inputs()]
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/RuntimeError types
-            raise ModelLoadError(f"onnxruntime refused {path.name}: {str(exc).strip()[:300]}") from exc
-        if output not in names:
-            raise ModelLoadError(f"{path.name}: no output named {output!r} (outputs: {names})")
-        self._output = [output]
-        self._contract = [(name, _DTYPES.get(kind), shape) for name, kind, shape in inputs]
+
+class _Session:
+    """What both bindings share: the input contract check and the warm-up run."""
+
+    _contract: list[tuple[str, type | None, list]]
 
     def warm(self) -> None:
         """Run once on zeros of the declared input shapes (symbolic dims as 1), so that the pages
@@ -110,6 +91,44 @@ class OrtSession:
                     raise InferenceError(f"input {name!r}: dimension {want!r} is {size} here but "
                                          f"{dims[want]} in another input")
 
+    def _check_output(self, path: Path, output: str, names: list[str]) -> None:
+        if output not in names:
+            raise ModelLoadError(f"{path.name}: no output named {output!r} (outputs: {names})")
+
+
+class OrtSession(_Session):
+    """One session through ONNX Runtime's Python binding; ``run`` is thread-safe (ORT sessions are).
+    The binding holds the interpreter lock while it builds the session (see ``CSession``)."""
+
+    def __init__(self, path: Path, output: str, threads: int, optimize: bool, mode: str | None = None) -> None:
+        ort = _runtime()
+        mode, config = _config(path, mode)
+        opts = ort.SessionOptions()
+        if not optimize:
+            # Graphs written by tools/ are already minimal: skipping the optimizer makes a cold
+            # load of a specialist ~0.4 ms instead of ~2.3 ms (measured), same outputs.
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.enable_mem_pattern = False
+        # No per-session CPU arena: with it, 1,000 load/unload cycles of a specialist left a one-off
+        # ~0.8 MiB RSS step near cycle 900 (bare onnxruntime 1.32 too); without it +136 KiB over
+        # 2,100 cycles, and run p50 unchanged (specialist 8.1-8.5 us, MiniLM 5.0-5.8 ms, both ways).
+        opts.enable_cpu_mem_arena = False
+        opts.log_severity_level = 3
+        for key, value in config.items():
+            opts.add_session_config_entry(key, value)
+        try:
+            self._sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+            names = [o.name for o in self._sess.get_outputs()]
+            inputs = [(i.name, i.type, list(i.shape)) for i in self._sess.get_inputs()]
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/RuntimeError types
+            raise ModelLoadError(f"onnxruntime refused {path.name}: {str(exc).strip()[:300]}") from exc
+        self._check_output(path, output, names)
+        self._output = [output]
+        self._contract = [(name, _DTYPES.get(kind), shape) for name, kind, shape in inputs]
+
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         self._check(feeds)
         try:
@@ -121,14 +140,131 @@ class OrtSession:
         self._sess = None
 
 
+class CSession(_Session):
+    """One session through ONNX Runtime's C API (``_ort_capi``): built and run with the
+    interpreter lock released, the same options as :class:`OrtSession`. ``run`` is thread-safe;
+    ``close`` waits for no one but frees the session only once no run is in flight."""
+
+    def __init__(self, path: Path, output: str, threads: int, optimize: bool, mode: str | None = None) -> None:
+        from . import _ort_capi
+        _, config = _config(path, mode)
+        self._rt = _ort_capi.runtime()
+        self._handle, inputs, outputs = self._rt.create_session(path, threads, optimize, config)
+        try:
+            self._check_output(path, output, list(outputs))
+        except ModelLoadError:
+            self._rt.release_session(self._handle)
+            raise
+        ffi = self._rt.ffi
+        self._contract = [(name, dtype.type if dtype is not None else None, shape) for name, dtype, shape in inputs]
+        self._keep = [ffi.new("char[]", n.encode()) for n in [c[0] for c in self._contract] + [output]]
+        self._in_names = ffi.new("const char*[]", self._keep[:-1])
+        self._out_name = ffi.new("const char*[1]", [self._keep[-1]])
+        # One kernel call per run when the output's shape is fixed (it is preallocated) and every
+        # input is a tensor of a known type; otherwise the run goes call by call.
+        out_dtype, out_shape = outputs[output]
+        types = [_ort_capi.onnx_type(dtype) for _, dtype, _ in inputs]
+        fixed = out_dtype is not None and all(isinstance(d, int) for d in out_shape) and None not in types
+        calls = self._rt.calls
+        self._fast = (calls, calls.names([c[0] for c in self._contract] + [output]), types, tuple(out_shape),
+                      out_dtype) if fixed and calls is not None and len(inputs) <= calls.MAX_INPUTS else None
+        self._state = threading.Lock()
+        self._running, self._closed = 0, False
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        self._check(feeds)
+        arrays = [np.ascontiguousarray(feeds[name]) for name, _, _ in self._contract]
+        with self._state:
+            if self._closed:
+                raise InferenceError("the session was closed")
+            self._running += 1
+        try:
+            if self._fast is not None:
+                calls, names, types, shape, dtype = self._fast
+                out = np.empty(shape, dtype)
+                self._rt.run_into(calls, self._handle, names, arrays, types, out)
+                return out
+            return self._rt.run(self._handle, self._in_names, arrays, self._out_name)
+        finally:
+            with self._state:
+                self._running -= 1
+                handle = self._take_if_idle()
+            if handle is not None:  # closed while this run was in flight: the last run frees it
+                self._rt.release_session(handle)
+
+    def close(self) -> None:
+        with self._state:
+            self._closed = True
+            handle = self._take_if_idle()
+        if handle is not None:
+            self._rt.release_session(handle)
+
+    def _take_if_idle(self):
+        """The handle to free (once) when closed and no run is in flight; the caller holds _state."""
+        if self._closed and self._running == 0 and self._handle is not None:
+            handle, self._handle = self._handle, None
+            return handle
+        return None
+
+    def __del__(self) -> None:  # a leak guard only: the residency manager closes explicitly
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+BINDINGS = {"c": CSession, "python": OrtSession}
+_binding = {"default": "c", "warned": False}
+
+
+def set_default_binding(binding: str) -> str:
+    """Choose the binding later loads use (``c`` unless changed); returns the previous one.
+    For benchmarks and tests that compare the two; an app has no reason to change it.
+
+    Raises:
+        ModelLoadError: an unknown binding.
+    """
+    if binding not in BINDINGS:
+        raise ModelLoadError(f"unknown ONNX Runtime binding {binding!r} (known: {list(BINDINGS)})")
+    with _import_lock:
+        previous, _binding["default"] = _binding["default"], binding
+    return previous
+
+
+def _c_available() -> bool:
+    """Whether the C API can be used; warns once (and the Python binding is used) when not."""
+    from . import _ort_capi
+    try:
+        _ort_capi.runtime()
+        return True
+    except ModelLoadError as exc:
+        with _import_lock:
+            if not _binding["warned"]:
+                _binding["warned"] = True
+                warnings.warn(f"edge_eco: ONNX Runtime's C API is unavailable ({exc}); using its Python "
+                              "binding, whose loads hold the interpreter lock", RuntimeWarning, stacklevel=4)
+        return False
+
+
 def open(path: Path, *, output: str = "logits", threads: int = 1, optimize: bool = True,  # noqa: A001
-         mode: str | None = None) -> OrtSession:
+         mode: str | None = None, binding: str | None = None) -> _Session:
     """Load an ONNX (or ORT-format) model from ``path``.
 
     Args:
         mode: one of MODES; None picks ``ort-mmap`` for .ort files and ``plain`` otherwise.
+        binding: ``c`` (ONNX Runtime's C API through cffi: a load leaves the interpreter lock to
+            other threads), ``python`` (onnxruntime's Python binding, which holds it while it
+            builds the session), or None for the default (``c``, or ``python`` with a warning
+            when the wheel's shared library cannot be loaded). Both give identical outputs.
 
     Raises:
-        ModelLoadError: the runtime refused the file, or the mode does not fit it.
+        ModelLoadError: the runtime refused the file, the mode does not fit it, or the binding
+            is unknown (or ``c`` was asked for and is unavailable).
     """
-    return OrtSession(path, output, threads, optimize, mode)
+    if binding is None:
+        binding = _binding["default"]
+        if binding == "c" and not _c_available():
+            binding = "python"
+    if binding not in BINDINGS:
+        raise ModelLoadError(f"unknown ONNX Runtime binding {binding!r} (known: {list(BINDINGS)})")
+    return BINDINGS[binding](path, output, threads, optimize, mode)
