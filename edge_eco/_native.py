@@ -212,7 +212,6 @@ class OrtCalls:
         self._o.env, self._o.cpu = _ffi.cast("void *", env), _ffi.cast("void *", cpu)
         for name in self.FUNCTIONS:
             setattr(self._o, name, _ffi.cast("void *", functions[name]))
-        self._run = _lib.ee_ort_run
 
     def open_session(self, path: bytes, threads: int, level: int, config: dict[str, str]) -> tuple[int, int]:
         """(session address, 0) on success, (0, OrtStatus address) when ONNX Runtime refused."""
@@ -226,23 +225,54 @@ class OrtCalls:
         _check(rc, "ee_ort_session_open")
         return int(_ffi.cast("uintptr_t", session[0])), 0
 
-    def names(self, names: list[str]) -> tuple:
-        """A session's input names and output name bound once: pass the result to :meth:`run`."""
-        keep = [_ffi.new("char[]", n.encode()) for n in names]
-        return _ffi.new("char *[]", keep[:-1]), keep[-1], keep
+    def job(self, session: int, names: list[str], types: list[int], ranks: list[int], out_name: str,
+            out_shape: tuple, out_type: int) -> "OrtJob":
+        """One session's run bound for one thread (``ee_ort_job_t``): inputs ``names`` of ONNX
+        element ``types`` and ``ranks``; one output of fixed ``out_shape``.
 
-    def run(self, session: int, names: tuple, arrays: list[np.ndarray], types: list[int],
-            out: np.ndarray, out_type: int) -> int:
-        """Run ``session`` on C-contiguous ``arrays`` into ``out``; 0, or an OrtStatus address."""
-        dims = [d for a in arrays for d in a.shape]
-        status = _ffi.new("void **")
-        rc = self._run(self._o, _ffi.cast("void *", session), len(arrays), names[0],
-                       _ffi.new("void *[]", [_ffi.from_buffer(a) for a in arrays]),
-                       _ffi.new("unsigned long[]", [a.nbytes for a in arrays]), _ffi.new("int[]", types),
-                       _ffi.new("unsigned long[]", [a.ndim for a in arrays]), _ffi.new("long long[]", dims),
-                       names[1], _ffi.from_buffer(out, require_writable=True), out.nbytes, out_type, out.ndim,
-                       _ffi.new("long long[]", out.shape), status)
+        Raises:
+            NativeError: more than MAX_INPUTS inputs.
+        """
+        if len(names) > self.MAX_INPUTS:
+            raise NativeError(f"ee_ort_job_run: {len(names)} inputs; the kernel takes at most {self.MAX_INPUTS}")
+        return OrtJob(self._o, session, names, types, ranks, out_name, out_shape, out_type)
+
+
+class OrtJob:
+    """A bound ``ee_ort_job_t``; not shared between threads (:meth:`run` writes into it)."""
+
+    __slots__ = ("_job", "_data", "_dims", "_keep")
+
+    def __init__(self, o, session: int, names: list[str], types: list[int], ranks: list[int], out_name: str,
+                 out_shape: tuple, out_type: int) -> None:
+        c_names = [_ffi.new("char[]", n.encode()) for n in names]
+        self._keep = [c_names, _ffi.new("char *[]", c_names), _ffi.new("int[]", types),
+                      _ffi.new("unsigned long[]", ranks), _ffi.new("char[]", out_name.encode()),
+                      _ffi.new("long long[]", list(out_shape))]
+        self._data = _ffi.new("void *[]", max(len(names), 1))
+        self._dims = _ffi.new("long long[]", max(sum(ranks), 1))
+        self._job = _ffi.new("ee_ort_job_t *", {
+            "ort": o, "session": _ffi.cast("void *", session), "n_in": len(names), "names": self._keep[1],
+            "types": self._keep[2], "ranks": self._keep[3], "data": self._data, "dims": self._dims,
+            "out_name": self._keep[4], "out_type": out_type, "out_rank": len(out_shape), "out_dims": self._keep[5]})
+
+    def run(self, arrays: list[np.ndarray], out: np.ndarray) -> int:
+        """Run on C-contiguous ``arrays`` (the bound types and ranks) into ``out`` (the bound
+        shape and type): 0, or the address of the OrtStatus ONNX Runtime returned."""
+        data, dims, k = self._data, self._dims, 0
+        for i, a in enumerate(arrays):
+            data[i] = _ffi.from_buffer(a)
+            for d in a.shape:
+                dims[k] = d
+                k += 1
+        job = self._job
+        job.out_data = _ffi.from_buffer(out, require_writable=True)
+        rc = _lib.ee_ort_job_run(job)
         if rc == -4:
-            return int(_ffi.cast("uintptr_t", status[0]))
-        _check(rc, "ee_ort_run")
+            return int(_ffi.cast("uintptr_t", job.status))
+        if rc == -2:
+            raise NativeError("ee_ort_job_run: a tensor element type without a fixed size (strings are not "
+                              "supported) or a negative dimension")
+        if rc:
+            _check(rc, "ee_ort_job_run")
         return 0

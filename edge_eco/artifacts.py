@@ -99,10 +99,10 @@ def file_identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
 
 def _identities(path: Path, names) -> tuple:
     """Identities of the external data files ``names`` beside ``path`` (None: unreadable)."""
-    out = []
+    out, folder = [], os.path.dirname(path)
     for name in names:
         try:
-            out.append(file_identity(os.stat(path.parent / name)))
+            out.append(file_identity(os.stat(os.path.join(folder, name))))
         except OSError:
             out.append(None)
     return tuple(out)

@@ -39,6 +39,7 @@ class ModelLoader:
         self._entries = {m.id: m for m in manifest.models}
         self._featurizer, self._dense = featurizer, dense
         self.adapters: dict[str, Callable[[str], Feeds]] = {}
+        self._probes: dict[str, Feeds] = {}  # the probe run's feeds per model (the same at every load)
 
     def predict_bytes(self, model_id: str) -> int:
         """Measured resident bytes from the manifest, else the model's files plus a session.
@@ -132,7 +133,10 @@ class ModelLoader:
             session = backends.open_model(entry.backend, self.root / entry.file.path, output=entry.output,
                                           optimize=entry.input != "hashed-text")
         try:  # one run on the manifest's input contract before the model is marked ready
-            probe(session, self._probe_feeds(model_id), len(entry.labels), entry.file.path)
+            feeds = self._probes.get(model_id)
+            if feeds is None:
+                feeds = self._probes[model_id] = self._probe_feeds(model_id)
+            probe(session, feeds, len(entry.labels), entry.file.path)
         except BaseException:
             session.close()
             raise

@@ -57,15 +57,19 @@ class FileGuard:
 
     def __init__(self, root: Path, manifest: Manifest, opened: dict[str, Stamp]) -> None:
         self.root, self.manifest, self._stamps = root, manifest, dict(opened)
+        self._files: dict[str, list[tuple[FileEntry, str]]] = {}  # per model: (entry, path) (a load's hot path)
 
     def check(self, model_id: str) -> None:
         """Raise IntegrityError when a file of ``model_id`` changed and no longer matches."""
         from .bundle import sha256_file
 
-        for f in model_files(self.manifest, model_id):
-            path = self.root / f.path
+        files = self._files.get(model_id)
+        if files is None:
+            files = self._files[model_id] = [(f, os.path.join(self.root, f.path))
+                                             for f in model_files(self.manifest, model_id)]
+        for f, path in files:
             try:
-                now = _stamp(path)
+                now = file_identity(os.stat(path))
                 if now == self._stamps.get(f.path):
                     continue
                 digest = sha256_file(path)

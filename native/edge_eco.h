@@ -146,15 +146,27 @@ ee_status ee_ort_session_open(const ee_ort_t *o, const char *path, int threads, 
                               const char *const *keys, const char *const *values, unsigned long n_config,
                               void **out_session, void **out_status);
 
-/* Run a session on n_in (<= 16) CPU tensors into one preallocated output tensor.
- *   names  [n_in]       input names      data   [n_in]  C-contiguous input buffers
- *   bytes  [n_in]       buffer sizes     types  [n_in]  ONNX element types
- *   ranks  [n_in]       input ranks      dims   [sum of ranks]  input shapes, concatenated
- *   out_data [out_bytes] receives the output (element type out_type, shape out_dims [out_rank])
- *   out_status [1]      the OrtStatus* when EE_ERR_RUNTIME is returned (the caller releases it)
- */
-ee_status ee_ort_run(const ee_ort_t *o, void *session, unsigned long n_in, const char *const *names,
-                     void *const *data, const unsigned long *bytes, const int *types,
-                     const unsigned long *ranks, const long long *dims, const char *out_name,
-                     void *out_data, unsigned long out_bytes, int out_type, unsigned long out_rank,
-                     const long long *out_dims, void **out_status);
+/* One session's run, bound once per thread (as ee_route_job_t: cffi converts every argument of
+ * every call, and a dozen of them cost as much as the model). The caller sets data, dims and
+ * out_data before each run; the inputs' byte sizes follow from their types and dims.
+ * Not shared between threads. */
+typedef struct {
+    const ee_ort_t *ort;
+    void *session;                /* OrtSession* */
+    unsigned long n_in;           /* inputs, <= 16 */
+    const char *const *names;     /* [n_in] input names */
+    const int *types;             /* [n_in] ONNX element types (1 float ... 13 uint64; no strings) */
+    const unsigned long *ranks;   /* [n_in] input ranks */
+    void **data;                  /* [n_in] C-contiguous input buffers, set per run */
+    const long long *dims;        /* [sum of ranks] input shapes, concatenated, set per run */
+    const char *out_name;         /* the one output */
+    int out_type;                 /* its ONNX element type */
+    unsigned long out_rank;
+    const long long *out_dims;    /* [out_rank] its (fixed) shape */
+    void *out_data;               /* its buffer, set per run: out_dims' product x element size bytes */
+    void *status;                 /* out: the OrtStatus* when EE_ERR_RUNTIME is returned (caller releases) */
+} ee_ort_job_t;
+
+/* Run job->session on its inputs into job->out_data.
+ * EE_ERR_CAPACITY: more than 16 inputs; EE_ERR_CONFIG: an element type without a fixed size. */
+ee_status ee_ort_job_run(ee_ort_job_t *job);

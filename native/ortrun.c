@@ -49,37 +49,65 @@ ee_status ee_ort_session_open(const ee_ort_t *o, const char *path, int threads, 
     return EE_OK;
 }
 
-ee_status ee_ort_run(const ee_ort_t *o, void *session, unsigned long n_in, const char *const *names,
-                     void *const *data, const unsigned long *bytes, const int *types,
-                     const unsigned long *ranks, const long long *dims, const char *out_name,
-                     void *out_data, unsigned long out_bytes, int out_type, unsigned long out_rank,
-                     const long long *out_dims, void **out_status)
+/* Bytes of one element of an ONNX tensor type; 0 for types without a fixed size (strings). */
+static size_t element_size(int type)
 {
-    if (!o || !session || !out_name || !out_status || (n_in && (!names || !data || !bytes || !types || !ranks)))
+    switch (type) {
+    case 2: case 3: case 9: return 1;      /* uint8, int8, bool */
+    case 4: case 5: case 10: return 2;     /* uint16, int16, float16 */
+    case 1: case 6: case 12: return 4;     /* float, int32, uint32 */
+    case 7: case 11: case 13: return 8;    /* int64, double, uint64 */
+    default: return 0;
+    }
+}
+
+static ee_status tensor_bytes(int type, const long long *dims, unsigned long rank, size_t *out)
+{
+    size_t n = element_size(type);
+    if (!n) return EE_ERR_CONFIG;
+    for (unsigned long i = 0; i < rank; i++) {
+        if (dims[i] < 0) return EE_ERR_CONFIG;
+        n *= (size_t)dims[i];
+    }
+    *out = n;
+    return EE_OK;
+}
+
+ee_status ee_ort_job_run(ee_ort_job_t *job)
+{
+    if (!job || !job->ort || !job->session || !job->out_name || !job->out_data || (job->out_rank && !job->out_dims)
+        || (job->n_in && (!job->names || !job->types || !job->ranks || !job->data || !job->dims)))
         return EE_ERR_NULL;
-    if (n_in > MAX_INPUTS)
+    if (job->n_in > MAX_INPUTS)
         return EE_ERR_CAPACITY;
-    *out_status = NULL;
+    const ee_ort_t *o = job->ort;
+    job->status = NULL;
     void *inputs[MAX_INPUTS] = {0};
     void *output = NULL;
     status_t st = NULL;
-    const long long *shape = dims;
-    for (unsigned long i = 0; !st && i < n_in; i++) {
-        st = ((create_tensor_fn)o->create_tensor_with_data_as_ort_value)(
-            o->cpu, data[i], bytes[i], (const int64_t *)shape, ranks[i], types[i], &inputs[i]);
-        shape += ranks[i];
+    ee_status rc = EE_OK;
+    const long long *shape = job->dims;
+    size_t bytes = 0;
+    for (unsigned long i = 0; !st && rc == EE_OK && i < job->n_in; i++) {
+        rc = tensor_bytes(job->types[i], shape, job->ranks[i], &bytes);
+        if (rc == EE_OK)
+            st = ((create_tensor_fn)o->create_tensor_with_data_as_ort_value)(
+                o->cpu, job->data[i], bytes, (const int64_t *)shape, job->ranks[i], job->types[i], &inputs[i]);
+        shape += job->ranks[i];
     }
-    if (!st)
+    if (!st && rc == EE_OK) rc = tensor_bytes(job->out_type, job->out_dims, job->out_rank, &bytes);
+    if (!st && rc == EE_OK)
         st = ((create_tensor_fn)o->create_tensor_with_data_as_ort_value)(
-            o->cpu, out_data, out_bytes, (const int64_t *)out_dims, out_rank, out_type, &output);
-    if (!st)
-        st = ((run_fn)o->run)(session, NULL, names, (const void *const *)inputs, n_in, &out_name, 1, &output);
-    for (unsigned long i = 0; i < n_in; i++)
+            o->cpu, job->out_data, bytes, (const int64_t *)job->out_dims, job->out_rank, job->out_type, &output);
+    if (!st && rc == EE_OK)
+        st = ((run_fn)o->run)(job->session, NULL, job->names, (const void *const *)inputs, job->n_in,
+                              &job->out_name, 1, &output);
+    for (unsigned long i = 0; i < job->n_in; i++)
         if (inputs[i]) ((release_fn)o->release_value)(inputs[i]);
     if (output) ((release_fn)o->release_value)(output);
     if (st) {
-        *out_status = st;
+        job->status = st;
         return EE_ERR_RUNTIME;
     }
-    return EE_OK;
+    return rc;
 }

@@ -171,13 +171,20 @@ def test_close_while_runs_are_in_flight_frees_once_and_never_crashes():
     assert s._handle is None and s._running == 0  # freed by close or by the last run in flight
 
 
-def test_the_kernel_refuses_more_inputs_than_it_holds():
+def test_the_kernel_refuses_what_it_cannot_run():
     rt = _ort_capi.runtime()
     s = ort.open(CLINC / "banking.onnx", binding="c")
-    names = rt.calls.names([f"i{k}" for k in range(17)] + ["logits"])
-    arrays = [np.zeros(1, np.float32)] * 17
-    with pytest.raises(NativeError, match="ee_ort_run: output buffers too small"):
-        rt.calls.run(int(rt.ffi.cast("uintptr_t", s._handle)), names, arrays, [1] * 17, np.empty(16, np.float32), 1)
+    address = int(rt.ffi.cast("uintptr_t", s._handle))
+    with pytest.raises(NativeError, match="17 inputs; the kernel takes at most 16"):
+        rt.calls.job(address, [f"i{k}" for k in range(17)], [1] * 17, [1] * 17, "logits", (16,), 1)
+    strings = rt.calls.job(address, ["indices", "values"], [8, 1], [1, 1], "logits", (16,), 1)  # 8 = string
+    with pytest.raises(NativeError, match="element type without a fixed size"):
+        strings.run([np.zeros(1, np.int32), np.zeros(1, np.float32)], np.empty(16, np.float32))
+    job = rt.calls.job(address, ["indices", "values"], [6, 1], [1, 1], "logits", (16,), 1)
+    out = np.empty(16, np.float32)
+    feeds = {"indices": np.array([5, 6], np.int32), "values": np.array([0.6, 0.8], np.float32)}
+    assert job.run([feeds["indices"], feeds["values"]], out) == 0
+    np.testing.assert_array_equal(out, s.run(feeds))
     s.close()
     assert _native.OrtCalls.MAX_INPUTS == 16
 

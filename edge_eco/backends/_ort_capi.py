@@ -302,18 +302,6 @@ class Runtime:
             if out[0] != ffi.NULL:
                 api.ReleaseValue(out[0])
 
-    def run_into(self, calls: _native.OrtCalls, sess, names: tuple, arrays: list[np.ndarray], types: list[int],
-                 out: np.ndarray) -> None:
-        """Run ``sess`` into the preallocated ``out`` in one kernel call (``calls`` is the
-        ``self.calls`` the session was made with, ``names`` from its ``names``, ``types`` the
-        inputs' ONNX element types).
-
-        Raises:
-            InferenceError: the runtime refused the inputs or failed.
-        """
-        self.check(calls.run(self._address(sess), names, arrays, types, out, _ONNX[out.dtype]), InferenceError,
-                   "onnxruntime run failed")
-
     def release_session(self, sess) -> None:
         self.api.ReleaseSession(sess)
 

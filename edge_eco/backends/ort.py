@@ -166,8 +166,14 @@ class CSession(_Session):
         types = [_ort_capi.onnx_type(dtype) for _, dtype, _ in inputs]
         fixed = out_dtype is not None and all(isinstance(d, int) for d in out_shape) and None not in types
         calls = self._rt.calls
-        self._fast = (calls, calls.names([c[0] for c in self._contract] + [output]), types, tuple(out_shape),
-                      out_dtype) if fixed and calls is not None and len(inputs) <= calls.MAX_INPUTS else None
+        if fixed and calls is not None and len(inputs) <= calls.MAX_INPUTS:
+            names, ranks = [c[0] for c in self._contract], [len(c[2]) for c in self._contract]
+            address = int(self._rt.ffi.cast("uintptr_t", self._handle))
+            self._fast = (lambda: calls.job(address, names, types, ranks, output, tuple(out_shape),
+                                            _ort_capi.onnx_type(out_dtype)), tuple(out_shape), out_dtype)
+        else:
+            self._fast = None
+        self._jobs: list = []  # bound kernel jobs not in use (one per thread running at once)
         self._state = threading.Lock()
         self._running, self._closed = 0, False
 
@@ -180,9 +186,16 @@ class CSession(_Session):
             self._running += 1
         try:
             if self._fast is not None:
-                calls, names, types, shape, dtype = self._fast
+                new_job, shape, dtype = self._fast
                 out = np.empty(shape, dtype)
-                self._rt.run_into(calls, self._handle, names, arrays, types, out)
+                jobs = self._jobs
+                job = jobs.pop() if jobs else new_job()  # list.pop/append are atomic: no lock
+                try:
+                    status = job.run(arrays, out)
+                finally:
+                    jobs.append(job)
+                if status:
+                    self._rt.check(status, InferenceError, "onnxruntime run failed")
                 return out
             return self._rt.run(self._handle, self._in_names, arrays, self._out_name)
         finally:
