@@ -97,6 +97,21 @@ def _num(x: float | None) -> str:
     return "none" if x is None else f"{x:.3f}"
 
 
+def _writable(flag: str, path: Path) -> None:
+    """Refuse, before a long run, a report path that cannot be written (it is written after)."""
+    if path.is_dir():
+        raise RequestError(f"{flag} {path} is a directory; give a file name")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise RequestError(f"{flag} {path} cannot be written ({exc.strerror}); nothing was run") from exc
+    if not existed:
+        path.unlink()
+
+
 def bench_residency_cmd(args: argparse.Namespace) -> int:
     """`edge-eco bench residency`: run the benchmark, print its rows, write the report and the plot."""
     from .bench_residency import bench_residency
@@ -104,8 +119,8 @@ def bench_residency_cmd(args: argparse.Namespace) -> int:
     from .har_data import load_har
 
     for flag, path in (("--out", args.out), ("--plot", args.plot)):
-        if path and Path(path).is_dir():
-            raise RequestError(f"{flag} {path} is a directory; give a file name")
+        if path:
+            _writable(flag, Path(path))
     root = data_root(args.data, os.environ.get("EDGE_ECO_DATA"))
     source = root / "clinc150" / "data_full.json"
     if not source.is_file():  # never downloads (only `make demo` may): name what is missing
@@ -150,9 +165,9 @@ def bench_residency_cmd(args: argparse.Namespace) -> int:
         print(f"report written to {args.out}")
     if args.plot:
         from .plot import plot_bars
+        series = ("cost_aware", "lru", "belady", "online_optimum", "optimum")  # online: independent traces only
         bars = {f"{t} {b}": {p: row[p]["miss_cost_ms"] / max(row["lru"]["miss_cost_ms"], 1e-9)
-                             for p in ("cost_aware", "lru", "belady")} | {
-                    "optimum": row["optimum"]["miss_cost_ms"] / max(row["lru"]["miss_cost_ms"], 1e-9)}
+                             for p in series if p in row}
                 for t, budgets in r["policies"].items() for b, row in budgets.items()}
         plot_bars(bars, Path(args.plot), "miss cost relative to LRU (lower is better)")
         print(f"plot written to {args.plot}")

@@ -79,7 +79,7 @@ def plot_bars(groups: dict[str, dict[str, float]], path: str | os.PathLike, titl
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise EdgeEcoError("matplotlib is needed for --plot: pip install 'edge_eco[bench]'") from exc
-    series = list(next(iter(groups.values())))
+    series = list(dict.fromkeys(s for g in groups.values() for s in g))  # a series may skip some groups
     fig = Figure(figsize=(max(7.0, 0.6 * len(groups)), 4.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -91,7 +91,8 @@ def plot_bars(groups: dict[str, dict[str, float]], path: str | os.PathLike, titl
     ax.set_xticklabels(list(groups), rotation=45, ha="right", fontsize="small")
     ax.axhline(1.0, color="0.3", linewidth=0.8, linestyle="--")
     ax.set_title(title)
-    ax.legend(fontsize="small")
+    # beside the axes, not over the bars (it had covered the last groups' bars)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     out = Path(path)
     fig.savefig(out, format="png")

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import DATA, MODELS
@@ -61,3 +62,20 @@ def test_bench_residency_names_a_bundle_of_the_wrong_kind_and_never_downloads(tm
                              timeout=300, env={**os.environ, "HOME": str(tmp_path)})
     assert missing.returncode == 2 and "CLINC150 is not at" in missing.stderr
     assert not (tmp_path / ".cache").exists()
+
+
+def test_bench_residency_refuses_an_unwritable_report_before_it_runs(tmp_path):
+    exe = str(Path(sys.executable).parent / "edge-eco")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for flag, path in (("--out", blocker / "r.json"), ("--plot", blocker / "sub" / "r.png")):
+        t0 = time.perf_counter()
+        done = subprocess.run([exe, "bench", "residency", "--data", str(DATA), flag, str(path)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and f"{flag} {path} cannot be written" in done.stderr, done.stderr
+        assert "nothing was run" in done.stderr and time.perf_counter() - t0 < 20  # the run takes ~45 s
+    fresh = tmp_path / "new" / "r.json"
+    bad = subprocess.run([exe, "bench", "residency", "--out", str(fresh), "--cycles", "1.5"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "not a whole number: '1.5'" in bad.stderr
+    assert not fresh.exists()
