@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .backends import MAX_THREADS
 from .errors import ManifestError
 
 NETWORKS = ("offline", "cellular", "wifi", "ethernet")
@@ -90,7 +91,7 @@ def parse_platform(text: str, where: str = "platform") -> Platform:
         raise ManifestError(f"{where}.remote_budget_rate: an offline platform cannot send requests remote")
     return Platform(name=text_field("name"), memory_budget_bytes=num("memory_budget_bytes", int, 1, 1 << 50),
                     latency_budget_ms=num("latency_budget_ms", float, 1e-3, 1e6),
-                    threads=num("threads", int, 1, 1024, 1), network=network, remote_budget_rate=remote_rate,
+                    threads=num("threads", int, 1, MAX_THREADS, 1), network=network, remote_budget_rate=remote_rate,
                     cpu_factor=num("cpu_factor", float, 1e-3, 1e4, 1.0), source=text_field("source", ""),
                     estimates=text_field("estimates", ""))
 

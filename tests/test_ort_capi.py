@@ -16,7 +16,7 @@ import pytest
 
 from edge_eco import _native
 from edge_eco import ecology as ecology_mod
-from edge_eco.backends import _ort_capi, ort
+from edge_eco.backends import _ort_capi, open_model, ort
 from edge_eco.errors import InferenceError, ModelLoadError, NativeError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -217,3 +217,18 @@ def test_binding_choice_is_validated():
         assert isinstance(ort.open(CLINC / "banking.onnx"), ort.OrtSession)
     finally:
         assert ort.set_default_binding("c") == "python"
+
+
+@pytest.mark.parametrize("threads", [0, -1, 10**6, 2.0, True, "4"])
+def test_a_thread_count_a_runtime_would_turn_into_a_huge_pool_is_refused(threads):
+    # a trial passed threads=10**6 to ort.open: ONNX Runtime began building a million-thread pool
+    path = next(CLINC.glob("*.onnx"))
+    for binding in ("c", "python"):
+        with pytest.raises(ModelLoadError, match=r"threads must be a whole number from 1 to 1024, not "):
+            ort.open(path, threads=threads, binding=binding)
+    with pytest.raises(ModelLoadError, match="threads must be a whole number"):
+        open_model("tflite", ROOT / "models" / "har" / "active_tiny.tflite", threads=threads)
+    with pytest.raises(ModelLoadError, match="threads must be a whole number"):
+        open_model("ort", path, threads=threads)
+    session = ort.open(path, threads=8, binding="c")  # an in-range count still loads
+    session.close()

@@ -28,6 +28,17 @@ class Session(Protocol):
 
 
 NAMES = ("ort", "tflite", "fake")
+MAX_THREADS = 1024  # the same bound as a platform profile's ``threads``
+
+
+def check_threads(threads: object) -> None:
+    """Refuse a thread count a runtime would turn into that many OS threads (10**6 exhausts a device).
+
+    Raises:
+        ModelLoadError: ``threads`` is not a whole number from 1 to MAX_THREADS.
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise ModelLoadError(f"threads must be a whole number from 1 to {MAX_THREADS}, not {threads!r}")
 
 
 def open_model(backend: str, path: Path, *, output: str = "logits", threads: int = 1,
@@ -37,10 +48,11 @@ def open_model(backend: str, path: Path, *, output: str = "logits", threads: int
     Raises:
         ModelLoadError: unknown backend, runtime not installed, a file that fails the structural
             preflight (empty, Git LFS pointer, wrong magic, broken ONNX structure), or the runtime
-            refused the file.
+            refused the file, or ``threads`` is not a whole number from 1 to MAX_THREADS.
     """
     if backend not in NAMES:
         raise ModelLoadError(f"unknown backend {backend!r} (known: {list(NAMES)})")
+    check_threads(threads)
     preflight(Path(path))  # before any runtime sees the bytes: some crash on corrupt files
     module = importlib.import_module(f"{__name__}.{backend}")
     return module.open(Path(path), output=output, threads=threads, optimize=optimize)

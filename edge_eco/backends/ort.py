@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InferenceError, ModelLoadError
+from . import check_threads
 
 _ort = None
 _import_lock = threading.Lock()
@@ -189,7 +190,10 @@ class CSession(_Session):
                 new_job, shape, dtype = self._fast
                 out = np.empty(shape, dtype)
                 jobs = self._jobs
-                job = jobs.pop() if jobs else new_job()  # list.pop/append are atomic: no lock
+                try:
+                    job = jobs.pop()  # list.pop/append are atomic: no lock
+                except IndexError:  # every job is in use by another thread (or none made yet)
+                    job = new_job()
                 try:
                     status = job.run(arrays, out)
                 finally:
@@ -271,8 +275,9 @@ def open(path: Path, *, output: str = "logits", threads: int = 1, optimize: bool
             when the wheel's shared library cannot be loaded). Both give identical outputs.
 
     Raises:
-        ModelLoadError: the runtime refused the file, the mode does not fit it, or the binding
-            is unknown (or ``c`` was asked for and is unavailable).
+        ModelLoadError: the runtime refused the file, the mode does not fit it, the binding
+            is unknown (or ``c`` was asked for and is unavailable), or ``threads`` is not a
+            whole number from 1 to MAX_THREADS.
     """
     if binding is None:
         binding = _binding["default"]
@@ -280,4 +285,5 @@ def open(path: Path, *, output: str = "logits", threads: int = 1, optimize: bool
             binding = "python"
     if binding not in BINDINGS:
         raise ModelLoadError(f"unknown ONNX Runtime binding {binding!r} (known: {list(BINDINGS)})")
+    check_threads(threads)
     return BINDINGS[binding](path, output, threads, optimize, mode)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InferenceError, ModelLoadError
+from . import check_threads
 
 _lit = None
 _import_lock = threading.Lock()
@@ -208,4 +209,5 @@ class TfliteSession:
 
 def open(path: Path, *, output: str = "logits", threads: int = 1, optimize: bool = True) -> TfliteSession:  # noqa: A001
     """Load a .tflite model from ``path`` (memory-mapped); raises ModelLoadError."""
+    check_threads(threads)
     return TfliteSession(path, output, threads, optimize)
