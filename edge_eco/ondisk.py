@@ -7,8 +7,12 @@ changed is hashed again and, unless it still matches the manifest's sha256, the 
 with an :class:`~edge_eco.errors.IntegrityError` instead of handing the bytes to a runtime.
 The stamp is :func:`~edge_eco.artifacts.file_identity` (the ctime in it: an mtime can be set back).
 
-What this cannot cover: a file truncated or rewritten *in place* while a loaded model has it
-memory-mapped. The kernel then faults on the missing pages (SIGBUS) before any check can run.
+The same check runs before a *cold* model (its file pages dropped, its session kept) is used
+again: its pages would fault back in from whatever the file holds by then.
+
+What this cannot cover: a file truncated or rewritten *in place* while a hot model has it
+memory-mapped. Truncated, the kernel faults on the missing pages (SIGBUS, the process dies) before
+any check can run; rewritten, the model answers from the new bytes until it is unloaded.
 The runtime's own writes (swaps, restores, staging, router fits, builds) never do that: they
 write a new file and rename it over the old one, and a mapping keeps the old inode.
 Shell: reads the file system.

@@ -158,3 +158,20 @@ def test_a_loaded_model_keeps_answering_after_the_runtime_replaced_its_file(clin
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]  # a SIGBUS would be returncode -7
     assert r.stdout.split() == ["balance", "balance"]
+
+
+def test_a_cold_model_rewritten_in_place_is_refused_when_it_would_warm_again(clinc):
+    """A trial's case: a model demoted to cold (its file pages dropped, its session kept) had its
+    weights rewritten in place; warming it faulted the new bytes in and it answered 'oos' (declined,
+    0.99) where it had answered 'balance'. Its files are now checked on the way back to hot."""
+    with edge_eco.open(clinc, budget_bytes=int(2.6 * 2**20), excluded=frozenset({"generalist"})) as eco:
+        for m, q in [("banking", "what is my balance"), ("travel", "book a flight"), ("home", "turn on the lights")]:
+            assert eco.predict_with(m, q).label in ("balance", "book_flight", "smart_home")
+        assert eco.stats()["cold"] == ["banking"]  # three 1 MiB specialists in 2.6 MiB: the oldest went cold
+        with open(clinc / "banking.onnx.data", "r+b") as fh:  # same size, same inode: a mapping would see it
+            fh.write((clinc / "credit_cards.onnx.data").read_bytes())
+        with pytest.raises(IntegrityError, match="'banking.onnx.data' changed on disk after the ecology was opened"):
+            eco.predict_with("banking", "what is my balance")
+        st = eco.stats()
+        assert "banking" not in st["resident"] and st["resident_bytes"] <= int(2.6 * 2**20)
+        assert eco.predict_with("travel", "book a flight").label == "book_flight"  # the others still answer

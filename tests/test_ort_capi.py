@@ -232,3 +232,37 @@ def test_a_thread_count_a_runtime_would_turn_into_a_huge_pool_is_refused(threads
         open_model("ort", path, threads=threads)
     session = ort.open(path, threads=8, binding="c")  # an in-range count still loads
     session.close()
+
+
+@pytest.mark.parametrize("binding", ["c", "python", "tflite"])
+def test_feeds_that_are_not_a_dict_of_arrays_or_name_an_unknown_input_are_refused(binding):
+    # a trial's feeds as a list raised AttributeError, and an extra (typo'd) input was silently dropped
+    if binding == "tflite":
+        s = open_model("tflite", ROOT / "models" / "har" / "active_tiny.tflite")
+        name = s._names[0]
+        ok = {name: np.zeros(s._specs[0][2], np.float32)}
+        bad_value = {name: "not numbers"}
+    else:
+        s = ort.open(CLINC / "banking.onnx", binding=binding)
+        name = "indices"
+        ok = {"indices": np.array([3, 9], np.int32), "values": np.array([0.6, 0.8], np.float32)}
+        bad_value = {**ok, "values": [0.6, 0.8]}
+    with pytest.raises(InferenceError, match=r"feeds must be a dict of input name -> array, not a list"):
+        s.run(list(ok.values()))
+    with pytest.raises(InferenceError, match=r"unknown input 'indicies' \(model inputs: \["):
+        s.run({**ok, "indicies": ok[name]})
+    with pytest.raises(InferenceError, match=rf"missing input '{name}' \(model inputs"):
+        s.run({("x2" if k == name else k): v for k, v in ok.items()})  # as many feeds as inputs, one misnamed
+    with pytest.raises(InferenceError):
+        s.run(bad_value)
+    assert np.isfinite(s.run(ok)).all()
+    s.close()
+
+
+def test_a_long_runtime_message_keeps_its_reason_at_the_end():
+    from edge_eco.backends import brief
+    node = "Non-zero status code returned while running MatMulInteger node. Name:'/layers.0/MatMul' " * 4
+    text = brief(node + "Status Message: the output shape [1,151] does not match the declared [1,150]")
+    assert len(text) <= 400 and text.startswith("Non-zero status code returned")
+    assert text.endswith("the output shape [1,151] does not match the declared [1,150]")
+    assert brief("  short\n  message ") == "short message"

@@ -126,6 +126,39 @@ def test_demotion_frees_file_bytes_and_rewarming_charges_them_again():
     assert res.stats.evictions == 0 and res.resident_bytes <= 1000 and w.violations == []
 
 
+def test_a_cold_model_whose_files_changed_is_unloaded_not_faulted_back_in():
+    """A trial rewrote a cold model's weights in place: rewarming faulted the new bytes in and the
+    model answered from them. The files are checked on the way back to hot; a failure unloads it."""
+    changed: set[str] = set()
+
+    def check(model_id):
+        if model_id in changed:
+            raise OSError(f"{model_id} changed on disk")
+    Sess.live = set()
+    w = World(1000)
+    res = Residency(w.load, SIZES.__getitem__, 1000, measure=w.footprint, policy="cost_aware",
+                    cost=lambda m: (SIZES[m] / 100.0, 0.0), paths=lambda m: {f"/m/{m}"}, demote=w.drop,
+                    check=check)
+    for m in "acf":
+        with res.use(m) as s:
+            s.run({})
+    assert res.cold() == ["a"] and res.resident_bytes == 950
+    changed.add("a")
+    with pytest.raises(OSError, match="a changed on disk"):
+        with res.use("a"):
+            pass
+    # the room a needed was made before its check (c demoted in turn); a itself is gone
+    assert sorted(res.resident()) == ["c", "f"] and res.cold() == ["c"]
+    assert res.resident_bytes == 550 == w.anon + w.file and not any(s.model_id == "a" for s in Sess.live)
+    assert res.stats.evictions == 1 and w.violations == []
+    changed.clear()  # the right bytes are back: a loads afresh
+    with res.use("a") as s:
+        s.run({})
+    assert "a" in res.resident() and res.resident_bytes == w.anon + w.file <= 1000
+    res.close()
+    assert w.anon + w.file == 0
+
+
 def test_measured_split_replaces_a_wrong_prediction():
     res, w = make(2000, predict=lambda m: 2 * SIZES[m])
     with res.use("d"):

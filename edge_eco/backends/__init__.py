@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from ..artifacts import preflight
-from ..errors import ModelLoadError
+from ..errors import InferenceError, ModelLoadError
 
 
 class Session(Protocol):
@@ -29,6 +29,32 @@ class Session(Protocol):
 
 NAMES = ("ort", "tflite", "fake")
 MAX_THREADS = 1024  # the same bound as a platform profile's ``threads``
+
+
+def brief(message: object, limit: int = 400) -> str:
+    """A runtime's error message cut to ``limit`` characters for an error of ours, keeping its
+    start and its end: ONNX Runtime puts the reason last, after the node and the shapes."""
+    text = " ".join(str(message).split())
+    if len(text) <= limit:
+        return text
+    head = limit // 4
+    return f"{text[:head]} ... {text[-(limit - head - 5):]}"
+
+
+def check_feed_names(feeds: object, names: list[str]) -> None:
+    """Refuse feeds that are not a dict, or that add inputs the model does not have (they would
+    be dropped silently). A wrong name among the right number of feeds leaves a right one
+    missing, which the backend's own check names.
+
+    Raises:
+        InferenceError: naming the problem and the model's inputs.
+    """
+    if not isinstance(feeds, dict):
+        raise InferenceError(f"feeds must be a dict of input name -> array, not a {type(feeds).__name__}")
+    if len(feeds) != len(names):  # same count: a wrong name leaves a right one missing (the caller's check)
+        unknown = sorted(repr(n) for n in feeds if n not in names)
+        if unknown:
+            raise InferenceError(f"unknown input {', '.join(unknown)} (model inputs: {names})")
 
 
 def check_threads(threads: object) -> None:

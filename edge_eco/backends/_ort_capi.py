@@ -27,6 +27,7 @@ import numpy as np
 from .. import _native
 from ..artifacts import file_identity
 from ..errors import InferenceError, ModelLoadError
+from . import brief
 
 API_VERSION = 13
 # index -> declaration of the OrtApi slots this binding calls (enums are passed as int).
@@ -150,7 +151,7 @@ class Runtime:
         finally:
             self.api.ReleaseStatus(status)
         prefix = doing if doing.startswith("onnxruntime") else f"onnxruntime ({doing})"
-        raise error(f"{prefix}: {message.strip()[:300]}")
+        raise error(f"{prefix}: {brief(message)}")
 
     def take_string(self, ptr) -> str:
         """A string ONNX Runtime allocated with the default allocator, freed after reading."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InferenceError, ModelLoadError
-from . import check_threads
+from . import brief, check_feed_names, check_threads
 
 _ort = None
 _import_lock = threading.Lock()
@@ -64,6 +64,7 @@ class _Session:
     """What both bindings share: the input contract check and the warm-up run."""
 
     _contract: list[tuple[str, type | None, list]]
+    _names: list[str]
 
     def warm(self) -> None:
         """Run once on zeros of the declared input shapes (symbolic dims as 1), so that the pages
@@ -73,14 +74,17 @@ class _Session:
         self.run(feeds)
 
     def _check(self, feeds: dict[str, np.ndarray]) -> None:
-        """Refuse feeds that do not fit the graph's declared inputs (names, dtypes, ranks, and
-        symbolic dims such as ``nnz`` that must agree across inputs): ONNX broadcasting would
+        """Refuse feeds that do not fit the graph's declared inputs (names, unknown names, arrays,
+        dtypes, ranks, and symbolic dims such as ``nnz`` that must agree across inputs): ONNX broadcasting would
         otherwise turn some mismatches into silent wrong answers."""
+        check_feed_names(feeds, self._names)
         dims: dict[str, int] = {}
         for name, dtype, shape in self._contract:
             a = feeds.get(name)
             if a is None:
                 raise InferenceError(f"missing input {name!r} (model inputs: {[c[0] for c in self._contract]})")
+            if not isinstance(a, np.ndarray):
+                raise InferenceError(f"input {name!r}: a {type(a).__name__}, not a numpy array")
             if dtype is not None and a.dtype != dtype:
                 raise InferenceError(f"input {name!r}: dtype {a.dtype} where the model expects {np.dtype(dtype)}")
             if a.ndim != len(shape):
@@ -125,17 +129,18 @@ class OrtSession(_Session):
             names = [o.name for o in self._sess.get_outputs()]
             inputs = [(i.name, i.type, list(i.shape)) for i in self._sess.get_inputs()]
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/RuntimeError types
-            raise ModelLoadError(f"onnxruntime refused {path.name}: {str(exc).strip()[:300]}") from exc
+            raise ModelLoadError(f"onnxruntime refused {path.name}: {brief(exc)}") from exc
         self._check_output(path, output, names)
         self._output = [output]
         self._contract = [(name, _DTYPES.get(kind), shape) for name, kind, shape in inputs]
+        self._names = [c[0] for c in self._contract]
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         self._check(feeds)
         try:
             return self._sess.run(self._output, feeds)[0]
         except Exception as exc:
-            raise InferenceError(f"onnxruntime run failed: {str(exc).strip()[:300]}") from exc
+            raise InferenceError(f"onnxruntime run failed: {brief(exc)}") from exc
 
     def close(self) -> None:
         self._sess = None
@@ -158,6 +163,7 @@ class CSession(_Session):
             raise
         ffi = self._rt.ffi
         self._contract = [(name, dtype.type if dtype is not None else None, shape) for name, dtype, shape in inputs]
+        self._names = [c[0] for c in self._contract]
         self._keep = [ffi.new("char[]", n.encode()) for n in [c[0] for c in self._contract] + [output]]
         self._in_names = ffi.new("const char*[]", self._keep[:-1])
         self._out_name = ffi.new("const char*[1]", [self._keep[-1]])

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InferenceError, ModelLoadError
-from . import check_threads
+from . import brief, check_feed_names, check_threads
 
 _lit = None
 _import_lock = threading.Lock()
@@ -140,8 +140,9 @@ class TfliteSession:
             outs = {d["name"]: d for d in self._it.get_output_details()}
             self._inputs = self._it.get_input_details()
             self._specs = [self._prepare(d) for d in self._inputs]
+            self._names = [spec[1] for spec in self._specs]
         except Exception as exc:  # noqa: BLE001 - the runtime's errors are not a documented set
-            raise ModelLoadError(f"LiteRT refused {path.name}: {type(exc).__name__}: {str(exc).strip()[:300]}") from exc
+            raise ModelLoadError(f"LiteRT refused {path.name}: {type(exc).__name__}: {brief(exc)}") from exc
         self._lock = threading.Lock()
         if output not in outs:
             raise ModelLoadError(f"{path.name}: no output named {output!r} (outputs: {sorted(outs)})")
@@ -177,6 +178,7 @@ class TfliteSession:
         return np.clip(q, lo, hi, out=q).astype(dtype).reshape(shape)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        check_feed_names(feeds, self._names)
         prepared = []
         for spec in self._specs:
             a = feeds.get(spec[1])
@@ -192,7 +194,7 @@ class TfliteSession:
                 self._it.invoke()
                 out = self._it.get_tensor(self._out_index)
             except Exception as exc:  # noqa: BLE001 - the runtime's errors are not a documented set
-                raise InferenceError(f"LiteRT run failed: {type(exc).__name__}: {str(exc).strip()[:300]}") from exc
+                raise InferenceError(f"LiteRT run failed: {type(exc).__name__}: {brief(exc)}") from exc
         if self._out_scale is not None:
             return (out.reshape(-1).astype(np.float32) - self._out_zero) * self._out_scale
         return np.array(out, dtype=np.float32).reshape(-1)

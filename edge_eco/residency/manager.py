@@ -51,7 +51,10 @@ class Residency:
             an unmeasured probe (its one-time start-up is not charged to a model; see .meter).
         anon_cap: model id -> the most anonymous bytes one load of it is charged.
         check: called with a model id before each load, outside its measurement (e.g. hash its
-            files again); what it allocates is not charged to the model. Its errors fail the load.
+            files again), and before a cold model's pages are faulted back in; what it allocates
+            is not charged to the model. Its errors fail the load (a cold model is unloaded).
+        runtime_bytes: record of runtimes already started, shared across managers (see .meter);
+            None: this manager's own.
     """
 
     def __init__(self, loader: Callable[[str], Session], predict_bytes: Callable[[str], int],
@@ -62,7 +65,8 @@ class Residency:
                  demote: Callable[[set[str]], object] | None = None,
                  runtime_of: Callable[[str], str] | None = None,
                  anon_cap: Callable[[str], int] | None = None,
-                 check: Callable[[str], None] | None = None) -> None:
+                 check: Callable[[str], None] | None = None,
+                 runtime_bytes: dict[str, Footprint] | None = None) -> None:
         if policy not in ("lru", "cost_aware"):
             raise ValueError(f"policy must be 'lru' or 'cost_aware', got {policy!r}")
         self._loader, self._predict, self._measure = loader, predict_bytes, measure
@@ -73,7 +77,7 @@ class Residency:
         self._lock = threading.Lock()
         self._released = threading.Condition(self._lock)
         self._load_lock = threading.Lock()  # loads one at a time, so footprint deltas are attributable
-        self.meter = Meter(measure, paths, runtime_of, anon_cap)
+        self.meter = Meter(measure, paths, runtime_of, anon_cap, runtime_bytes=runtime_bytes)
         self._entries: dict[str, pol.Entry] = {}
         self._ghost: dict[str, tuple[float, int]] = {}
         self._requests = 0
@@ -178,6 +182,12 @@ class Residency:
                 continue
             self._free(demoted, victims, slot, credit)
             if loaded:
+                if self._check is not None:  # its pages come back from the files: still the ones loaded?
+                    try:
+                        self._check(model_id)
+                    except BaseException as exc:
+                        self._unload_changed(model_id, slot, exc)
+                        raise
                 with self._lock:
                     slot.bytes -= max(credit - need, 0)  # the surplus of the victims' bytes is free now
                     slot.cold = False
@@ -347,6 +357,26 @@ class Residency:
             slot.loading.set()
             slot.loading = None
         return session
+
+    def _unload_changed(self, model_id: str, slot: _Slot, exc: BaseException) -> None:
+        """A cold model whose files failed ``check`` on the way back to hot (rewritten in place
+        since it was demoted): unload it rather than fault its pages in from the new bytes. The
+        caller holds it (``users``) and others wait on ``loading``; they then see ``exc``."""
+        with self._lock:
+            slot.users -= 1
+            if self._slots.get(model_id) is slot:
+                self._slots.pop(model_id)
+                self._entries.pop(model_id, None)
+            self._unloading += slot.bytes  # charged until closed: the ledger never dips early
+        with self._load_lock:
+            slot.session.close()
+        with self._lock:
+            self._unloading -= slot.bytes
+            slot.bytes, slot.session, slot.error = 0, None, exc
+            self.stats.evictions += 1
+            slot.loading.set()
+            slot.loading = None
+            self._released.notify_all()
 
     def _room_for_excess(self, model_id: str, excess: int) -> list[tuple[str, _Slot]] | None:
         """Idle victims whose bytes cover ``excess`` (popped, moved to unloading); [] when the
