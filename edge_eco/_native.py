@@ -202,7 +202,9 @@ class OrtCalls:
                  "set_intra_op_num_threads", "set_inter_op_num_threads", "set_session_execution_mode",
                  "disable_mem_pattern", "disable_cpu_mem_arena", "set_session_log_severity_level",
                  "add_session_config_entry", "create_session", "create_tensor_with_data_as_ort_value",
-                 "run", "release_value")
+                 "run", "release_value", "run_options_set_terminate", "run_options_unset_terminate",
+                 "release_status", "create_run_options", "run_options_set_run_log_severity_level",
+                 "release_run_options", "release_session")
     MAX_INPUTS = 16
 
     def __init__(self, env: int, cpu: int, functions: dict[str, int]) -> None:
@@ -226,16 +228,24 @@ class OrtCalls:
         return int(_ffi.cast("uintptr_t", session[0])), 0
 
     def job(self, session: int, names: list[str], types: list[int], ranks: list[int], out_name: str,
-            out_shape: tuple, out_type: int) -> "OrtJob":
+            out_shape: tuple, out_type: int, stoppable: bool = False) -> "OrtJob":
         """One session's run bound for one thread (``ee_ort_job_t``): inputs ``names`` of ONNX
-        element ``types`` and ``ranks``; one output of fixed ``out_shape``.
+        element ``types`` and ``ranks``; one output of fixed ``out_shape``. A ``stoppable`` job
+        makes run options at its first run so that :meth:`OrtJob.stop` can stop a run; they are
+        released with the session (:meth:`release_session`).
 
         Raises:
             NativeError: more than MAX_INPUTS inputs.
         """
         if len(names) > self.MAX_INPUTS:
             raise NativeError(f"ee_ort_job_run: {len(names)} inputs; the kernel takes at most {self.MAX_INPUTS}")
-        return OrtJob(self._o, session, names, types, ranks, out_name, out_shape, out_type)
+        return OrtJob(self._o, session, names, types, ranks, out_name, out_shape, out_type, stoppable)
+
+    def release_session(self, session: int, jobs: list["OrtJob"]) -> None:
+        """Release ``session`` and its ``jobs``' run options in one kernel call (no run in flight)."""
+        handles = _ffi.new("ee_ort_job_t *[]", [j._job for j in jobs]) if jobs else _ffi.NULL
+        _check(_lib.ee_ort_session_release(self._o, _ffi.cast("void *", session), handles, len(jobs)),
+               "ee_ort_session_release")
 
 
 class OrtJob:
@@ -244,7 +254,7 @@ class OrtJob:
     __slots__ = ("_job", "_data", "_dims", "_keep")
 
     def __init__(self, o, session: int, names: list[str], types: list[int], ranks: list[int], out_name: str,
-                 out_shape: tuple, out_type: int) -> None:
+                 out_shape: tuple, out_type: int, stoppable: bool = False) -> None:
         c_names = [_ffi.new("char[]", n.encode()) for n in names]
         self._keep = [c_names, _ffi.new("char *[]", c_names), _ffi.new("int[]", types),
                       _ffi.new("unsigned long[]", ranks), _ffi.new("char[]", out_name.encode()),
@@ -254,7 +264,22 @@ class OrtJob:
         self._job = _ffi.new("ee_ort_job_t *", {
             "ort": o, "session": _ffi.cast("void *", session), "n_in": len(names), "names": self._keep[1],
             "types": self._keep[2], "ranks": self._keep[3], "data": self._data, "dims": self._dims,
-            "out_name": self._keep[4], "out_type": out_type, "out_rank": len(out_shape), "out_dims": self._keep[5]})
+            "out_name": self._keep[4], "out_type": out_type, "out_rank": len(out_shape), "out_dims": self._keep[5],
+            "stoppable": int(bool(stoppable))})
+
+    def started(self) -> int:
+        """CLOCK_MONOTONIC ns (as ``time.monotonic_ns``) at which the run in flight started; 0 if none."""
+        return self._job.started_ns
+
+    def stop(self, started: int) -> bool:
+        """Stop the run in flight if it is still the one that began at ``started`` (from another
+        thread); True if it was stopped (its :meth:`run` then returns ONNX Runtime's status)."""
+        return bool(_lib.ee_ort_job_stop(self._job, started))
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the last :meth:`run` was stopped by :meth:`stop`."""
+        return bool(self._job.stopped)
 
     def run(self, arrays: list[np.ndarray], out: np.ndarray) -> int:
         """Run on C-contiguous ``arrays`` (the bound types and ranks) into ``out`` (the bound

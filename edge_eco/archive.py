@@ -23,11 +23,11 @@ import os
 import secrets
 import shutil
 import time
-import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from . import tomlread
 from .bundle import sha256_file
 from .errors import StoreError
 from .manifest import FileEntry, ModelEntry, model_entry
@@ -61,7 +61,7 @@ def entry_to_text(entry: ModelEntry) -> str:
 
 def entry_from_text(text: str) -> ModelEntry:
     """Inverse of :func:`entry_to_text`. Raises ManifestError."""
-    return model_entry(tomllib.loads(text)["models"][0])
+    return model_entry(tomlread.loads(text)["models"][0])
 
 
 INDEX_NAME = "index.json"

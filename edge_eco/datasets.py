@@ -90,7 +90,8 @@ def load_requests(path: str | Path, split: str | None = None) -> list[Example]:
     or the stm32_har folder (accelerometer windows of ``split``, default test).
 
     Raises:
-        RequestError: unreadable file, a line that is not a JSON object with a string ``text``.
+        RequestError: unreadable file, a line that is not a JSON object with a string ``text``,
+            or whose ``label`` is neither a string nor a whole number.
     """
     path = Path(path)
     if path.is_dir():
@@ -117,5 +118,9 @@ def load_requests(path: str | Path, split: str | None = None) -> list[Example]:
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                 raise RequestError(f"{path}:{lineno}: expected an object with a string 'text'")
             label = obj.get("label")
+            # a whole number too, as `edge-eco build` reads labels (a bundle built from 0..9 has "0".."9")
+            if label is not None and (not isinstance(label, (str, int)) or isinstance(label, bool)):
+                raise RequestError(f"{path}:{lineno}: 'label' must be a string (or a whole number), "
+                                   f"got {json.dumps(label)[:60]}")
             out.append(Example(obj["text"], None if label is None else str(label)))
     return out

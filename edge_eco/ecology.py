@@ -41,6 +41,7 @@ from .remote_fallback import RemoteCall, load_deferral, remote_client_for
 from .remote_policy import remote_block_reason
 from .residency import Residency
 from .residency.footprint import drop_file_pages, read_footprint
+from .residency.meter import PROCESS_RUNTIME_BYTES
 from .router import Route
 from .routing import Routing
 
@@ -111,7 +112,8 @@ class Ecology:
         self.residency = Residency(loader.open, self._predict_bytes, budget, measure=read_footprint,
                                    policy="cost_aware", cost=self._miss_cost, paths=self._model_paths,
                                    demote=drop_file_pages if cold_state else None, runtime_of=self._runtime_of,
-                                   anon_cap=self._anon_cap, check=self._check_files)
+                                   anon_cap=self._anon_cap, check=self._check_files,
+                                   runtime_bytes=PROCESS_RUNTIME_BYTES)  # a runtime starts once per process
         self._local = LocalTier(manifest, self.residency, loader.adapters, self._excluded,
                                 workers=max(2, 2 * manifest.policy.coalition_size))
         self._ids = itertools.count(1)
@@ -220,7 +222,7 @@ class Ecology:
         Raises:
             RequestError: empty text, text over ``policy.max_text_bytes``, invalid UTF-8.
         """
-        _check_options(deadline_ms, local_only, max_risk)
+        deadline_ms = _check_options(deadline_ms, local_only, max_risk)
         with self._cond:
             if self._closed:
                 raise EdgeEcoError("ecology is closed")
@@ -411,18 +413,21 @@ class Ecology:
         self.close()
 
 
-def _check_options(deadline_ms: Any, local_only: Any, max_risk: Any = "medium") -> None:
-    """RequestError unless deadline_ms is None or a positive finite number, local_only a bool and
-    max_risk a risk level."""
+def _check_options(deadline_ms: Any, local_only: Any, max_risk: Any = "medium") -> float | None:
+    """RequestError unless deadline_ms is None or a positive finite number (a numpy scalar too),
+    local_only a bool and max_risk a risk level; returns deadline_ms as a float (or None)."""
     if deadline_ms is not None:
+        # a numpy scalar as a float first: float32 compared with float_info.max casts the max to inf
+        value = float(deadline_ms) if isinstance(deadline_ms, (np.integer, np.floating)) else deadline_ms
         # a comparison, not math.isfinite (OverflowError on an int past float range); NaN fails it too
-        if isinstance(deadline_ms, bool) or not isinstance(deadline_ms, (int, float)) \
-                or not 0 < deadline_ms <= sys.float_info.max:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= sys.float_info.max:
             raise RequestError(f"deadline_ms must be a positive number of milliseconds or None, got {deadline_ms!r}")
+        deadline_ms = float(value)
     if not isinstance(local_only, bool):
         raise RequestError(f"local_only must be True or False, got {local_only!r}")
     if max_risk not in RISK_LEVELS:
         raise RequestError(f"max_risk must be one of {list(RISK_LEVELS)}, got {max_risk!r}")
+    return deadline_ms
 
 
 def open(path: str | Path, *, trust: Any = None, **options: Any) -> Ecology:  # noqa: A001 - the public entry point

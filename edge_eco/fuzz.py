@@ -185,11 +185,24 @@ LOADERS: dict[str, Callable[[Path], Loader]] = {"bundle": _bundle_loader, "ort":
 MODELS_OF: dict[str, str] = {}
 
 
+def _import_plugin(plugin: str) -> None:
+    """Import the module ``plugin`` (it registers more layers).
+
+    Raises:
+        EdgeEcoError: it cannot be imported (not found, or it fails as it runs).
+    """
+    try:
+        importlib.import_module(plugin)
+    except Exception as exc:  # noqa: BLE001 - whatever a plugin raises as it is imported, said in one line
+        raise EdgeEcoError(f"fuzz plugin {plugin!r} cannot be imported: {type(exc).__name__}: {exc} "
+                           "(give a module name on the Python path; PYTHONPATH=DIR adds a folder)") from exc
+
+
 def _worker(layer: str, root: str, n: int, seed: int, start: int, signed_key: str | None,
             plugin: str | None = None) -> None:
     """Child process: run cases ``start..n-1``, one JSON line per case on stdout."""
     if plugin:
-        importlib.import_module(plugin)
+        _import_plugin(plugin)
     # Results go to a private copy of stdout; a runtime that prints (ONNX Runtime's C++ logger
     # does) writes to /dev/null instead of into the result stream.
     results = os.fdopen(os.dup(1), "w")
@@ -244,10 +257,11 @@ def run_fuzz(layer: str, root: str | Path, n: int, *, seed: int = 0, case_timeou
         A :class:`FuzzReport` with the outcome counts.
 
     Raises:
-        EdgeEcoError: unknown layer, or the pristine bundle itself does not open.
+        EdgeEcoError: unknown layer, a plugin that cannot be imported, or the pristine bundle
+            itself does not open.
     """
     if plugin:
-        importlib.import_module(plugin)
+        _import_plugin(plugin)
     if layer not in LOADERS:
         raise EdgeEcoError(f"unknown fuzz layer {layer!r} (known: {sorted(LOADERS)})")
     cases = cases_for(layer, Path(root), n, seed)

@@ -8,11 +8,11 @@ typo never silently falls back to a default. ``edge_eco.bundle`` does the file c
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from . import tomlread
 from .errors import ManifestError
 from .featurizer import FeaturizerSpec
 
@@ -88,6 +88,9 @@ class Policy:
     fallback_threshold: float = 0.5
     coalition_size: int = 2
     coalition_timeout_ms: float = 50.0
+    # One local run (ONNX Runtime) past this is stopped and counts as the model failing: a graph
+    # that loops for ever cannot hold a request, a load's probe run or a governance job.
+    max_run_ms: float = 1000.0
     max_text_bytes: int = 16384
     remote: str = "allowed"
     # "cascade": remote when the calibrated local confidence < fallback_threshold;
@@ -391,6 +394,7 @@ def _policy(t: _Table | None) -> Policy:
                fallback_threshold=t.get("fallback_threshold", float, 0.5, lo=0.0, hi=1.0),
                coalition_size=t.get("coalition_size", int, 2, lo=1, hi=8),
                coalition_timeout_ms=t.get("coalition_timeout_ms", float, 50.0, lo=0.1, hi=60000),
+               max_run_ms=t.get("max_run_ms", float, 1000.0, lo=1.0, hi=600000),
                max_text_bytes=t.get("max_text_bytes", int, 16384, lo=16, hi=1 << 24),
                remote=t.choice("remote", REMOTE_POLICIES, "allowed"),
                remote_rule=t.choice("remote_rule", ("cascade", "deferral"), "cascade"),
@@ -411,8 +415,8 @@ def parse_manifest(text: str) -> Manifest:
             or references between entries that do not resolve.
     """
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        data = tomlread.loads(text)
+    except tomlread.TOMLDecodeError as exc:
         raise ManifestError(f"ecology.toml is not valid TOML: {exc}") from exc
     top = _Table(data, "ecology.toml")
     schema = top.get("schema", int)

@@ -131,7 +131,8 @@ class ModelLoader:
                                     optimize=entry.input != "hashed-text")
         else:
             session = backends.open_model(entry.backend, self.root / entry.file.path, output=entry.output,
-                                          optimize=entry.input != "hashed-text")
+                                          optimize=entry.input != "hashed-text",
+                                          max_run_ms=self.manifest.policy.max_run_ms)
         try:  # one run on the manifest's input contract before the model is marked ready
             feeds = self._probes.get(model_id)
             if feeds is None:

@@ -72,7 +72,8 @@ class Shadow:
         for c in challengers:
             self._by_cap.setdefault(c.capability, []).append(c)
         self._sessions = {(c.capability, c.entry.version): backends.open_model(
-            c.entry.backend, c.folder / c.entry.file.path, output=c.entry.output, optimize=False) for c in challengers}
+            c.entry.backend, c.folder / c.entry.file.path, output=c.entry.output, optimize=False,
+            max_run_ms=eco.manifest.policy.max_run_ms) for c in challengers}
         self._champion_ids = {c.capability: eco._model_ids.get(c.capability, "?") for c in challengers}
         self._featurizer = Featurizer(eco.manifest.featurizer)
         self._rate, self._share = rate, cpu_share

@@ -12,11 +12,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from . import tomlread
 from .assign import DECISIONS, Expectation, ModelCost
 from .bundle import read_bundle
 from .ecology import Ecology
@@ -108,8 +108,8 @@ def parse_plan(text: str, where: str = "plan") -> DevicePlan:
         ManifestError: invalid TOML, wrong schema, a missing or malformed field, an unknown decision.
     """
     try:
-        d = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        d = tomlread.loads(text)
+    except tomlread.TOMLDecodeError as exc:
         raise ManifestError(f"{where}: not valid TOML: {exc}") from exc
     if d.get("schema") != PLAN_SCHEMA:
         raise ManifestError(f"{where}: schema {d.get('schema')!r} is not {PLAN_SCHEMA}")

@@ -9,10 +9,10 @@ longer than the machine that measured the device profile a local computation tak
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import tomlread
 from .backends import MAX_THREADS
 from .errors import ManifestError
 
@@ -56,8 +56,8 @@ def parse_platform(text: str, where: str = "platform") -> Platform:
         ManifestError: invalid TOML, a missing or unknown field, a value out of range.
     """
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        data = tomlread.loads(text)
+    except tomlread.TOMLDecodeError as exc:
         raise ManifestError(f"{where}: not valid TOML: {exc}") from exc
     unknown = sorted(set(data) - _FIELDS)
     if unknown:

@@ -34,13 +34,12 @@ from __future__ import annotations
 
 import json
 import time
-import tomllib
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import controller, evidence
+from . import controller, evidence, tomlread
 from .archive import Archive
 from .bundle import MANIFEST_NAME, read_bundle
 from .changes import GovernanceLock, begin, finish_statements, reconcile, sha256_bytes
@@ -140,7 +139,7 @@ class Population:
         for cap, version, st, folder, lineage in rows:
             lin = json.loads(lineage)
             # staged folders are relative to the bundle (absolute in stores written before schema 3)
-            out.append((Challenger(model_entry(tomllib.loads(lin["entry"])["models"][0]), self.root / folder), st, lin))
+            out.append((Challenger(model_entry(tomlread.loads(lin["entry"])["models"][0]), self.root / folder), st, lin))
         return out
 
     def shadow_errors(self) -> dict[tuple[str, str], tuple[int, str]]:

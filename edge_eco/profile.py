@@ -18,14 +18,13 @@ import os
 import platform as _platform
 import statistics
 import time
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import backends
+from . import backends, tomlread
 from ._native import Featurizer
 from .errors import ManifestError
 from .inputs import dense_adapter, hashed_feeds, token_adapter
@@ -212,7 +211,7 @@ def parse_profile(text: str, where: str = "profile") -> DeviceProfile:
         ManifestError: invalid TOML, wrong schema, missing or mistyped fields.
     """
     try:
-        d = tomllib.loads(text)
+        d = tomlread.loads(text)
         if d.get("schema") != PROFILE_SCHEMA:
             raise ManifestError(f"{where}: schema {d.get('schema')!r} is not {PROFILE_SCHEMA}")
         dev, eco = d["device"], d["ecology"]
@@ -228,7 +227,7 @@ def parse_profile(text: str, where: str = "profile") -> DeviceProfile:
         if bad:
             raise ManifestError(f"{where}: negative or non-finite measurement(s) {bad[:5]}")
         return prof
-    except tomllib.TOMLDecodeError as exc:
+    except tomlread.TOMLDecodeError as exc:
         raise ManifestError(f"{where}: not valid TOML: {exc}") from exc
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, ManifestError):

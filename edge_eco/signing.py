@@ -25,10 +25,10 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import tomlread
 from .errors import IntegrityError, ManifestError, SignatureError
 
 __all__ = ["SIGNATURE_NAME", "GovernanceSigner", "SignatureError", "Trust", "as_trust", "generate_key",
@@ -117,8 +117,8 @@ def load_trust(path: str | Path) -> Trust:
     if path.suffix == ".pub":
         return Trust((_b64(text, f"public key {path}", 32),), True)
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        data = tomlread.loads(text)
+    except tomlread.TOMLDecodeError as exc:
         raise ManifestError(f"trust file {path}: not valid TOML: {exc}") from exc
     unknown = set(data) - {"require_signature", "keys", "governance_key"}
     if unknown:
@@ -340,8 +340,8 @@ def _entries(root: Path) -> list[tuple[bytes, bytes]]:
     """
     sig_path = root / SIGNATURE_NAME
     try:
-        sig = tomllib.loads(sig_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        sig = tomlread.loads(sig_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomlread.TOMLDecodeError) as exc:
         raise SignatureError(f"{root.name}: {SIGNATURE_NAME} is unreadable or malformed: {exc}") from exc
     tables = sig.get("signatures") if set(sig) == {"signatures"} else [sig]
     if not isinstance(tables, list) or not tables:

@@ -10,12 +10,11 @@ copied or moved bundle keeps its challengers.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import numpy as np
 
-from . import backends
+from . import backends, tomlread
 from ._native import Featurizer
 from .archive import entry_to_text
 from .bundle import sha256_file
@@ -39,8 +38,8 @@ def read_spec(folder: Path, m: Manifest) -> tuple[ModelEntry, tuple[FileEntry, .
             in labels, input or featurizer, or reuses the champion's version.
     """
     try:
-        spec = tomllib.loads((folder / "challenger.toml").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        spec = tomlread.loads((folder / "challenger.toml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomlread.TOMLDecodeError) as exc:
         raise ManifestError(f"{folder}/challenger.toml: {exc}") from exc
     if "model" not in spec:
         raise ManifestError(f"{folder}/challenger.toml: missing [model] table")
@@ -73,7 +72,8 @@ def probe(entry: ModelEntry, folder: Path, m: Manifest) -> None:
     """
     name = f"challenger {entry.id} v{entry.version}"
     try:
-        session = backends.open_model(entry.backend, folder / entry.file.path, output=entry.output, optimize=False)
+        session = backends.open_model(entry.backend, folder / entry.file.path, output=entry.output, optimize=False,
+                                      max_run_ms=m.policy.max_run_ms)
         out = np.asarray(session.run(hashed_feeds(*Featurizer(m.featurizer)(PROBE_TEXT)))).reshape(-1)
     except EdgeEcoError as exc:
         raise ManifestError(f"{name}: the model does not run: {exc}") from exc

@@ -134,6 +134,13 @@ typedef struct {
     void *create_tensor_with_data_as_ort_value;
     void *run;
     void *release_value;
+    void *run_options_set_terminate;            /* ee_ort_job_stop */
+    void *run_options_unset_terminate;
+    void *release_status;
+    void *create_run_options;
+    void *run_options_set_run_log_severity_level;
+    void *release_run_options;
+    void *release_session;
 } ee_ort_t;
 
 /* Build a session with edge_eco's options: optimization level (0 or 99), intra-op threads,
@@ -165,8 +172,24 @@ typedef struct {
     const long long *out_dims;    /* [out_rank] its (fixed) shape */
     void *out_data;               /* its buffer, set per run: out_dims' product x element size bytes */
     void *status;                 /* out: the OrtStatus* when EE_ERR_RUNTIME is returned (caller releases) */
+    int stoppable;                /* make run_options at the first run, so ee_ort_job_stop can stop runs */
+    void *run_options;            /* OrtRunOptions* of this job's runs (NULL: none yet, or not stoppable) */
+    long long started_ns;         /* CLOCK_MONOTONIC start of the run in flight; 0 between runs */
+    long long stopped_ns;         /* the start of the run ee_ort_job_stop stopped; 0 if none */
+    int stopped;                  /* out: 1 when the last run was stopped by ee_ort_job_stop */
+    int guard;                    /* spin lock between a run and ee_ort_job_stop */
 } ee_ort_job_t;
 
 /* Run job->session on its inputs into job->out_data.
  * EE_ERR_CAPACITY: more than 16 inputs; EE_ERR_CONFIG: an element type without a fixed size. */
 ee_status ee_ort_job_run(ee_ort_job_t *job);
+
+/* From another thread (a watchdog): stop job's run in flight if it is still the one that started
+ * at started_ns (read from job->started_ns), through its run options' terminate flag; ONNX
+ * Runtime then returns from it with an error, between two nodes (a Loop's body included), and
+ * ee_ort_job_run sets job->stopped and clears the flag for the next run.
+ * Returns 1 when it stopped the run, 0 when that run had already ended (or no run options). */
+int ee_ort_job_stop(ee_ort_job_t *job, long long started_ns);
+
+/* Release a session and the run options of its jobs (no run may be in flight), in one call. */
+ee_status ee_ort_session_release(const ee_ort_t *o, void *session, ee_ort_job_t *const *jobs, unsigned long n_jobs);

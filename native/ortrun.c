@@ -1,8 +1,11 @@
 /* ONNX Runtime loads and runs in one C call each: see ee_ort_t in edge_eco.h. The OrtApi
  * function types are declared here (from onnxruntime_c_api.h, API version 13) with opaque
  * handles as void*; enums are passed as int, as the C ABI does. */
+#define _POSIX_C_SOURCE 200809L /* clock_gettime, sched_yield under -std=c11 */
+#include <sched.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "edge_eco.h"
 
@@ -19,7 +22,45 @@ typedef status_t (*run_fn)(void *session, const void *run_options, const char *c
                            const void *const *inputs, size_t n_inputs, const char *const *output_names,
                            size_t n_outputs, void **outputs);
 
+typedef status_t (*run_options_fn)(void *run_options);
+typedef status_t (*create_run_options_fn)(void **run_options);
+typedef status_t (*run_options_int_fn)(void *run_options, int value);
+
 enum { MAX_INPUTS = 16 };
+
+static void guard_take(ee_ort_job_t *job)
+{
+    while (__atomic_exchange_n(&job->guard, 1, __ATOMIC_ACQUIRE))
+        sched_yield(); /* held for a few instructions by the other side */
+}
+
+static void guard_drop(ee_ort_job_t *job) { __atomic_store_n(&job->guard, 0, __ATOMIC_RELEASE); }
+
+static long long now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+int ee_ort_job_stop(ee_ort_job_t *job, long long started_ns)
+{
+    if (!job || !job->ort || !job->run_options || !started_ns)
+        return 0;
+    int stopped = 0;
+    guard_take(job);
+    if (__atomic_load_n(&job->started_ns, __ATOMIC_RELAXED) == started_ns && !job->stopped_ns) {
+        status_t st = ((run_options_fn)job->ort->run_options_set_terminate)(job->run_options);
+        if (st) {
+            ((release_fn)job->ort->release_status)(st);
+        } else {
+            job->stopped_ns = started_ns;
+            stopped = 1;
+        }
+    }
+    guard_drop(job);
+    return stopped;
+}
 
 ee_status ee_ort_session_open(const ee_ort_t *o, const char *path, int threads, int optimization_level,
                               const char *const *keys, const char *const *values, unsigned long n_config,
@@ -99,9 +140,44 @@ ee_status ee_ort_job_run(ee_ort_job_t *job)
     if (!st && rc == EE_OK)
         st = ((create_tensor_fn)o->create_tensor_with_data_as_ort_value)(
             o->cpu, job->out_data, bytes, (const int64_t *)job->out_dims, job->out_rank, job->out_type, &output);
-    if (!st && rc == EE_OK)
-        st = ((run_fn)o->run)(job->session, NULL, job->names, (const void *const *)inputs, job->n_in,
+    job->stopped = 0;
+    if (!st && rc == EE_OK && job->stoppable && !job->run_options) {
+        /* made here, not by the caller: through cffi each OrtApi call is one more interpreter
+         * lock crossing on the load path (a load's probe run is a job's first run) */
+        void *options = NULL;
+        status_t made = ((create_run_options_fn)o->create_run_options)(&options);
+        if (!made) made = ((run_options_int_fn)o->run_options_set_run_log_severity_level)(options, 4); /* FATAL */
+        if (made) {
+            ((release_fn)o->release_status)(made);
+            if (options) ((release_fn)o->release_run_options)(options);
+            job->stoppable = 0; /* runs without a way to stop them rather than not at all */
+        } else {
+            job->run_options = options;
+        }
+    }
+    if (!st && rc == EE_OK) {
+        long long start = now_ns();
+        guard_take(job);
+        __atomic_store_n(&job->started_ns, start, __ATOMIC_RELAXED);
+        guard_drop(job);
+        st = ((run_fn)o->run)(job->session, job->run_options, job->names, (const void *const *)inputs, job->n_in,
                               &job->out_name, 1, &output);
+        guard_take(job);
+        __atomic_store_n(&job->started_ns, 0, __ATOMIC_RELAXED);
+        if (job->stopped_ns) { /* stopped, or flagged just as it ended: clear the flag for the next run */
+            status_t cleared = ((run_options_fn)o->run_options_unset_terminate)(job->run_options);
+            job->stopped = st != NULL;
+            job->stopped_ns = 0;
+            guard_drop(job);
+            if (cleared) { /* the flag stays set: never run with these options again (new ones next run) */
+                ((release_fn)o->release_status)(cleared);
+                ((release_fn)o->release_run_options)(job->run_options);
+                job->run_options = NULL;
+            }
+        } else {
+            guard_drop(job);
+        }
+    }
     for (unsigned long i = 0; i < job->n_in; i++)
         if (inputs[i]) ((release_fn)o->release_value)(inputs[i]);
     if (output) ((release_fn)o->release_value)(output);
@@ -110,4 +186,18 @@ ee_status ee_ort_job_run(ee_ort_job_t *job)
         return EE_ERR_RUNTIME;
     }
     return rc;
+}
+
+ee_status ee_ort_session_release(const ee_ort_t *o, void *session, ee_ort_job_t *const *jobs, unsigned long n_jobs)
+{
+    if (!o || (n_jobs && !jobs))
+        return EE_ERR_NULL;
+    for (unsigned long i = 0; i < n_jobs; i++) {
+        if (jobs[i] && jobs[i]->run_options) {
+            ((release_fn)o->release_run_options)(jobs[i]->run_options);
+            jobs[i]->run_options = NULL;
+        }
+    }
+    if (session) ((release_fn)o->release_session)(session);
+    return EE_OK;
 }

@@ -199,6 +199,19 @@ def test_bad_options_are_request_errors(fake_ecology, kwargs, message):
             eco.answer("what is my account balance", **kwargs)
 
 
+def test_a_numpy_deadline_is_a_number_and_a_numpy_bool_or_nan_is_not(fake_ecology):
+    """A trial's eco.answer(text, deadline_ms=np.float32(100)) was refused as not a positive number."""
+    import numpy as np
+
+    with edge_eco.open(fake_ecology) as eco:
+        for deadline in (np.float32(100), np.float64(250.5), np.int64(100), np.uint16(80)):
+            assert eco.answer("what is my account balance", deadline_ms=deadline).label == "balance"
+        for bad in (np.float32("nan"), np.float32("inf"), np.float64("inf"), np.float32(0), np.int64(-5), np.bool_(True)):
+            with pytest.raises(RequestError) as err:
+                eco.answer("what is my account balance", deadline_ms=bad)
+            assert str(err.value) == f"deadline_ms must be a positive number of milliseconds or None, got {bad!r}"
+
+
 @pytest.mark.parametrize("text", ["?!...,;:--", "\x00\x00", "~ ~ ~"])
 def test_text_without_any_word_is_the_reject_label_or_goes_remote(fake_ecology, text):
     with edge_eco.open(fake_ecology) as eco:

@@ -177,3 +177,15 @@ def test_dense_probes_answer_like_their_activities():
     with edge_eco.open(MODELS / "har") as eco:
         labels = [eco.answer_features(w.reshape(-1), local_only=True).label for w in dense_probes(52, 3)]
     assert labels == ["stationary", "walking", "running"]
+
+
+def test_a_plugin_that_cannot_be_imported_is_named_in_one_line(capsys):
+    """A trial's `edge-eco fuzz models/clinc150 --plugin nonexistent_mod` printed a
+    ModuleNotFoundError traceback (rc 1)."""
+    from edge_eco.cli import main
+
+    assert main(["fuzz", str(BUNDLE), "--plugin", "nonexistent_mod", "--cases", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("edge-eco fuzz: error: fuzz plugin 'nonexistent_mod' cannot be imported: ModuleNotFoundError: "
+                   "No module named 'nonexistent_mod' (give a module name on the Python path; PYTHONPATH=DIR "
+                   "adds a folder)\n")

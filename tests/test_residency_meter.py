@@ -89,6 +89,51 @@ def test_the_runtime_start_up_goes_to_a_probe_not_to_the_first_model():
     assert fp == Footprint(1000, 0) and list(meter.runtime_bytes) == ["rt"]
 
 
+def test_meters_sharing_a_record_probe_a_runtime_once_and_report_its_first_figure():
+    heap = [Footprint(50_000_000, 0)]
+    started, probes = [], []
+
+    class Sess:
+        def warm(self):
+            pass
+
+        def close(self):
+            heap[0] -= Footprint(1000, 0)
+
+    def loader(m):
+        probes.append(m)
+        if not started:
+            started.append(1)
+            heap[0] = Footprint(heap[0].anon_bytes + 5_000_000, heap[0].file_bytes + 12_000_000)
+        heap[0] = Footprint(heap[0].anon_bytes + 1000, heap[0].file_bytes)
+        return Sess()
+
+    record: dict[str, Footprint] = {}
+    first = Meter(lambda: heap[0], runtime_of=lambda m: "rt", runtime_bytes=record)
+    first.load("a", loader)
+    heap[0] -= Footprint(400_000, 0)     # the first ecology closes; its freed heap is trimmed later
+    second = Meter(lambda: heap[0], runtime_of=lambda m: "rt", runtime_bytes=record)
+    _, _, fp, _ = second.load("b", loader)
+    assert probes == ["a", "a", "b"]      # one probe in the process, not one per meter
+    assert second.runtime_bytes == first.runtime_bytes == {"rt": Footprint(5_000_000, 12_000_000)}
+    assert fp == Footprint(1000, 0)
+
+
+def test_a_runtime_started_outside_the_meter_reads_zero_not_below():
+    heap = [Footprint(50_000_000, 20_000_000)]
+
+    class Sess:
+        def close(self):
+            heap[0] -= Footprint(300_000, 4096)   # a close that returns more than its load took
+
+    def loader(m):
+        return Sess()
+
+    meter = Meter(lambda: heap[0], runtime_of=lambda m: "rt")
+    meter.load("a", loader)
+    assert meter.runtime_bytes == {"rt": Footprint(0, 0)}
+
+
 def test_one_outlier_never_locks_a_model_out_and_stops_counting():
     meter = Meter(None)
     assert meter.reservation("a", 500, 1000) == 500            # the prediction until measured

@@ -50,6 +50,29 @@ def test_a_fresh_process_does_not_charge_the_runtime_start_up_to_the_first_model
         assert 0 < total <= r["caps"][model] < 1_000_000, (model, total)
 
 
+_TWICE = """
+import json, sys
+import edge_eco
+figures = []
+for _ in range(2):
+    with edge_eco.open(sys.argv[1], remote_url=None) as eco:
+        eco.answer("what is my account balance", local_only=True)
+        figures.append(eco.stats()["runtime_bytes"])
+print(json.dumps(figures))
+"""
+
+
+def test_an_ecology_opened_after_another_reports_the_runtime_start_up_first_measured():
+    # A trial read {'ort': -442368} from the second ecology of a process: its probe ran on a runtime
+    # the first had already started, so it measured only noise (and a heap trim) around zero.
+    out = subprocess.run([sys.executable, "-c", _TWICE, str(MODELS / "clinc150")],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, second = json.loads(out.stdout.strip().splitlines()[-1])
+    assert first["ort"] > 1_000_000                     # ONNX Runtime's start-up (~30 MB here)
+    assert second == first
+
+
 def _hammer(eco, requests, threads: int = 16) -> tuple[list[int], list[BaseException]]:
     samples, errors, done = [], [], threading.Event()
 

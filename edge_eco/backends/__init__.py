@@ -68,8 +68,9 @@ def check_threads(threads: object) -> None:
 
 
 def open_model(backend: str, path: Path, *, output: str = "logits", threads: int = 1,
-               optimize: bool = True) -> Session:
-    """Load ``path`` with the named backend.
+               optimize: bool = True, max_run_ms: float | None = None) -> Session:
+    """Load ``path`` with the named backend; ``max_run_ms`` stops a run that lasts longer (ONNX
+    Runtime; see ``ort.open``), None: no limit.
 
     Raises:
         ModelLoadError: unknown backend, runtime not installed, a file that fails the structural
@@ -81,4 +82,4 @@ def open_model(backend: str, path: Path, *, output: str = "logits", threads: int
     check_threads(threads)
     preflight(Path(path))  # before any runtime sees the bytes: some crash on corrupt files
     module = importlib.import_module(f"{__name__}.{backend}")
-    return module.open(Path(path), output=output, threads=threads, optimize=optimize)
+    return module.open(Path(path), output=output, threads=threads, optimize=optimize, max_run_ms=max_run_ms)

@@ -52,6 +52,10 @@ _SLOTS = {
     34: "OrtStatus* (*SessionGetOutputTypeInfo)(const OrtSession*, size_t, OrtTypeInfo**)",
     36: "OrtStatus* (*SessionGetInputName)(const OrtSession*, size_t, OrtAllocator*, char**)",
     37: "OrtStatus* (*SessionGetOutputName)(const OrtSession*, size_t, OrtAllocator*, char**)",
+    39: "OrtStatus* (*CreateRunOptions)(OrtRunOptions**)",
+    41: "OrtStatus* (*RunOptionsSetRunLogSeverityLevel)(OrtRunOptions*, int)",
+    46: "OrtStatus* (*RunOptionsSetTerminate)(OrtRunOptions*)",
+    47: "OrtStatus* (*RunOptionsUnsetTerminate)(OrtRunOptions*)",
     49: ("OrtStatus* (*CreateTensorWithDataAsOrtValue)(const OrtMemoryInfo*, void*, size_t, const int64_t*, "
          "size_t, int, OrtValue**)"),
     51: "OrtStatus* (*GetTensorMutableData)(OrtValue*, void**)",
@@ -67,12 +71,13 @@ _SLOTS = {
     93: "void (*ReleaseStatus)(OrtStatus*)",
     95: "void (*ReleaseSession)(OrtSession*)",
     96: "void (*ReleaseValue)(OrtValue*)",
+    97: "void (*ReleaseRunOptions)(OrtRunOptions*)",
     98: "void (*ReleaseTypeInfo)(OrtTypeInfo*)",
     99: "void (*ReleaseTensorTypeAndShapeInfo)(OrtTensorTypeAndShapeInfo*)",
     100: "void (*ReleaseSessionOptions)(OrtSessionOptions*)",
     130: "OrtStatus* (*AddSessionConfigEntry)(OrtSessionOptions*, const char*, const char*)",
 }
-_OPAQUE = ("OrtEnv", "OrtStatus", "OrtSession", "OrtSessionOptions", "OrtValue", "OrtTypeInfo",
+_OPAQUE = ("OrtEnv", "OrtStatus", "OrtSession", "OrtSessionOptions", "OrtValue", "OrtTypeInfo", "OrtRunOptions",
            "OrtTensorTypeAndShapeInfo", "OrtMemoryInfo", "OrtAllocator")
 
 
@@ -138,6 +143,33 @@ class Runtime:
 
     def _address(self, cdata) -> int:
         return int(self.ffi.cast("uintptr_t", cdata))
+
+    address = _address
+
+    def new_run_options(self):
+        """A new OrtRunOptions (the caller releases it with :meth:`release_run_options`); its
+        runs log nothing below FATAL (a stopped run is reported by the InferenceError)."""
+        out = self.ffi.new("OrtRunOptions**")
+        self.check(self.api.CreateRunOptions(out), InferenceError, "creating run options")
+        try:
+            self.check(self.api.RunOptionsSetRunLogSeverityLevel(out[0], 4), InferenceError, "setting run logging")
+        except InferenceError:
+            self.api.ReleaseRunOptions(out[0])
+            raise
+        return out[0]
+
+    def release_run_options(self, options) -> None:
+        self.api.ReleaseRunOptions(options)
+
+    def terminate(self, options) -> None:
+        """Set ``options``' terminate flag: a run using them returns with an error soon."""
+        self.check(self.api.RunOptionsSetTerminate(options), InferenceError, "stopping a run")
+
+    def release_status(self, status) -> None:
+        """Release an OrtStatus (or its address) without reading it."""
+        if isinstance(status, int):
+            status = self.ffi.cast("OrtStatus*", status)
+        self.api.ReleaseStatus(status)
 
     def check(self, status, error: type, doing: str) -> None:
         """Raise ``error`` naming ``doing`` when ``status`` (an OrtStatus*, or its address) is not
@@ -262,9 +294,10 @@ class Runtime:
                      for k, d in enumerate(shape)]
         return _NUMPY.get(kind[0]), shape
 
-    def run(self, sess, in_names, arrays: list[np.ndarray], out_name) -> np.ndarray:
-        """Run ``sess`` on ``arrays`` (C-contiguous, in ``in_names`` order); the one output as a
-        numpy array of its own (the runtime's buffer is released).
+    def run(self, sess, in_names, arrays: list[np.ndarray], out_name, run_options=None) -> np.ndarray:
+        """Run ``sess`` on ``arrays`` (C-contiguous, in ``in_names`` order), with ``run_options``
+        (an OrtRunOptions, or None); the one output as a numpy array of its own (the runtime's
+        buffer is released).
 
         Raises:
             InferenceError: the runtime refused the inputs or failed.
@@ -282,7 +315,8 @@ class Runtime:
                 shape = ffi.new("int64_t[]", a.shape)
                 self.check(api.CreateTensorWithDataAsOrtValue(self.cpu, ffi.from_buffer(a), a.nbytes, shape, a.ndim,
                                                               kind, values + i), InferenceError, "wrapping an input")
-            self.check(api.Run(sess, ffi.NULL, in_names, values, n, out_name, 1, out), InferenceError,
+            self.check(api.Run(sess, ffi.NULL if run_options is None else run_options, in_names, values, n,
+                               out_name, 1, out), InferenceError,
                        "onnxruntime run failed")
             info_p = ffi.new("OrtTensorTypeAndShapeInfo**")
             self.check(api.GetTensorTypeAndShape(out[0], info_p), InferenceError, "reading the output")

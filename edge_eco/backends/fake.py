@@ -36,6 +36,7 @@ class FakeSession:
         self.weight = self.bias = None
 
 
-def open(path: Path, *, output: str = "logits", threads: int = 1, optimize: bool = True) -> FakeSession:  # noqa: A001
-    """Load a ``.npz`` sparse-linear model."""
+def open(path: Path, *, output: str = "logits", threads: int = 1, optimize: bool = True,  # noqa: A001
+         max_run_ms: float | None = None) -> FakeSession:
+    """Load a ``.npz`` sparse-linear model (numpy runs end: ``max_run_ms`` is not needed)."""
     return FakeSession(path)

@@ -10,7 +10,9 @@ memory-mapped too (``session.use_memory_mapped_ort_model``).
 from __future__ import annotations
 
 import threading
+import time
 import warnings
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -60,11 +62,81 @@ def _config(path: Path, mode: str | None) -> tuple[str, dict[str, str]]:
     return mode, {}
 
 
+def _now_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # the clock the kernel stamps runs with
+
+
+class _Watchdog:
+    """One daemon thread that stops runs past their session's ``max_run_ms`` (a model whose
+    graph loops for ever, or for 10**15 iterations, would otherwise hold its request, or a load's
+    probe run, for good). It wakes every quarter of the shortest limit watched (at least every
+    10 ms, at most every 250 ms) and reads the runs' start times; the request path pays two
+    stores per run (``ee_ort_job_run``) and no wake-up. It ends when no session is watched."""
+
+    def __init__(self) -> None:
+        self._sessions: weakref.WeakSet = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, session: "_Session") -> None:
+        with self._lock:
+            self._sessions.add(session)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="edge_eco-run-watchdog", daemon=True)
+                self._thread.start()
+
+    def unwatch(self, session: "_Session") -> None:
+        with self._lock:
+            self._sessions.discard(session)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                sessions = list(self._sessions)
+                if not sessions:
+                    self._thread = None
+                    return
+            period = min(0.25, max(0.01, min(s.max_run_ms for s in sessions) / 4000))
+            del sessions  # no strong references while asleep: a dropped session can be collected
+            time.sleep(period)
+            with self._lock:
+                sessions = list(self._sessions)
+            now = _now_ns()
+            for s in sessions:
+                s._stop_overdue(now)
+            del sessions
+
+
+_watchdog = _Watchdog()
+
+
 class _Session:
-    """What both bindings share: the input contract check and the warm-up run."""
+    """What both bindings share: the input contract check, the warm-up run and the run limit."""
 
     _contract: list[tuple[str, type | None, list]]
     _names: list[str]
+    max_run_ms: float | None = None  # a run past it is stopped (InferenceError); None: never
+
+    def _limit(self, max_run_ms: float | None) -> None:
+        if max_run_ms is not None:
+            if isinstance(max_run_ms, bool) or not isinstance(max_run_ms, (int, float)) or not max_run_ms > 0:
+                raise ModelLoadError(f"max_run_ms must be a positive number of milliseconds or None, "
+                                     f"not {max_run_ms!r}")
+            self.max_run_ms = float(max_run_ms)
+            self._limit_ns = int(max_run_ms * 1e6)
+
+    def _stopped_error(self) -> InferenceError:
+        return InferenceError(f"onnxruntime run stopped: it ran past {self.max_run_ms:g} ms, the limit of one run "
+                              "(policy max_run_ms)")
+
+    def _stop_overdue(self, now: int) -> None:
+        """Stop the runs in flight that started more than ``max_run_ms`` before ``now`` (the
+        watchdog's thread)."""
+        with self._state:
+            runs = list(self._inflight.values())
+        for started, stop in runs:
+            if now - started > self._limit_ns:
+                stop(started)
 
     def warm(self) -> None:
         """Run once on zeros of the declared input shapes (symbolic dims as 1), so that the pages
@@ -105,7 +177,9 @@ class OrtSession(_Session):
     """One session through ONNX Runtime's Python binding; ``run`` is thread-safe (ORT sessions are).
     The binding holds the interpreter lock while it builds the session (see ``CSession``)."""
 
-    def __init__(self, path: Path, output: str, threads: int, optimize: bool, mode: str | None = None) -> None:
+    def __init__(self, path: Path, output: str, threads: int, optimize: bool, mode: str | None = None,
+                 max_run_ms: float | None = None) -> None:
+        self._limit(max_run_ms)
         ort = _runtime()
         mode, config = _config(path, mode)
         opts = ort.SessionOptions()
@@ -134,16 +208,40 @@ class OrtSession(_Session):
         self._output = [output]
         self._contract = [(name, _DTYPES.get(kind), shape) for name, kind, shape in inputs]
         self._names = [c[0] for c in self._contract]
+        self._state, self._inflight = threading.Lock(), {}
+        if self.max_run_ms is not None:
+            _watchdog.watch(self)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         self._check(feeds)
+        sess = self._sess
+        if sess is None:
+            raise InferenceError("the session was closed")
+        if self.max_run_ms is None:
+            try:
+                return sess.run(self._output, feeds)[0]
+            except Exception as exc:
+                raise InferenceError(f"onnxruntime run failed: {brief(exc)}") from exc
+        options, token, stopped = _ort.RunOptions(), object(), []
+        options.log_severity_level = 4  # a stopped run is reported by the InferenceError, not logged
+
+        def stop(started: int) -> None:
+            stopped.append(started)
+            options.terminate = True
+        with self._state:
+            self._inflight[token] = (_now_ns(), stop)
         try:
-            return self._sess.run(self._output, feeds)[0]
+            return sess.run(self._output, feeds, options)[0]
         except Exception as exc:
-            raise InferenceError(f"onnxruntime run failed: {brief(exc)}") from exc
+            raise (self._stopped_error() if stopped else
+                   InferenceError(f"onnxruntime run failed: {brief(exc)}")) from exc
+        finally:
+            with self._state:
+                del self._inflight[token]
 
     def close(self) -> None:
         self._sess = None
+        _watchdog.unwatch(self)
 
 
 class CSession(_Session):
@@ -151,8 +249,10 @@ class CSession(_Session):
     interpreter lock released, the same options as :class:`OrtSession`. ``run`` is thread-safe;
     ``close`` waits for no one but frees the session only once no run is in flight."""
 
-    def __init__(self, path: Path, output: str, threads: int, optimize: bool, mode: str | None = None) -> None:
+    def __init__(self, path: Path, output: str, threads: int, optimize: bool, mode: str | None = None,
+                 max_run_ms: float | None = None) -> None:
         from . import _ort_capi
+        self._limit(max_run_ms)
         _, config = _config(path, mode)
         self._rt = _ort_capi.runtime()
         self._handle, inputs, outputs = self._rt.create_session(path, threads, optimize, config)
@@ -172,17 +272,26 @@ class CSession(_Session):
         out_dtype, out_shape = outputs[output]
         types = [_ort_capi.onnx_type(dtype) for _, dtype, _ in inputs]
         fixed = out_dtype is not None and all(isinstance(d, int) for d in out_shape) and None not in types
-        calls = self._rt.calls
+        calls = self._calls = self._rt.calls
+        self._all_jobs: list = []  # every job made: for the watchdog, and their run options go with the session
         if fixed and calls is not None and len(inputs) <= calls.MAX_INPUTS:
             names, ranks = [c[0] for c in self._contract], [len(c[2]) for c in self._contract]
             address = int(self._rt.ffi.cast("uintptr_t", self._handle))
-            self._fast = (lambda: calls.job(address, names, types, ranks, output, tuple(out_shape),
-                                            _ort_capi.onnx_type(out_dtype)), tuple(out_shape), out_dtype)
+
+            def new_job():
+                job = calls.job(address, names, types, ranks, output, tuple(out_shape),
+                                _ort_capi.onnx_type(out_dtype), stoppable=self.max_run_ms is not None)
+                self._all_jobs.append(job)
+                return job
+            self._fast = (new_job, tuple(out_shape), out_dtype)
         else:
             self._fast = None
         self._jobs: list = []  # bound kernel jobs not in use (one per thread running at once)
         self._state = threading.Lock()
+        self._inflight: dict = {}  # read-back runs: token -> (start ns, stop)
         self._running, self._closed = 0, False
+        if self.max_run_ms is not None:
+            _watchdog.watch(self)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         self._check(feeds)
@@ -202,24 +311,68 @@ class CSession(_Session):
                     job = new_job()
                 try:
                     status = job.run(arrays, out)
+                    stopped = status and job.stopped
                 finally:
                     jobs.append(job)
+                if stopped:
+                    self._rt.release_status(status)
+                    raise self._stopped_error()
                 if status:
                     self._rt.check(status, InferenceError, "onnxruntime run failed")
                 return out
-            return self._rt.run(self._handle, self._in_names, arrays, self._out_name)
+            if self.max_run_ms is None:
+                return self._rt.run(self._handle, self._in_names, arrays, self._out_name)
+            return self._run_limited(arrays)
         finally:
             with self._state:
                 self._running -= 1
                 handle = self._take_if_idle()
             if handle is not None:  # closed while this run was in flight: the last run frees it
-                self._rt.release_session(handle)
+                self._release(handle)
+
+    def _run_limited(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """A read-back run (an output without a fixed shape) that the watchdog can stop."""
+        options, token, stopped = self._rt.new_run_options(), object(), []
+
+        def stop(started: int) -> None:  # the watchdog's thread, under _state: options are alive
+            stopped.append(started)
+            self._rt.terminate(options)
+        with self._state:
+            self._inflight[token] = (_now_ns(), stop)
+        try:
+            return self._rt.run(self._handle, self._in_names, arrays, self._out_name, options)
+        except InferenceError as exc:
+            if stopped:
+                raise self._stopped_error() from exc
+            raise
+        finally:
+            with self._state:
+                del self._inflight[token]
+            self._rt.release_run_options(options)
+
+    def _stop_overdue(self, now: int) -> None:
+        for job in list(self._all_jobs):
+            started = job.started()
+            if started and now - started > self._limit_ns:
+                job.stop(started)
+        with self._state:  # held while stopping: a read-back run frees its options only after
+            for started, stop in self._inflight.values():
+                if now - started > self._limit_ns:
+                    stop(started)
 
     def close(self) -> None:
         with self._state:
             self._closed = True
             handle = self._take_if_idle()
         if handle is not None:
+            self._release(handle)
+
+    def _release(self, handle) -> None:
+        if self.max_run_ms is not None:
+            _watchdog.unwatch(self)
+        if self._all_jobs:  # one kernel call: the session and its jobs' run options
+            self._calls.release_session(self._rt.address(handle), self._all_jobs)
+        else:
             self._rt.release_session(handle)
 
     def _take_if_idle(self):
@@ -270,7 +423,7 @@ def _c_available() -> bool:
 
 
 def open(path: Path, *, output: str = "logits", threads: int = 1, optimize: bool = True,  # noqa: A001
-         mode: str | None = None, binding: str | None = None) -> _Session:
+         mode: str | None = None, binding: str | None = None, max_run_ms: float | None = None) -> _Session:
     """Load an ONNX (or ORT-format) model from ``path``.
 
     Args:
@@ -279,6 +432,8 @@ def open(path: Path, *, output: str = "logits", threads: int = 1, optimize: bool
             other threads), ``python`` (onnxruntime's Python binding, which holds it while it
             builds the session), or None for the default (``c``, or ``python`` with a warning
             when the wheel's shared library cannot be loaded). Both give identical outputs.
+        max_run_ms: a run that lasts longer is stopped (ONNX Runtime's terminate flag, set by
+            a watchdog thread between the graph's nodes) and raises InferenceError; None: no limit.
 
     Raises:
         ModelLoadError: the runtime refused the file, the mode does not fit it, the binding
@@ -292,4 +447,4 @@ def open(path: Path, *, output: str = "logits", threads: int = 1, optimize: bool
     if binding not in BINDINGS:
         raise ModelLoadError(f"unknown ONNX Runtime binding {binding!r} (known: {list(BINDINGS)})")
     check_threads(threads)
-    return BINDINGS[binding](path, output, threads, optimize, mode)
+    return BINDINGS[binding](path, output, threads, optimize, mode, max_run_ms)

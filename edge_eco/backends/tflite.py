@@ -209,7 +209,10 @@ class TfliteSession:
             self._it = None
 
 
-def open(path: Path, *, output: str = "logits", threads: int = 1, optimize: bool = True) -> TfliteSession:  # noqa: A001
-    """Load a .tflite model from ``path`` (memory-mapped); raises ModelLoadError."""
+def open(path: Path, *, output: str = "logits", threads: int = 1, optimize: bool = True,  # noqa: A001
+         max_run_ms: float | None = None) -> TfliteSession:
+    """Load a .tflite model from ``path`` (memory-mapped); raises ModelLoadError. ``max_run_ms`` is
+    accepted and not enforced: LiteRT's Python interpreter offers no way to stop a run (a
+    high-risk model runs in a sandboxed worker, which is killed past its run timeout)."""
     check_threads(threads)
     return TfliteSession(path, output, threads, optimize)

@@ -4,9 +4,9 @@ population and never deletes a user's file)."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
+from .. import tomlread
 from ..errors import BuildError
 
 BUILD_FILES = ("ecology.toml", "build.json", "MODEL_CARD.md")
@@ -49,8 +49,8 @@ def clear_out(out: Path) -> None:
                              "refusing to write into it (choose a new or empty folder)")
         return
     try:
-        listed = _listed_paths(tomllib.loads(manifest.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        listed = _listed_paths(tomlread.loads(manifest.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, tomlread.TOMLDecodeError) as exc:
         raise BuildError(f"--out {out}: its ecology.toml cannot be read ({exc}); refusing to overwrite the "
                          "folder (choose a new or empty folder)") from exc
     root = out.resolve()

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import tomlread
 from ..errors import RecipeError
 from ..featurizer import FeaturizerSpec
 from ..manifest import ManifestError
@@ -356,8 +356,8 @@ def parse_recipe(text: str, base_dir: Path = Path(".")) -> Recipe | EmbeddingHea
         RecipeError: invalid TOML, a missing or unknown field, a wrong type or a value out of range.
     """
     try:
-        top = _T(tomllib.loads(text), "recipe")
-    except tomllib.TOMLDecodeError as exc:
+        top = _T(tomlread.loads(text), "recipe")
+    except tomlread.TOMLDecodeError as exc:
         raise RecipeError(f"recipe is not valid TOML: {exc}") from exc
     b = top.table("bundle", required=True)
     kind = b.choice("kind", KINDS, "population")

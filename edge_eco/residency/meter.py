@@ -13,10 +13,12 @@ Method (the README's "Residency" section states the same, with its error):
   a runtime's one-time start-up (LiteRT: ~4-6 MB anonymous + ~12 MB of libraries; ONNX Runtime:
   ~10 MB + ~20 MB), which is paid once per process by an unmeasured *probe* load of the first
   model of each runtime and reported as that runtime's entry (``runtime_bytes``), not charged to
-  any model; and other threads' allocations while the load runs, which are clamped at the
-  model's *anonymous cap* (its file bytes x ``ANON_PER_FILE_BYTE`` + ``session_overhead``: a
-  runtime may copy or pre-pack the weights once, plus a session's own buffers). A clamped
-  reading is counted in ``stats.capped``.
+  any model (meters sharing a record, as every ecology's does, :data:`PROCESS_RUNTIME_BYTES`, do
+  not probe a runtime an earlier one started: they report the figure first measured, where a
+  second probe would read only a started runtime's noise, often below zero); and other threads'
+  allocations while the load runs, which are clamped at the model's *anonymous cap* (its file
+  bytes x ``ANON_PER_FILE_BYTE`` + ``session_overhead``: a runtime may copy or pre-pack the
+  weights once, plus a session's own buffers). A clamped reading is counted in ``stats.capped``.
 - The reservation for the next load is the largest of the model's last ``WINDOW`` measurements
   (plus 1/64), so one outlier stops counting after ``WINDOW`` loads, and it is never more than
   the budget when the model once fitted it.
@@ -28,6 +30,7 @@ model's own anonymous growth unless that exceeds the cap.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from typing import Callable
@@ -36,6 +39,10 @@ from .footprint import Footprint, mapped_bytes, release_heap
 
 WINDOW = 5
 ANON_PER_FILE_BYTE = 1  # weights copied or pre-packed once (LiteRT XNNPACK, ORT prepacking)
+
+# A runtime starts up once per process, whichever ecology loads it first: its figure is shared.
+PROCESS_RUNTIME_BYTES: dict[str, Footprint] = {}
+_PROBE_LOCK = threading.Lock()  # one probe at a time, so two meters cannot both pay a start-up
 
 
 class Meter:
@@ -48,17 +55,22 @@ class Meter:
             preceded by an unmeasured probe load; None: no probe.
         anon_cap: model id -> the most anonymous bytes a load of it is charged; None: no cap.
         file_bytes: paths -> bytes of this process's mappings of them (default: /proc/self/maps).
+        runtime_bytes: the record of runtimes already started (name -> one-time footprint),
+            shared with other meters of the process (:data:`PROCESS_RUNTIME_BYTES`); None: this
+            meter's own.
     """
 
     def __init__(self, read: Callable[[], Footprint | int | None] | None,
                  paths: Callable[[str], set[str]] | None = None,
                  runtime_of: Callable[[str], str] | None = None,
                  anon_cap: Callable[[str], int] | None = None,
-                 file_bytes: Callable[[set[str]], int] = mapped_bytes) -> None:
+                 file_bytes: Callable[[set[str]], int] = mapped_bytes,
+                 runtime_bytes: dict[str, Footprint] | None = None) -> None:
         self._read_fn, self._paths, self._runtime_of = read, paths, runtime_of
         self._anon_cap, self._file_bytes = anon_cap, file_bytes
         self._recent: dict[str, deque[int]] = {}
-        self.runtime_bytes: dict[str, Footprint] = {}
+        self._started: dict[str, Footprint] = {} if runtime_bytes is None else runtime_bytes
+        self.runtime_bytes: dict[str, Footprint] = {}  # the runtimes this meter's loads use
         self.capped: list[tuple[str, int, int]] = []  # (model, anon read, anon charged)
 
     def read(self) -> Footprint | None:
@@ -118,6 +130,13 @@ class Meter:
         name = self._runtime_of(model_id)
         if name in self.runtime_bytes:
             return
+        with _PROBE_LOCK:
+            if name not in self._started:  # else an earlier meter sharing the record paid it
+                self._started[name] = self._start_up(model_id, loader)
+            self.runtime_bytes[name] = self._started[name]
+
+    def _start_up(self, model_id: str, loader: Callable[[str], object]) -> Footprint:
+        """The footprint a probe load (and run) of ``model_id`` leaves behind once closed."""
         before = self.read()
         session = loader(model_id)
         try:
@@ -127,4 +146,6 @@ class Meter:
             session.close()
         release_heap()
         after = self.read()
-        self.runtime_bytes[name] = after - before if before is not None and after is not None else Footprint(0, 0)
+        # Clamped: a runtime started outside any meter reads as noise around zero, not a cost.
+        grown = after - before if before is not None and after is not None else Footprint(0, 0)
+        return Footprint(max(grown.anon_bytes, 0), max(grown.file_bytes, 0))

@@ -1,0 +1,196 @@
+"""A model whose graph runs for ever (an ONNX Loop of 10**15 trips: a trial's copy of the CLINC150
+bundle with one specialist swapped for it hung `answer` and `edge_eco.open`'s probe for good) is
+stopped after ``max_run_ms`` on both ONNX Runtime bindings, reported as InferenceError, and the
+same session answers its next, short run. In an ecology the stopped model counts as failing: the
+load's probe refuses it (ModelLoadError) and requests are answered by the others.
+
+The looping models are written here with the onnx package (dev extra)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edge_eco
+from edge_eco.backends import open_model, ort
+from edge_eco.bundle import sha256_file
+from edge_eco.errors import InferenceError, ManifestError, ModelLoadError
+from edge_eco.manifest import parse_manifest
+
+from conftest import MODELS
+
+onnx = pytest.importorskip("onnx", reason="needs the onnx package (dev extra)")
+from onnx import TensorProto, helper  # noqa: E402
+
+FOREVER = 10 ** 15
+LABELS = 16
+
+
+def loop_model(path: Path, *, trips: int | None = None, fixed: bool = True) -> Path:
+    """A model with the hashed-text contract (``indices`` int32 [n], ``values`` float [n]) and an
+    output ``logits`` float [16] that a Loop carries through ``trips`` iterations; with ``trips``
+    None the count is an input ``trips`` (int64 [1]). ``fixed``: the output's shape is declared
+    (the C binding's bound-job path), else symbolic (its read-back path)."""
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Identity", ["v_in"], ["v_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [LABELS])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [LABELS])])
+    inputs = [helper.make_tensor_value_info("indices", TensorProto.INT32, ["n"]),
+              helper.make_tensor_value_info("values", TensorProto.FLOAT, ["n"])]
+    init = [helper.make_tensor("cond", TensorProto.BOOL, [], [True]),
+            helper.make_tensor("base", TensorProto.FLOAT, [LABELS], list(np.linspace(-1, 1, LABELS))),
+            helper.make_tensor("scalar", TensorProto.INT64, [0], [])]
+    nodes = [helper.make_node("ReduceSum", ["values"], ["total"], keepdims=0),
+             helper.make_node("Add", ["base", "total"], ["v0"])]
+    if trips is None:
+        inputs.append(helper.make_tensor_value_info("trips", TensorProto.INT64, [1]))
+        nodes.append(helper.make_node("Reshape", ["trips", "scalar"], ["m"]))
+    else:
+        init.append(helper.make_tensor("m", TensorProto.INT64, [], [trips]))
+    nodes.append(helper.make_node("Loop", ["m", "cond", "v0"], ["logits"], body=body))
+    out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [LABELS] if fixed else ["k"])
+    graph = helper.make_graph(nodes, "loop", inputs, [out], init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def _feeds(trips: int | None = None) -> dict[str, np.ndarray]:
+    feeds = {"indices": np.array([3, 7], np.int32), "values": np.array([0.5, 0.25], np.float32)}
+    if trips is not None:
+        feeds["trips"] = np.array([trips], np.int64)
+    return feeds
+
+
+WANT = np.linspace(-1, 1, LABELS).astype(np.float32) + np.float32(0.75)  # base + sum(values), in float32
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("loops")
+    loop_model(tmp / "fixed.onnx")
+    loop_model(tmp / "symbolic.onnx", fixed=False)
+    return tmp
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    try:
+        fn()
+    except InferenceError as exc:
+        return exc, time.perf_counter() - start
+    raise AssertionError("the run was not stopped")
+
+
+@pytest.mark.parametrize("binding,name", [("c", "fixed.onnx"), ("c", "symbolic.onnx"),
+                                          ("python", "fixed.onnx"), ("python", "symbolic.onnx")])
+def test_a_runaway_run_is_stopped_and_the_session_runs_again(models, binding, name):
+    session = ort.open(models / name, binding=binding, max_run_ms=150)
+    if binding == "c":
+        assert (session._fast is not None) == (name == "fixed.onnx")  # both C paths are covered
+    for _ in range(2):  # the stop flag is cleared: a second runaway is stopped, not refused at once
+        exc, took = _timed(lambda: session.run(_feeds(FOREVER)))
+        assert str(exc) == "onnxruntime run stopped: it ran past 150 ms, the limit of one run (policy max_run_ms)"
+        assert 0.15 <= took < 2.0, took
+        out = session.run(_feeds(1000))  # the same session (and bound job): a short run answers
+        np.testing.assert_allclose(out.reshape(-1), WANT, rtol=1e-6, atol=1e-7)
+    session.close()
+
+
+def test_runs_under_the_limit_are_not_stopped_and_a_session_without_one_is_not_watched(models):
+    session = ort.open(models / "fixed.onnx", binding="c", max_run_ms=5000)
+    for _ in range(50):
+        np.testing.assert_allclose(session.run(_feeds(10)), WANT, rtol=1e-6, atol=1e-7)
+    session.close()
+    free = ort.open(models / "fixed.onnx", binding="c")
+    assert free.max_run_ms is None and free._fast is not None
+    np.testing.assert_allclose(free.run(_feeds(10)), WANT, rtol=1e-6, atol=1e-7)
+    free.close()
+
+
+def test_concurrent_runaways_and_short_runs_on_one_session(models):
+    session = ort.open(models / "fixed.onnx", binding="c", max_run_ms=200)
+    results: dict[int, object] = {}
+
+    def work(i: int) -> None:
+        try:
+            results[i] = session.run(_feeds(FOREVER if i % 2 else 100)).copy()
+        except InferenceError as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads)
+    for i, r in results.items():
+        if i % 2:
+            assert isinstance(r, InferenceError) and "ran past 200 ms" in str(r), r
+        else:
+            np.testing.assert_allclose(r, WANT, rtol=1e-6, atol=1e-7)
+    session.close()
+
+
+@pytest.mark.parametrize("bad", [0, -5, float("nan"), True, "100"])
+def test_a_bad_limit_is_refused(models, bad):
+    with pytest.raises(ModelLoadError, match="max_run_ms must be a positive number of milliseconds or None"):
+        ort.open(models / "fixed.onnx", max_run_ms=bad)
+
+
+def test_open_model_passes_the_limit_to_onnx_runtime(models):
+    session = open_model("ort", models / "fixed.onnx", output="logits", max_run_ms=100)
+    assert session.max_run_ms == 100.0
+    session.close()
+
+
+@pytest.mark.parametrize("line,error", [
+    ("max_run_ms = 0.5", "max_run_ms"), ("max_run_ms = 700000", "max_run_ms"), ('max_run_ms = "fast"', "max_run_ms")])
+def test_the_manifest_limit_is_range_checked(line, error):
+    text = (MODELS / "clinc150" / "ecology.toml").read_text()
+    assert parse_manifest(text).policy.max_run_ms == 1000.0  # the default
+    with pytest.raises(ManifestError, match=error):
+        parse_manifest(text.replace("[policy]\n", f"[policy]\n{line}\n", 1))
+    assert parse_manifest(text.replace("[policy]\n", "[policy]\nmax_run_ms = 250\n", 1)).policy.max_run_ms == 250.0
+
+
+@pytest.fixture(scope="module")
+def looping_home(tmp_path_factory) -> Path:
+    """models/clinc150 with home.onnx replaced by a loop for ever (its hash updated) and
+    ``max_run_ms = 300``."""
+    folder = tmp_path_factory.mktemp("looping") / "clinc150"
+    shutil.copytree(MODELS / "clinc150", folder)
+    toml = folder / "ecology.toml"
+    old = sha256_file(folder / "home.onnx")
+    loop_model(folder / "home.onnx", trips=FOREVER)
+    text = toml.read_text().replace(old, sha256_file(folder / "home.onnx"))
+    assert "[policy]\n" in text
+    toml.write_text(text.replace("[policy]\n", "[policy]\nmax_run_ms = 300\n", 1))
+    return folder
+
+
+def test_an_ecology_answers_around_a_model_that_loops_for_ever(looping_home):
+    start = time.perf_counter()
+    with edge_eco.open(looping_home, remote_url=None) as eco:
+        assert eco.manifest.policy.max_run_ms == 300.0
+        a = eco.answer("add milk to my shopping list", local_only=True)
+        b = eco.answer("what is my account balance", local_only=True)
+        with pytest.raises(ModelLoadError, match=r"home.*ran past 300 ms"):
+            eco.predict_with("home", "add milk to my shopping list")
+    took = time.perf_counter() - start
+    assert a.provenance["route"]["candidates"][0] == "home"  # routed to it, answered without it
+    assert "home" in a.provenance["model_errors"] and "ran past 300 ms" in a.provenance["model_errors"]["home"]
+    assert b.label == "balance"
+    assert took < 20, took  # three probe runs stopped at ~0.3 s each, not a hang
