@@ -35,7 +35,7 @@ def _key(k: str) -> str:
 
 # Fields added after the first manifests: written only when set, so that rebuilding an ecology
 # whose manifest does not use them gives the same bytes (``make har`` / ``make models``).
-_OPTIONAL = {"jurisdiction", "local_jurisdictions", "attempts", "redact", "logprobs"}
+_OPTIONAL = {"jurisdiction", "local_jurisdictions", "attempts", "redact", "logprobs", "max_run_ms"}
 
 
 def _section(obj, cls) -> list[str]:

@@ -194,3 +194,11 @@ def test_an_ecology_answers_around_a_model_that_loops_for_ever(looping_home):
     assert "home" in a.provenance["model_errors"] and "ran past 300 ms" in a.provenance["model_errors"]["home"]
     assert b.label == "balance"
     assert took < 20, took  # three probe runs stopped at ~0.3 s each, not a hang
+
+
+def test_the_manifest_writer_keeps_a_set_limit_and_omits_the_default():
+    from edge_eco.tomlwrite import manifest_to_toml
+    text = (MODELS / "clinc150" / "ecology.toml").read_text()
+    assert "max_run_ms" not in manifest_to_toml(parse_manifest(text))  # shipped manifests rebuild byte-identical
+    out = manifest_to_toml(parse_manifest(text.replace("[policy]\n", "[policy]\nmax_run_ms = 250\n", 1)))
+    assert "max_run_ms = 250.0\n" in out and parse_manifest(out).policy.max_run_ms == 250.0
