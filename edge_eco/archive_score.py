@@ -32,8 +32,9 @@ if TYPE_CHECKING:
     from .population import Population
 
 
-def _wrong(entry: ModelEntry, path: Path, feeds: list, truths: list[str], reject_label: str) -> np.ndarray:
-    session = backends.open_model(entry.backend, path, output=entry.output, optimize=False)
+def _wrong(entry: ModelEntry, path: Path, feeds: list, truths: list[str], reject_label: str,
+           max_run_ms: float) -> np.ndarray:
+    session = backends.open_model(entry.backend, path, output=entry.output, optimize=False, max_run_ms=max_run_ms)
     out = np.zeros(len(feeds), bool)
     for i, (f, truth) in enumerate(zip(feeds, truths)):
         v = calibrated_vote(entry, session.run(f), reject_label)
@@ -77,11 +78,12 @@ def score_archive(pop: "Population", examples: list[tuple[str, str]], *, limit: 
                     (a.version, a.entry.file.sha256) == (champ.version, champ.file.sha256):
                 continue
             if a.capability not in champions:
-                champions[a.capability] = _wrong(champ, pop.root / champ.file.path, feeds, truths, m.reject_label)
+                champions[a.capability] = _wrong(champ, pop.root / champ.file.path, feeds, truths, m.reject_label,
+                                               m.policy.max_run_ms)
             folder = Path(tmp) / f"{a.capability}-{a.version}"
             folder.mkdir()
             pop.archive.restore(folder, a.capability, a.version)  # checks every file's sha256
-            theirs = _wrong(a.entry, folder / a.entry.file.path, feeds, truths, m.reject_label)
+            theirs = _wrong(a.entry, folder / a.entry.file.path, feeds, truths, m.reject_label, m.policy.max_run_ms)
             score = error_disagreement(champions[a.capability], theirs)
             pop.archive.set_diversity(a.capability, a.version, score)
             scored.append((a.capability, a.version, score, len(sample)))

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import backends, tomlread
 from ._native import Featurizer
-from .errors import ManifestError
+from .errors import InferenceError, ManifestError
 from .inputs import dense_adapter, hashed_feeds, token_adapter
 from .manifest import Manifest, ModelEntry
 
@@ -115,10 +115,10 @@ def _trim() -> None:
         pass  # not glibc: deltas may read low; medians over repeats soften it
 
 
-def _open(root: Path, entry: ModelEntry) -> backends.Session:
+def _open(root: Path, entry: ModelEntry, max_run_ms: float | None = None) -> backends.Session:
     # Same options as the runtime's loader (modelload.ModelLoader.open).
     return backends.open_model(entry.backend, root / entry.file.path, output=entry.output,
-                               optimize=entry.input != "hashed-text")
+                               optimize=entry.input != "hashed-text", max_run_ms=max_run_ms)
 
 
 def profile_ecology(root: Path, manifest: Manifest, requests: Sequence[Any], *, repeats: int = 5, runs: int = 200,
@@ -152,7 +152,7 @@ def profile_ecology(root: Path, manifest: Manifest, requests: Sequence[Any], *, 
     else:
         feat = Featurizer(manifest.featurizer) if manifest.featurizer else None
         shared = [hashed_feeds(*feat(t.encode("utf-8"))) for t in requests] if feat else []
-    warm = _open(root, manifest.models[0])  # the runtime's own start-up is not any model's footprint
+    warm = _open(root, manifest.models[0], manifest.policy.max_run_ms)  # the runtime's own start-up is not any model's footprint
     warm.close()
     out, step, steps = [], 0, repeats * len(manifest.models)
     for entry in manifest.models:
@@ -163,16 +163,20 @@ def profile_ecology(root: Path, manifest: Manifest, requests: Sequence[Any], *, 
             _trim()
             anon0, file0 = footprint_bytes()
             t0 = time.perf_counter()
-            session = _open(root, entry)
+            session = _open(root, entry, manifest.policy.max_run_ms)
             load_ms = (time.perf_counter() - t0) * 1e3
-            session.run(feeds[0])  # first run: lazy allocations belong to the footprint
-            anon1, file1 = footprint_bytes()
-            us = []
-            for f in feeds:
-                t = time.perf_counter()
-                session.run(f)
-                us.append((time.perf_counter() - t) * 1e6)
-            session.close()
+            try:
+                session.run(feeds[0])  # first run: lazy allocations belong to the footprint
+                anon1, file1 = footprint_bytes()
+                us = []
+                for f in feeds:
+                    t = time.perf_counter()
+                    session.run(f)
+                    us.append((time.perf_counter() - t) * 1e6)
+            except InferenceError as exc:  # e.g. a run stopped at policy max_run_ms: name the model
+                raise InferenceError(f"model {entry.id!r}: {exc}") from exc
+            finally:
+                session.close()
             pct = np.percentile(us, [50, 95, 99])
             per.append((load_ms, *pct, max(0, anon1 - anon0), max(0, file1 - file0)))
             step += 1

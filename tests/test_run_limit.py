@@ -202,3 +202,15 @@ def test_the_manifest_writer_keeps_a_set_limit_and_omits_the_default():
     assert "max_run_ms" not in manifest_to_toml(parse_manifest(text))  # shipped manifests rebuild byte-identical
     out = manifest_to_toml(parse_manifest(text.replace("[policy]\n", "[policy]\nmax_run_ms = 250\n", 1)))
     assert "max_run_ms = 250.0\n" in out and parse_manifest(out).policy.max_run_ms == 250.0
+
+
+def test_profile_names_the_model_whose_run_was_stopped(looping_home):
+    from edge_eco.bundle import read_bundle
+    from edge_eco.profile import profile_ecology
+    root, manifest = read_bundle(looping_home)
+    start = time.perf_counter()
+    with pytest.raises(InferenceError) as err:
+        profile_ecology(root, manifest, ["add milk to my shopping list"], repeats=1, runs=1)
+    assert str(err.value) == ("model 'home': onnxruntime run stopped: it ran past 300 ms, the limit of one run "
+                              "(policy max_run_ms)")
+    assert time.perf_counter() - start < 20
