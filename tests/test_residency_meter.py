@@ -60,12 +60,10 @@ def test_file_bytes_are_the_models_own_mappings_and_foreign_growth_is_capped(tmp
         [k.close() for k in keep]
 
 
-def test_the_runtime_start_up_goes_to_a_probe_not_to_the_first_model():
-    heap = [Footprint(0, 0)]
+def _fake_runtime(heap: list, probes: list | None = None):
+    """A loader whose first load starts a runtime (5 MB anonymous + 12 MB of libraries that stay)
+    and whose every session holds 1,000 bytes; ``probes`` records the models it loads."""
     started = []
-
-    def read():
-        return heap[0]
 
     class Sess:
         def warm(self):
@@ -75,13 +73,20 @@ def test_the_runtime_start_up_goes_to_a_probe_not_to_the_first_model():
             heap[0] -= Footprint(1000, 0)
 
     def loader(m):
+        if probes is not None:
+            probes.append(m)
         if not started:            # the runtime's one-time start-up: 5 MB that stays
             started.append(1)
             heap[0] = Footprint(heap[0].anon_bytes + 5_000_000, heap[0].file_bytes + 12_000_000)
         heap[0] = Footprint(heap[0].anon_bytes + 1000, heap[0].file_bytes)
         return Sess()
+    return loader
 
-    meter = Meter(read, runtime_of=lambda m: "rt")
+
+def test_the_runtime_start_up_goes_to_a_probe_not_to_the_first_model():
+    heap = [Footprint(0, 0)]
+    loader = _fake_runtime(heap)
+    meter = Meter(lambda: heap[0], runtime_of=lambda m: "rt")
     _, _, fp, _ = meter.load("a", loader)
     assert fp == Footprint(1000, 0)
     assert meter.runtime_bytes["rt"] == Footprint(5_000_000, 12_000_000)
@@ -90,24 +95,8 @@ def test_the_runtime_start_up_goes_to_a_probe_not_to_the_first_model():
 
 
 def test_meters_sharing_a_record_probe_a_runtime_once_and_report_its_first_figure():
-    heap = [Footprint(50_000_000, 0)]
-    started, probes = [], []
-
-    class Sess:
-        def warm(self):
-            pass
-
-        def close(self):
-            heap[0] -= Footprint(1000, 0)
-
-    def loader(m):
-        probes.append(m)
-        if not started:
-            started.append(1)
-            heap[0] = Footprint(heap[0].anon_bytes + 5_000_000, heap[0].file_bytes + 12_000_000)
-        heap[0] = Footprint(heap[0].anon_bytes + 1000, heap[0].file_bytes)
-        return Sess()
-
+    heap, probes = [Footprint(50_000_000, 0)], []
+    loader = _fake_runtime(heap, probes)
     record: dict[str, Footprint] = {}
     first = Meter(lambda: heap[0], runtime_of=lambda m: "rt", runtime_bytes=record)
     first.load("a", loader)
