@@ -148,7 +148,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         def ready(server) -> None:
             print(f"edge-eco serve: {eco.name} v{eco.version} on {server.url}/v2/models/{eco.name}", flush=True)
-        serve_forever(eco, args.host, args.port, token=token, on_ready=ready, **options)
+
+        def model_error(model_id: str, error: str, count: int) -> None:
+            print(f"edge-eco serve: model {model_id!r} failed in {count} answer{'s' * (count != 1)} "
+                  f"(the others answered): {error}", file=sys.stderr, flush=True)
+        serve_forever(eco, args.host, args.port, token=token, on_ready=ready, on_model_error=model_error, **options)
     print("edge-eco serve: stopped", flush=True)
     return 0
 
@@ -189,7 +193,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"labels: {len(m.labels)}   reject label: {m.reject_label}   budget: {m.budget_bytes} bytes")
     p = m.policy
     print(f"policy: direct >= {p.direct_threshold}, remote when confidence < {p.fallback_threshold}, "
-          f"coalition {p.coalition_size}, remote {p.remote}")
+          f"coalition {p.coalition_size}, remote {p.remote}, one run stopped past {p.max_run_ms:g} ms")
     print(f"\n{'model':20}{'role':12}{'backend':9}{'labels':>7}{'bytes':>12}{'T':>8}  file")
     for e in m.models:
         size = sum((root / f).stat().st_size for f in [e.file.path] + [x.path for x in m.files

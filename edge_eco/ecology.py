@@ -64,6 +64,11 @@ class Answer:
     provenance: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
+# A model whose load failed (its probe run stopped at max_run_ms, a file that no longer matches, a
+# runtime that refuses it) is not loaded again for 1 s, then 2, 4, ... up to 60 s while its files
+# are unchanged: the requests routed to it meanwhile go to the others at once.
+LOAD_BACKOFF_S = (1.0, 60.0)
+
 class Ecology:
     """A loaded population of models answering requests under its manifest's policy.
 
@@ -113,7 +118,8 @@ class Ecology:
                                    policy="cost_aware", cost=self._miss_cost, paths=self._model_paths,
                                    demote=drop_file_pages if cold_state else None, runtime_of=self._runtime_of,
                                    anon_cap=self._anon_cap, check=self._check_files,
-                                   runtime_bytes=PROCESS_RUNTIME_BYTES)  # a runtime starts once per process
+                                   runtime_bytes=PROCESS_RUNTIME_BYTES,  # a runtime starts once per process
+                                   backoff=LOAD_BACKOFF_S)
         self._local = LocalTier(manifest, self.residency, loader.adapters, self._excluded,
                                 workers=max(2, 2 * manifest.policy.coalition_size))
         self._ids = itertools.count(1)
@@ -377,9 +383,13 @@ class Ecology:
     # -- lifecycle -----------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Loads, evictions, demotions to cold and resident bytes so far; ``resident`` lists every
-        loaded model, ``cold`` those of them whose file pages were dropped (not in ``resident_bytes``)."""
+        loaded model, ``cold`` those of them whose file pages were dropped (not in ``resident_bytes``);
+        ``failed_loads`` counts loads that raised, ``refused_loads`` the misses answered at once with
+        the error of a failed load while it backs off (``backing_off``: those models now)."""
         s = self.residency.stats
         out = {"loads": s.loads, "evictions": s.evictions, "demotions": s.demotions, "resident_bytes": self.residency.resident_bytes,
+               "failed_loads": s.failed_loads, "refused_loads": s.refused_loads,
+               "backing_off": self.residency.backing_off(),
                "resident": self.residency.resident(), "cold": self.residency.cold(),
                "budget_bytes": self.residency.budget_bytes,
                "eviction_rule": self.residency.eviction_rule,

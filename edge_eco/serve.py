@@ -43,6 +43,9 @@ from edge_eco.v2_request import InferRequest, parse_infer_request
 
 __all__ = ["InferenceServer", "serve_forever"]
 
+MODEL_ERROR_REPORT_S = 60.0  # a failing model is reported at most this often (with a count)
+_report_clock = time.monotonic  # the clock of those reports (tests move it)
+
 class InferenceServer:
     """Serve an ecology over Open Inference Protocol v2 REST on a background thread."""
 
@@ -51,7 +54,8 @@ class InferenceServer:
                  max_concurrent: int = 4, max_queue: int = 64, queue_timeout_s: float = 5.0,
                  max_connections: int = 512, token: str | None = None, ssl_context: ssl.SSLContext | None = None,
                  max_client_connections: int = 16, request_timeout_s: float = 10.0,
-                 rate_limit_per_s: float | None = None, burst: int | None = None, rate_limit_clients: int = 4096):
+                 rate_limit_per_s: float | None = None, burst: int | None = None, rate_limit_clients: int = 4096,
+                 on_model_error: Callable[[str, str, int], None] | None = None):
         """Bind the listening socket (port 0 picks a free port); call start() to serve.
 
         Args:
@@ -71,6 +75,10 @@ class InferenceServer:
             rate_limit_per_s: per-client requests/s (token bucket), or None for no rate limit.
             burst: the bucket's size (default: max(1, 2 x rate_limit_per_s)); needs rate_limit_per_s.
             rate_limit_clients: buckets kept (least recently seen clients are forgotten past this).
+            on_model_error: called with (model id, its error, how many answers it failed since the
+                last call) when an answer went around a model that failed to load or run (the
+                others answered: the reply cannot say so), at most once per model per
+                ``MODEL_ERROR_REPORT_S``; ``edge-eco serve`` prints it to stderr.
         Raises:
             RequestError: a limit is not positive.
             OSError: the address cannot be bound (raised by the caller's choice of port).
@@ -91,6 +99,9 @@ class InferenceServer:
             raise RequestError(str(exc)) from exc
         self.eco, self.max_body_bytes, self.max_batch = eco, max_body_bytes, max_batch
         self.max_text_bytes, self.queue_timeout_s = max_text_bytes, float(queue_timeout_s)
+        self._on_model_error = on_model_error
+        self._model_errors: dict[str, list] = {}  # model -> [last report (monotonic), failures since]
+        self._model_errors_lock = threading.Lock()
         self._feature_dim = getattr(eco, "feature_dim", None) if hasattr(eco, "answer_features") else None
         # a sensor ecology (Ecology.takes names its windows) answers no text: its metadata lists only features
         self._takes_text = getattr(eco, "takes", "text") == "text"
@@ -256,6 +267,10 @@ class InferenceServer:
                     ans = run(item, deadline_ms=left_ms, local_only=True)
                 except RequestError as exc:
                     raise RequestError(f"input {name!r} element {i}: {exc}") from exc
+                if self._on_model_error is not None:
+                    failed = getattr(ans, "provenance", {}).get("model_errors")
+                    if failed:
+                        self._report_model_errors(failed)
                 labels.append(str(ans.label))
                 confidences.append(_fp32(ans.confidence))
         except RequestError as exc:
@@ -274,6 +289,23 @@ class InferenceServer:
             reply["id"] = req.req_id
         reply["outputs"] = [outputs[n] for n in dict.fromkeys(req.outputs)]
         return reply
+
+
+    def _report_model_errors(self, failed: dict[str, str]) -> None:
+        """Pass models' errors to ``on_model_error``, each at most once per MODEL_ERROR_REPORT_S."""
+        now, due = _report_clock(), []
+        with self._model_errors_lock:
+            for model_id, error in failed.items():
+                seen = self._model_errors.setdefault(model_id, [None, 0])
+                seen[1] += 1
+                if seen[0] is None or now - seen[0] >= MODEL_ERROR_REPORT_S:
+                    due.append((model_id, error, seen[1]))
+                    seen[0], seen[1] = now, 0
+        for model_id, error, count in due:
+            try:
+                self._on_model_error(model_id, error, count)
+            except Exception:  # noqa: BLE001 - a failing report must not fail the answer
+                pass
 
 
 def _fp32(x: float) -> float:

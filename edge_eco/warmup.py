@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import EdgeEcoError
+
 __all__ = ["WarmReport", "warm"]
 
 WARM_TEXT = "hello, what can you do"
@@ -50,6 +52,9 @@ def warm(eco: Any, text: str | None = None) -> WarmReport:
         text = WARM_TEXT if eco.feature_dim is None else np.zeros(eco.feature_dim, np.float32)
     ids = [m.id for m in eco.manifest.models]
     for model_id in ids:
-        eco.predict_with(model_id, text)
+        try:
+            eco.predict_with(model_id, text)
+        except EdgeEcoError as exc:  # a run error does not name its model; say which one
+            raise type(exc)(f"model {model_id!r} fails the warm-up request: {exc}") from exc
     eco.answer(text, local_only=True)
     return WarmReport(len(ids), (time.perf_counter() - t0) * 1e3, int(eco.stats()["resident_bytes"]))

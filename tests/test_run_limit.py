@@ -144,10 +144,21 @@ def test_concurrent_runaways_and_short_runs_on_one_session(models):
     session.close()
 
 
-@pytest.mark.parametrize("bad", [0, -5, float("nan"), True, "100"])
-def test_a_bad_limit_is_refused(models, bad):
-    with pytest.raises(ModelLoadError, match="max_run_ms must be a positive number of milliseconds or None"):
-        ort.open(models / "fixed.onnx", max_run_ms=bad)
+@pytest.mark.parametrize("bad", [0, -5, float("nan"), float("inf"), 10 ** 400, 600_001, True, np.bool_(True), "100"])
+@pytest.mark.parametrize("binding", ["c", "python"])
+def test_a_bad_limit_is_refused(models, bad, binding):
+    """A trial's max_run_ms=float('inf') raised a raw OverflowError."""
+    with pytest.raises(ModelLoadError) as err:
+        ort.open(models / "fixed.onnx", max_run_ms=bad, binding=binding)
+    assert str(err.value) == f"max_run_ms must be a positive number of milliseconds up to 600000, or None, not {bad!r}"
+
+
+@pytest.mark.parametrize("good", [np.float32(100), np.int64(100), np.float64(100), 100, 100.0])
+def test_numpy_limits_are_numbers(models, good):
+    """A trial's np.float32(100) and np.int64(100) were refused while np.float64(100) passed."""
+    session = ort.open(models / "fixed.onnx", max_run_ms=good)
+    assert session.max_run_ms == 100.0 and type(session.max_run_ms) is float
+    session.close()
 
 
 def test_open_model_passes_the_limit_to_onnx_runtime(models):
@@ -193,7 +204,26 @@ def test_an_ecology_answers_around_a_model_that_loops_for_ever(looping_home):
     assert a.provenance["route"]["candidates"][0] == "home"  # routed to it, answered without it
     assert "home" in a.provenance["model_errors"] and "ran past 300 ms" in a.provenance["model_errors"]["home"]
     assert b.label == "balance"
-    assert took < 20, took  # three probe runs stopped at ~0.3 s each, not a hang
+    assert took < 20, took  # probe runs stopped at ~0.3 s each, not a hang
+
+
+def test_a_model_whose_probe_was_stopped_is_not_loaded_again_by_every_request(looping_home):
+    """A trial's 200 requests took 38 s against 0.49 s: each one routed to the looping model
+    loaded it again and waited out the limit."""
+    with edge_eco.open(looping_home, remote_url=None) as eco:
+        eco.answer("add milk to my shopping list", local_only=True)  # the failed load: ~0.3 s
+        start = time.perf_counter()
+        answers = [eco.answer(t, local_only=True) for t in ["add milk to my shopping list",
+                                                               "what is on my calendar today"] * 10]
+        took = time.perf_counter() - start
+        stats, public = eco.residency.stats, eco.stats()
+    assert took < 0.25, took  # not 20 x 0.3 s: refused at once while it backs off (1 s)
+    for a in answers:
+        assert a.provenance["route"]["candidates"][0] == "home"
+        error = a.provenance["model_errors"]["home"]
+        assert "ran past 300 ms" in error and "its load failed 1 time; not tried again for" in error, error
+    assert stats.failed_loads == 1 and stats.refused_loads == 20
+    assert (public["failed_loads"], public["refused_loads"], public["backing_off"]) == (1, 20, ["home"])
 
 
 def test_the_manifest_writer_keeps_a_set_limit_and_omits_the_default():
@@ -214,3 +244,12 @@ def test_profile_names_the_model_whose_run_was_stopped(looping_home):
     assert str(err.value) == ("model 'home': onnxruntime run stopped: it ran past 300 ms, the limit of one run "
                               "(policy max_run_ms)")
     assert time.perf_counter() - start < 20
+
+
+def test_serve_refuses_to_start_naming_the_model_whose_warm_up_run_was_stopped(looping_home):
+    from edge_eco.warmup import warm
+    with edge_eco.open(looping_home, remote_url=None) as eco:
+        with pytest.raises(ModelLoadError) as err:
+            warm(eco)
+    assert str(err.value).startswith("model 'home' fails the warm-up request: home.onnx:")
+    assert "ran past 300 ms" in str(err.value)

@@ -340,3 +340,39 @@ def test_a_batch_of_one_sent_as_shape_1_1_is_answered_with_the_declared_output_s
     assert status == 200 and [o["shape"] for o in doc["outputs"]] == [[1], [1]]
     meta = call(conn, "GET", "/v2/models/intents")[1]
     assert [o["shape"] for o in meta["outputs"]] == [[-1], [-1]]
+
+
+@dataclass(frozen=True)
+class FailedAroundAnswer:
+    label: str
+    confidence: float
+    path: str
+    provenance: dict
+
+
+def test_models_that_failed_are_reported_once_a_minute_with_a_count(monkeypatch):
+    """A trial served a bundle whose model was stopped at max_run_ms on every request routed to
+    it: the replies were 200 (the others answered) and nothing anywhere said a model failed."""
+    from edge_eco import serve as serve_mod
+
+    class AroundEco(FakeEco):
+        def answer(self, text, *, deadline_ms=None, local_only=False):
+            errors = {"banking": "ModelLoadError: ran past 1000 ms"} if "money" in text else {}
+            return FailedAroundAnswer("balance", 0.5, "direct", {"model_errors": errors})
+
+    reports = []
+    clock = [1000.0]
+    monkeypatch.setattr(serve_mod, "_report_clock", lambda: clock[0])
+    with InferenceServer(AroundEco(), on_model_error=lambda *r: reports.append(r)) as srv:
+        c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+        body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [3], "data": ["money", "hi", "money"]}]}
+        status, reply, _ = call(c, "POST", "/v2/models/intents/infer", body)
+        assert status == 200 and reply["outputs"][0]["data"] == ["balance"] * 3
+        assert reports == [("banking", "ModelLoadError: ran past 1000 ms", 1)]
+        clock[0] += 30
+        call(c, "POST", "/v2/models/intents/infer", body)       # within the minute: counted, not said
+        assert len(reports) == 1
+        clock[0] += 31
+        call(c, "POST", "/v2/models/intents/infer", body)
+        assert reports[1] == ("banking", "ModelLoadError: ran past 1000 ms", 4)  # 1 + 2 + the first of this batch
+        c.close()

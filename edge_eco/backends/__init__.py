@@ -29,6 +29,7 @@ class Session(Protocol):
 
 NAMES = ("ort", "tflite", "fake")
 MAX_THREADS = 1024  # the same bound as a platform profile's ``threads``
+MAX_RUN_MS = 600_000.0  # the most a manifest's [policy] max_run_ms may be (ten minutes)
 
 
 def brief(message: object, limit: int = 400) -> str:
@@ -67,6 +68,23 @@ def check_threads(threads: object) -> None:
         raise ModelLoadError(f"threads must be a whole number from 1 to {MAX_THREADS}, not {threads!r}")
 
 
+def check_max_run_ms(max_run_ms: object) -> float | None:
+    """``max_run_ms`` as a float (a numpy scalar too), or None.
+
+    Raises:
+        ModelLoadError: not None and not a number of milliseconds in (0, MAX_RUN_MS] (inf, NaN
+            and booleans included).
+    """
+    if max_run_ms is None:
+        return None
+    value = float(max_run_ms) if isinstance(max_run_ms, (np.integer, np.floating)) else max_run_ms
+    # a comparison, not math.isfinite (OverflowError on an int past float range); NaN fails it too
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_RUN_MS:
+        raise ModelLoadError(f"max_run_ms must be a positive number of milliseconds up to {MAX_RUN_MS:g}, "
+                             f"or None, not {max_run_ms!r}")
+    return float(value)
+
+
 def open_model(backend: str, path: Path, *, output: str = "logits", threads: int = 1,
                optimize: bool = True, max_run_ms: float | None = None) -> Session:
     """Load ``path`` with the named backend; ``max_run_ms`` stops a run that lasts longer (ONNX
@@ -75,11 +93,13 @@ def open_model(backend: str, path: Path, *, output: str = "logits", threads: int
     Raises:
         ModelLoadError: unknown backend, runtime not installed, a file that fails the structural
             preflight (empty, Git LFS pointer, wrong magic, broken ONNX structure), or the runtime
-            refused the file, or ``threads`` is not a whole number from 1 to MAX_THREADS.
+            refused the file, or ``threads`` is not a whole number from 1 to MAX_THREADS, or
+            ``max_run_ms`` is not None or a number in (0, MAX_RUN_MS].
     """
     if backend not in NAMES:
         raise ModelLoadError(f"unknown backend {backend!r} (known: {list(NAMES)})")
     check_threads(threads)
+    max_run_ms = check_max_run_ms(max_run_ms)
     preflight(Path(path))  # before any runtime sees the bytes: some crash on corrupt files
     module = importlib.import_module(f"{__name__}.{backend}")
     return module.open(Path(path), output=output, threads=threads, optimize=optimize, max_run_ms=max_run_ms)

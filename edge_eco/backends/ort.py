@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InferenceError, ModelLoadError
-from . import brief, check_feed_names, check_threads
+from . import brief, check_feed_names, check_max_run_ms, check_threads
 
 _ort = None
 _import_lock = threading.Lock()
@@ -118,12 +118,10 @@ class _Session:
     max_run_ms: float | None = None  # a run past it is stopped (InferenceError); None: never
 
     def _limit(self, max_run_ms: float | None) -> None:
-        if max_run_ms is not None:
-            if isinstance(max_run_ms, bool) or not isinstance(max_run_ms, (int, float)) or not max_run_ms > 0:
-                raise ModelLoadError(f"max_run_ms must be a positive number of milliseconds or None, "
-                                     f"not {max_run_ms!r}")
-            self.max_run_ms = float(max_run_ms)
-            self._limit_ns = int(max_run_ms * 1e6)
+        limit = check_max_run_ms(max_run_ms)
+        if limit is not None:
+            self.max_run_ms = limit
+            self._limit_ns = int(limit * 1e6)
 
     def _stopped_error(self) -> InferenceError:
         return InferenceError(f"onnxruntime run stopped: it ran past {self.max_run_ms:g} ms, the limit of one run "

@@ -17,6 +17,8 @@ lost less lately — :class:`~.policy.Experts`) or by LRU.
 
 from __future__ import annotations
 
+import copy
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -31,6 +33,16 @@ from .footprint import Footprint
 from .meter import Meter
 
 SESSION_OVERHEAD_BYTES = 350_000  # measured per live ORT session of a small model (MEASURED.md)
+
+
+class _Failure:
+    """A model's last failed load: its error, how many failed in a row on the same files, until
+    when it is not tried again, and its files' identity then."""
+
+    __slots__ = ("exc", "count", "until", "ident")
+
+    def __init__(self, exc: Exception, count: int, until: float, ident: tuple) -> None:
+        self.exc, self.count, self.until, self.ident = exc, count, until, ident
 
 
 class Residency:
@@ -55,6 +67,11 @@ class Residency:
             is not charged to the model. Its errors fail the load (a cold model is unloaded).
         runtime_bytes: record of runtimes already started, shared across managers (see .meter);
             None: this manager's own.
+        backoff: (first, most) seconds for which a model whose load failed is not tried again
+            while its files (``paths``) are unchanged: the next misses get the same error at once,
+            without a load, an eviction or a wait; the pause doubles with each failed retry up to
+            ``most``. A model whose probe run hangs until ``max_run_ms`` would otherwise cost
+            every request routed to it that long. None: every miss tries again.
     """
 
     def __init__(self, loader: Callable[[str], Session], predict_bytes: Callable[[str], int],
@@ -66,7 +83,8 @@ class Residency:
                  runtime_of: Callable[[str], str] | None = None,
                  anon_cap: Callable[[str], int] | None = None,
                  check: Callable[[str], None] | None = None,
-                 runtime_bytes: dict[str, Footprint] | None = None) -> None:
+                 runtime_bytes: dict[str, Footprint] | None = None,
+                 backoff: tuple[float, float] | None = None) -> None:
         if policy not in ("lru", "cost_aware"):
             raise ValueError(f"policy must be 'lru' or 'cost_aware', got {policy!r}")
         self._loader, self._predict, self._measure = loader, predict_bytes, measure
@@ -83,6 +101,8 @@ class Residency:
         self._requests = 0
         self._experts = pol.Experts(budget_bytes) if policy == "cost_aware" and budget_bytes else None
         self.stats = ResidencyStats()
+        self._backoff = backoff
+        self._failed: dict[str, _Failure] = {}  # model -> its last failed load, while it backs off
 
     # -- views -----------------------------------------------------------------------------------
     @property
@@ -108,6 +128,11 @@ class Residency:
         """Ids of loaded models (hot or cold), as a set."""
         with self._lock:
             return frozenset(k for k, s in self._slots.items() if s.session is not None)
+
+    def backing_off(self) -> list[str]:
+        """Ids of models whose failed load is not tried again yet (unless their files change)."""
+        now = time.monotonic()
+        return sorted(m for m, f in list(self._failed.items()) if f.until > now)
 
     def is_resident(self, model_id: str) -> bool:
         with self._lock:
@@ -141,6 +166,10 @@ class Residency:
                     self._ghost[m] = (e.demand, self._requests)
 
     def _acquire(self, model_id: str) -> Session:
+        if self._failed:
+            failure = self._failed.get(model_id)
+            if failure is not None:
+                self._refuse_while_backing_off(model_id, failure)
         give_up = time.monotonic() + self.wait_s
         while True:
             with self._lock:
@@ -314,13 +343,19 @@ class Residency:
                     self._check(model_id)
                 session, load_ms, grown, paths = self.meter.load(model_id, self._loader)
         except BaseException as exc:
+            failure = self._failure(model_id, exc) if self._backoff and isinstance(exc, Exception) else None
             with self._lock:
+                self.stats.failed_loads += 1
+                if failure is not None:
+                    self._failed[model_id] = failure
                 slot.error = exc
                 self._slots.pop(model_id, None)
                 slot.loading.set()
                 slot.loading = None
                 self._released.notify_all()
             raise
+        if self._failed:
+            self._failed.pop(model_id, None)
         measured = grown.total_bytes if grown is not None and grown.total_bytes > 0 else slot.bytes
         with self._lock:
             if grown is not None and grown.total_bytes > 0:  # the prediction self-corrects
@@ -357,6 +392,39 @@ class Residency:
             slot.loading.set()
             slot.loading = None
         return session
+
+    def _files_identity(self, model_id: str) -> tuple:
+        """(path, device, inode, size, mtime ns, ctime ns) of each of the model's files (None
+        for one that cannot be read): what a fix of a failed model changes."""
+        out = []
+        for path in sorted(self._paths(model_id)) if self._paths is not None else ():
+            try:
+                st = os.stat(path)
+                out.append((path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+            except OSError:
+                out.append((path, None))
+        return tuple(out)
+
+    def _failure(self, model_id: str, exc: Exception) -> "_Failure":
+        """The back-off record of a load of ``model_id`` that raised ``exc``."""
+        first, most = self._backoff
+        ident = self._files_identity(model_id)
+        before = self._failed.get(model_id)
+        count = before.count + 1 if before is not None and before.ident == ident else 1
+        pause = min(first * 2 ** (count - 1), most)
+        return _Failure(exc, count, time.monotonic() + pause, ident)
+
+    def _refuse_while_backing_off(self, model_id: str, failure: "_Failure") -> None:
+        """Raise ``failure``'s error again while its pause lasts and the files are the same."""
+        left = failure.until - time.monotonic()
+        if left <= 0 or self._files_identity(model_id) != failure.ident:
+            return  # time to try again (a new failure doubles the pause), or the files changed
+        with self._lock:
+            self.stats.refused_loads += 1
+        err = copy.copy(failure.exc)
+        err.args = (f"{failure.exc} (its load failed {failure.count} time{'s' if failure.count > 1 else ''}; "
+                    f"not tried again for {left:.1f} s unless its files change)",)
+        raise err from None
 
     def _unload_changed(self, model_id: str, slot: _Slot, exc: BaseException) -> None:
         """A cold model whose files failed ``check`` on the way back to hot (rewritten in place

@@ -41,3 +41,5 @@ class ResidencyStats:
     accounting_error: list[float] = field(default_factory=list)
     measured: dict[str, Footprint] = field(default_factory=dict)
     load_times: dict[str, float] = field(default_factory=dict)  # model -> last load ms
+    failed_loads: int = 0   # loads that raised (each one tried: not the refusals while backing off)
+    refused_loads: int = 0  # misses refused at once while their model's failed load backs off
