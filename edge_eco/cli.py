@@ -485,7 +485,11 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``edge-eco``; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        if args.command == "serve":  # it stops on SIGINT by itself, draining its requests
+            return args.fn(args)
+        from .backends.ort import interrupts_stop_runs
+        with interrupts_stop_runs():  # Ctrl-C stops a run in flight instead of waiting for it
+            return args.fn(args)
     except (EdgeEcoError, OSError) as exc:  # OSError: a port in use, an unwritable --out, ...
         where = " ".join(filter(None, (args.command, getattr(args, "population", None))))
         print(f"edge-eco {where}: error: {exc}", file=sys.stderr)

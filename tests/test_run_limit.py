@@ -253,3 +253,42 @@ def test_serve_refuses_to_start_naming_the_model_whose_warm_up_run_was_stopped(l
             warm(eco)
     assert str(err.value).startswith("model 'home' fails the warm-up request: home.onnx:")
     assert "ran past 300 ms" in str(err.value)
+
+
+def test_ctrl_c_stops_a_command_inside_a_long_run(looping_home, tmp_path):
+    """A trial's two SIGINTs to `edge-eco run` on a bundle with max_run_ms = 600000 did nothing:
+    a signal reaches Python only once the run it interrupts returns (here after ten minutes)."""
+    import signal
+    import subprocess
+    import sys
+    slow = tmp_path / "slow"
+    shutil.copytree(looping_home, slow)
+    toml = slow / "ecology.toml"
+    toml.write_text(toml.read_text().replace("max_run_ms = 300\n", "max_run_ms = 600000\n"))
+    requests = tmp_path / "r.jsonl"
+    requests.write_text('{"text": "add milk to my shopping list"}\n')
+    edge_eco_cli = str(Path(sys.executable).parent / "edge-eco")
+    proc = subprocess.Popen([edge_eco_cli, "run", str(slow), "--requests", str(requests), "--no-baselines"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4)  # started, and inside the looping model's probe run
+        assert proc.poll() is None, proc.communicate()
+        sent = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=20)
+        took = time.perf_counter() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 130, proc.stderr.read()[-2000:]
+    assert took < 5, took  # the watchdog's next wake-up (at most 250 ms), then the way out
+
+
+def test_the_interrupt_pipe_is_given_back():
+    import signal
+    with ort.interrupts_stop_runs():
+        inside = signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(inside)
+        assert inside != -1
+    assert signal.set_wakeup_fd(-1) == -1  # restored: nothing left installed

@@ -9,6 +9,9 @@ memory-mapped too (``session.use_memory_mapped_ort_model``).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import threading
 import time
 import warnings
@@ -107,7 +110,68 @@ class _Watchdog:
             del sessions
 
 
+    def stop_all(self) -> None:
+        """Stop every run in flight of every watched session now."""
+        with self._lock:
+            sessions = list(self._sessions)
+        for s in sessions:
+            s._stop_overdue(1 << 62)
+
+
 _watchdog = _Watchdog()
+
+
+def stop_all_runs() -> None:
+    """Stop every ONNX Runtime run in flight of the sessions opened with ``max_run_ms`` (each
+    raises its InferenceError): what Ctrl-C does in ``edge-eco`` commands (:func:`interrupts_stop_runs`),
+    since a signal reaches Python code only once the run it interrupts has returned."""
+    _watchdog.stop_all()
+
+
+@contextlib.contextmanager
+def interrupts_stop_runs():
+    """While in this block (in the main thread), SIGINT also stops the runs in flight
+    (:func:`stop_all_runs`), so that Ctrl-C takes effect at once and not when a run of up to
+    ``max_run_ms`` returns. A thread reads the signal numbers CPython writes to a wake-up pipe
+    (``signal.set_wakeup_fd``); elsewhere than the main thread, or when the wake-up fd is in use
+    (an event loop's), the block does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except ValueError:
+        previous = None
+    if previous is None or previous != -1:  # not allowed here, or an event loop's: leave it be
+        if previous is not None:
+            signal.set_wakeup_fd(previous)
+        os.close(r)
+        os.close(w)
+        yield
+        return
+
+    def watch() -> None:
+        while True:
+            try:
+                data = os.read(r, 64)
+            except OSError:
+                return
+            if not data:  # the block ended: its end of the pipe was closed
+                return
+            if int(signal.SIGINT) in data:
+                stop_all_runs()
+
+    thread = threading.Thread(target=watch, name="edge_eco-interrupts", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(-1)
+        os.close(w)
+        thread.join(5)
+        os.close(r)
 
 
 class _Session:
