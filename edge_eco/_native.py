@@ -251,7 +251,7 @@ class OrtCalls:
 class OrtJob:
     """A bound ``ee_ort_job_t``; not shared between threads (:meth:`run` writes into it)."""
 
-    __slots__ = ("_job", "_data", "_dims", "_keep")
+    __slots__ = ("_job", "_data", "_dims", "_keep", "deadline")
 
     def __init__(self, o, session: int, names: list[str], types: list[int], ranks: list[int], out_name: str,
                  out_shape: tuple, out_type: int, stoppable: bool = False) -> None:
@@ -266,6 +266,7 @@ class OrtJob:
             "types": self._keep[2], "ranks": self._keep[3], "data": self._data, "dims": self._dims,
             "out_name": self._keep[4], "out_type": out_type, "out_rank": len(out_shape), "out_dims": self._keep[5],
             "stoppable": int(bool(stoppable))})
+        self.deadline: int | None = None  # the run's request deadline (CLOCK_MONOTONIC ns), for a watchdog
 
     def started(self) -> int:
         """CLOCK_MONOTONIC ns (as ``time.monotonic_ns``) at which the run in flight started; 0 if none."""

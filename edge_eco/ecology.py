@@ -217,7 +217,9 @@ class Ecology:
 
         Args:
             text: the request (str, or UTF-8 bytes).
-            deadline_ms: time budget for the whole answer; bounds the remote call's timeout.
+            deadline_ms: time budget for the whole answer: models whose cold load would miss it
+                are not routed to, a local run still going when it passes is stopped (ONNX
+                Runtime, at the run watchdog's next wake-up), and it bounds the remote call.
             local_only: never send this request off the device.
             max_risk: the highest manifest risk level that may answer ("low", "medium", "high");
                 a model of risk ``high`` (run in a sandboxed worker) answers only under "high".
@@ -250,6 +252,7 @@ class Ecology:
     def _answer(self, text: str | bytes, deadline_ms: float | None, local_only: bool,
                 max_risk: str = "medium") -> Answer:
         t0 = time.perf_counter()
+        end_ns = backends.deadline_in(deadline_ms)
         prov: dict[str, Any] = {"request_id": f"{self.name}-{self._session}-{next(self._ids)}"}
         if self._dense is not None:  # a sensor window: standardized features, routed in numpy
             hashed = self._dense.feeds(text)
@@ -267,7 +270,12 @@ class Ecology:
             self.residency.hint(ids[1:self.policy.coalition_size + 1])
         prov["route"] = {"candidates": ids[:self.policy.coalition_size],
                          "probs": [round(p, 4) for p in r.probs[:self.policy.coalition_size]]}
-        votes, best, path = self._local.answer(ids, r.confidence, text, hashed, prov, self.policy, max_risk)
+        # a local run still going when the deadline passes is stopped (ONNX Runtime; see max_run_ms)
+        before = backends.set_run_deadline(end_ns)
+        try:
+            votes, best, path = self._local.answer(ids, r.confidence, text, hashed, prov, self.policy, max_risk)
+        finally:
+            backends.set_run_deadline(before)
         t_local = time.perf_counter()
         prov["votes"] = [(v.model_id, v.label, round(v.confidence, 4), v.declined) for v in votes]
         prov["models"] = {v.model_id: self._model_ids[v.model_id] for v in votes}

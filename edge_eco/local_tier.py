@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Mapping
 
+from . import backends
 from .errors import BackendError, BudgetError, EdgeEcoError, InferenceError, IntegrityError
 from .inputs import Feeds
 from .judges import Vote, calibrated_vote, judge, settle
@@ -74,6 +75,14 @@ class LocalTier:
         vote = calibrated_vote(entry, logits, self._manifest.reject_label)
         return vote, (time.perf_counter() - t0) * 1e6
 
+    def _vote_until(self, deadline: int | None, model_id: str, text: str, hashed: Feeds | None) -> tuple[Vote, float]:
+        """:meth:`vote` in a pool thread, its runs stopped at the request's ``deadline``."""
+        before = backends.set_run_deadline(deadline)
+        try:
+            return self.vote(model_id, text, hashed)
+        finally:
+            backends.set_run_deadline(before)
+
     def try_vote(self, model_id: str, text: str, hashed: Feeds | None, prov: dict) -> tuple[Vote, float] | None:
         """:meth:`vote`, but a model that cannot load or run is recorded in ``prov["model_errors"]``
         and None returned, so the request falls back to the next candidate or the generalist."""
@@ -100,7 +109,8 @@ class LocalTier:
         """
         if self._excluded.intersection(ids):
             raise Excluded(next(m for m in ids if m in self._excluded))
-        futures = {self._pool.submit(self.vote, m, text, hashed): m for m in ids[1:]}
+        deadline = backends.run_deadline()  # the request's, for the members run in the pool too
+        futures = {self._pool.submit(self._vote_until, deadline, m, text, hashed): m for m in ids[1:]}
         first = self.try_vote(ids[0], text, hashed, prov)
         done, late = wait(futures, timeout=timeout_s)
         results = ([first] if first else []) + [f.result() for f in futures if f in done and f.exception() is None]

@@ -31,11 +31,12 @@ FOREVER = 10 ** 15
 LABELS = 16
 
 
-def loop_model(path: Path, *, trips: int | None = None, fixed: bool = True) -> Path:
+def loop_model(path: Path, *, trips: int | None = None, fixed: bool = True, over: int | None = None) -> Path:
     """A model with the hashed-text contract (``indices`` int32 [n], ``values`` float [n]) and an
     output ``logits`` float [16] that a Loop carries through ``trips`` iterations; with ``trips``
     None the count is an input ``trips`` (int64 [1]). ``fixed``: the output's shape is declared
-    (the C binding's bound-job path), else symbolic (its read-back path)."""
+    (the C binding's bound-job path), else symbolic (its read-back path). ``over``: the loop runs
+    ``trips`` times only for requests of more than ``over`` features, else once."""
     body = helper.make_graph(
         [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
          helper.make_node("Identity", ["v_in"], ["v_out"])],
@@ -55,6 +56,13 @@ def loop_model(path: Path, *, trips: int | None = None, fixed: bool = True) -> P
     if trips is None:
         inputs.append(helper.make_tensor_value_info("trips", TensorProto.INT64, [1]))
         nodes.append(helper.make_node("Reshape", ["trips", "scalar"], ["m"]))
+    elif over is not None:
+        init += [helper.make_tensor("trips_over", TensorProto.INT64, [], [trips]),
+                 helper.make_tensor("once", TensorProto.INT64, [], [1]),
+                 helper.make_tensor("over", TensorProto.INT64, [], [over])]
+        nodes += [helper.make_node("Size", ["indices"], ["n_features"]),
+                  helper.make_node("Greater", ["n_features", "over"], ["long"]),
+                  helper.make_node("Where", ["long", "trips_over", "once"], ["m"])]
     else:
         init.append(helper.make_tensor("m", TensorProto.INT64, [], [trips]))
     nodes.append(helper.make_node("Loop", ["m", "cond", "v0"], ["logits"], body=body))
@@ -292,3 +300,51 @@ def test_the_interrupt_pipe_is_given_back():
         signal.set_wakeup_fd(inside)
         assert inside != -1
     assert signal.set_wakeup_fd(-1) == -1  # restored: nothing left installed
+
+
+@pytest.mark.parametrize("binding,name", [("c", "fixed.onnx"), ("c", "symbolic.onnx"),
+                                          ("python", "fixed.onnx"), ("python", "symbolic.onnx")])
+def test_a_run_is_stopped_at_the_threads_deadline_before_its_limit(models, binding, name):
+    from edge_eco.backends import deadline_in, set_run_deadline
+    session = ort.open(models / name, binding=binding, max_run_ms=5000)  # the watchdog wakes every 250 ms
+    before = set_run_deadline(deadline_in(200))
+    try:
+        exc, took = _timed(lambda: session.run(_feeds(FOREVER)))
+    finally:
+        set_run_deadline(before)
+    assert str(exc) == "onnxruntime run stopped: the request's deadline (deadline_ms) passed while it ran"
+    assert 0.2 <= took < 1.5, took
+    np.testing.assert_allclose(session.run(_feeds(1000)).reshape(-1), WANT, rtol=1e-6, atol=1e-7)
+    session.close()
+
+
+@pytest.fixture(scope="module")
+def slow_on_long_requests(tmp_path_factory) -> Path:
+    """models/clinc150 whose home.onnx loops for ever on requests of more than 40 features (its
+    load probe, 16, passes), ``max_run_ms = 5000``."""
+    folder = tmp_path_factory.mktemp("slow-long") / "clinc150"
+    shutil.copytree(MODELS / "clinc150", folder)
+    toml = folder / "ecology.toml"
+    old = sha256_file(folder / "home.onnx")
+    loop_model(folder / "home.onnx", trips=FOREVER, over=40)
+    text = toml.read_text().replace(old, sha256_file(folder / "home.onnx"))
+    toml.write_text(text.replace("[policy]\n", "[policy]\nmax_run_ms = 5000\n", 1))
+    return folder
+
+
+def test_an_answers_deadline_stops_its_local_run(slow_on_long_requests):
+    """A trial's answer(..., deadline_ms=500) routed to a looping model ran for the whole
+    max_run_ms: the deadline bounded only the remote call."""
+    with edge_eco.open(slow_on_long_requests, remote_url=None) as eco:
+        short = eco.answer("set an alarm", local_only=True)           # few features: home answers
+        start = time.perf_counter()
+        a = eco.answer("add milk to my shopping list", deadline_ms=300, local_only=True)
+        took = time.perf_counter() - start
+        stats = eco.stats()
+    assert "model_errors" not in short.provenance
+    assert a.provenance["route"]["candidates"][0] == "home"
+    assert a.provenance["model_errors"]["home"] == ("InferenceError: onnxruntime run stopped: the request's "
+                                                    "deadline (deadline_ms) passed while it ran")
+    assert 0.3 <= took < 1.5, took  # not 5 s: the watchdog's next wake-up after the deadline
+    # a run stopped at a deadline is not a failed load: the model stays, nothing backs off
+    assert stats["failed_loads"] == 0 and stats["backing_off"] == [] and "home" in stats["resident"]

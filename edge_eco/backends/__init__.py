@@ -8,6 +8,8 @@ onnxruntime, lazily; ``fake.py`` runs small numpy models so logic tests need no 
 from __future__ import annotations
 
 import importlib
+import threading
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -30,6 +32,28 @@ class Session(Protocol):
 NAMES = ("ort", "tflite", "fake")
 MAX_THREADS = 1024  # the same bound as a platform profile's ``threads``
 MAX_RUN_MS = 600_000.0  # the most a manifest's [policy] max_run_ms may be (ten minutes)
+
+_deadline = threading.local()  # end_ns: the deadline of the runs this thread starts (or None)
+
+
+def deadline_in(ms: float | None) -> int | None:
+    """The CLOCK_MONOTONIC time in ns ``ms`` milliseconds from now (None for None)."""
+    return None if ms is None else time.clock_gettime_ns(time.CLOCK_MONOTONIC) + int(ms * 1e6)
+
+
+def set_run_deadline(end_ns: int | None) -> int | None:
+    """Runs this thread starts from now stop once CLOCK_MONOTONIC passes ``end_ns`` (a
+    request's deadline; ONNX Runtime sessions with a ``max_run_ms``, whose watchdog stops them,
+    up to a quarter of that limit late); None: only their limit. Returns the previous value, for
+    the caller to restore."""
+    before = getattr(_deadline, "end_ns", None)
+    _deadline.end_ns = end_ns
+    return before
+
+
+def run_deadline() -> int | None:
+    """This thread's run deadline (see :func:`set_run_deadline`), or None."""
+    return getattr(_deadline, "end_ns", None)
 
 
 def brief(message: object, limit: int = 400) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InferenceError, ModelLoadError
-from . import brief, check_feed_names, check_max_run_ms, check_threads
+from . import brief, check_feed_names, check_max_run_ms, check_threads, run_deadline
 
 _ort = None
 _import_lock = threading.Lock()
@@ -187,17 +187,23 @@ class _Session:
             self.max_run_ms = limit
             self._limit_ns = int(limit * 1e6)
 
-    def _stopped_error(self) -> InferenceError:
+    def _stopped_error(self, deadline: int | None) -> InferenceError:
+        if deadline and _now_ns() >= deadline:
+            return InferenceError("onnxruntime run stopped: the request's deadline (deadline_ms) passed while it ran")
         return InferenceError(f"onnxruntime run stopped: it ran past {self.max_run_ms:g} ms, the limit of one run "
                               "(policy max_run_ms)")
 
+    def _overdue(self, now: int, started: int, deadline: int | None) -> bool:
+        """Whether a run that began at ``started`` with ``deadline`` is to be stopped at ``now``."""
+        return now - started > self._limit_ns or (deadline is not None and now > deadline)
+
     def _stop_overdue(self, now: int) -> None:
-        """Stop the runs in flight that started more than ``max_run_ms`` before ``now`` (the
-        watchdog's thread)."""
+        """Stop the runs in flight that started more than ``max_run_ms`` before ``now``, or
+        whose request's deadline has passed (the watchdog's thread)."""
         with self._state:
             runs = list(self._inflight.values())
-        for started, stop in runs:
-            if now - started > self._limit_ns:
+        for started, stop, deadline in runs:
+            if self._overdue(now, started, deadline):
                 stop(started)
 
     def warm(self) -> None:
@@ -284,18 +290,18 @@ class OrtSession(_Session):
                 return sess.run(self._output, feeds)[0]
             except Exception as exc:
                 raise InferenceError(f"onnxruntime run failed: {brief(exc)}") from exc
-        options, token, stopped = _ort.RunOptions(), object(), []
+        options, token, stopped, deadline = _ort.RunOptions(), object(), [], run_deadline()
         options.log_severity_level = 4  # a stopped run is reported by the InferenceError, not logged
 
         def stop(started: int) -> None:
             stopped.append(started)
             options.terminate = True
         with self._state:
-            self._inflight[token] = (_now_ns(), stop)
+            self._inflight[token] = (_now_ns(), stop, deadline)
         try:
             return sess.run(self._output, feeds, options)[0]
         except Exception as exc:
-            raise (self._stopped_error() if stopped else
+            raise (self._stopped_error(deadline) if stopped else
                    InferenceError(f"onnxruntime run failed: {brief(exc)}")) from exc
         finally:
             with self._state:
@@ -371,6 +377,7 @@ class CSession(_Session):
                     job = jobs.pop()  # list.pop/append are atomic: no lock
                 except IndexError:  # every job is in use by another thread (or none made yet)
                     job = new_job()
+                deadline = job.deadline = run_deadline() if self.max_run_ms is not None else None
                 try:
                     status = job.run(arrays, out)
                     stopped = status and job.stopped
@@ -378,7 +385,7 @@ class CSession(_Session):
                     jobs.append(job)
                 if stopped:
                     self._rt.release_status(status)
-                    raise self._stopped_error()
+                    raise self._stopped_error(deadline)
                 if status:
                     self._rt.check(status, InferenceError, "onnxruntime run failed")
                 return out
@@ -394,18 +401,18 @@ class CSession(_Session):
 
     def _run_limited(self, arrays: list[np.ndarray]) -> np.ndarray:
         """A read-back run (an output without a fixed shape) that the watchdog can stop."""
-        options, token, stopped = self._rt.new_run_options(), object(), []
+        options, token, stopped, deadline = self._rt.new_run_options(), object(), [], run_deadline()
 
         def stop(started: int) -> None:  # the watchdog's thread, under _state: options are alive
             stopped.append(started)
             self._rt.terminate(options)
         with self._state:
-            self._inflight[token] = (_now_ns(), stop)
+            self._inflight[token] = (_now_ns(), stop, deadline)
         try:
             return self._rt.run(self._handle, self._in_names, arrays, self._out_name, options)
         except InferenceError as exc:
             if stopped:
-                raise self._stopped_error() from exc
+                raise self._stopped_error(deadline) from exc
             raise
         finally:
             with self._state:
@@ -415,11 +422,11 @@ class CSession(_Session):
     def _stop_overdue(self, now: int) -> None:
         for job in list(self._all_jobs):
             started = job.started()
-            if started and now - started > self._limit_ns:
+            if started and self._overdue(now, started, job.deadline):
                 job.stop(started)
         with self._state:  # held while stopping: a read-back run frees its options only after
-            for started, stop in self._inflight.values():
-                if now - started > self._limit_ns:
+            for started, stop, deadline in self._inflight.values():
+                if self._overdue(now, started, deadline):
                     stop(started)
 
     def close(self) -> None:

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from ..backends import Session
+from ..backends import Session, set_run_deadline
 from ..errors import BudgetError
 from . import policy as pol
 from .state import ResidencyStats, _Busy, _Slot
@@ -337,6 +337,9 @@ class Residency:
     def _load(self, model_id: str, slot: _Slot) -> Session | None:
         """Load into ``slot`` (its reservation is charged). Returns the session, held for the
         caller; None when the measured footprint did not fit (the model is unloaded again)."""
+        # A load's probe and warm-up runs are not the request's: its deadline does not stop them
+        # (a model stopped there would fail its load and back off for the next requests too).
+        deadline = set_run_deadline(None)
         try:
             with self._load_lock:
                 if self._check is not None:  # before the footprint is read: its buffers are not the model's
@@ -354,6 +357,8 @@ class Residency:
                 slot.loading = None
                 self._released.notify_all()
             raise
+        finally:
+            set_run_deadline(deadline)
         if self._failed:
             self._failed.pop(model_id, None)
         measured = grown.total_bytes if grown is not None and grown.total_bytes > 0 else slot.bytes
