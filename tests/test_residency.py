@@ -312,6 +312,40 @@ def test_a_failed_load_backs_off_while_its_files_are_unchanged(tmp_path):
     assert res.stats.failed_loads == 2 and res.stats.refused_loads == 6
 
 
+def test_a_model_whose_files_went_missing_fails_its_miss_backs_off_and_never_fails_a_hint(tmp_path):
+    """A trial deleted home.onnx.data under 16 threads: the router's look-ahead (hint) raised the
+    IntegrityError out of answer() (29 of 22,768 requests), and the failed misses were not counted
+    as failed loads nor backed off."""
+    from edge_eco.errors import IntegrityError
+    path = tmp_path / "a.onnx"
+    path.write_bytes(b"x")
+
+    def predict(m):
+        if m == "a" and not path.exists():
+            raise IntegrityError("'a.onnx' cannot be read at load")
+        return SIZES[m]
+
+    loader = FakeLoader()
+    res = Residency(loader, predict, 1000, measure=lambda: 0, paths=lambda m: {str(tmp_path / f"{m}.onnx")},
+                    policy="cost_aware", backoff=(5.0, 60.0))
+    touch(res, "a", "b", "c", "e")   # a: 300 of 1000, then evicted for d (700)
+    touch(res, "d")
+    assert "a" not in res.resident()
+    path.unlink()
+    # what hint() and a hit price a model with never raises (the trial's traceback: hint ->
+    # _model_cost -> predict_bytes, for a model whose slot was loading with 0 bytes charged)
+    assert res._model_cost("a").size_bytes == 300   # its last known size
+    res.hint(["a", "b"])
+    with pytest.raises(IntegrityError):
+        touch(res, "a")
+    assert res.stats.failed_loads == 1 and res.backing_off() == ["a"]
+    with pytest.raises(IntegrityError, match="not tried again"):
+        touch(res, "a")
+    path.write_bytes(b"x")           # restored: tried at once
+    touch(res, "a")
+    assert "a" in res.resident() and res.backing_off() == []
+
+
 def test_without_backoff_every_miss_tries_again():
     res, loader = make(fail=2)
     for _ in range(2):

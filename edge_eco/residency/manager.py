@@ -102,6 +102,7 @@ class Residency:
         self._experts = pol.Experts(budget_bytes) if policy == "cost_aware" and budget_bytes else None
         self.stats = ResidencyStats()
         self._backoff = backoff
+        self._sizes: dict[str, int] = {}  # last predicted size per model (its files may go missing)
         self._failed: dict[str, _Failure] = {}  # model -> its last failed load, while it backs off
 
     # -- views -----------------------------------------------------------------------------------
@@ -181,7 +182,7 @@ class Residency:
                         return slot.session
                     if slot is None or slot.loading is None:
                         need = slot.file_bytes if loaded else self.meter.reservation(
-                            model_id, self._predict(model_id), self.budget_bytes)
+                            model_id, self._predict_or_back_off(model_id), self.budget_bytes)
                         victims, demoted, credit = self._make_room(model_id, need)
                     else:
                         victims = None
@@ -256,9 +257,17 @@ class Residency:
             return "lru" if self._by_lru() else "cost_aware"
 
     def _model_cost(self, model_id: str) -> pol.ModelCost:
+        """The policy's view of a model; never raises (it runs on hits and on the router's
+        look-ahead, where a model whose files just went missing must not fail the request)."""
         load_ms, fallback_ms = self._cost(model_id) if self._cost else (1.0, 0.0)
         slot = self._slots.get(model_id)
-        size = slot.bytes if slot is not None and slot.bytes else self.meter.reservation(model_id, self._predict(model_id), 0)
+        size = slot.bytes if slot is not None and slot.bytes else self.meter.measured_need(model_id)
+        if size is None:  # never measured: the prediction (stats its files), or the last size known
+            try:
+                size = self._predict(model_id)
+            except Exception:  # noqa: BLE001 - e.g. IntegrityError: its load will say so
+                return pol.ModelCost(self._sizes.get(model_id, 1), load_ms, fallback_ms)
+        self._sizes[model_id] = size
         return pol.ModelCost(size, load_ms, fallback_ms)
 
     # -- making room -----------------------------------------------------------------------------
@@ -397,6 +406,17 @@ class Residency:
             slot.loading.set()
             slot.loading = None
         return session
+
+    def _predict_or_back_off(self, model_id: str) -> int:
+        """``predict_bytes(model_id)``; its error (a file gone missing) counts as a failed load
+        and backs off like one (caller holds the lock)."""
+        try:
+            return self._predict(model_id)
+        except Exception as exc:
+            self.stats.failed_loads += 1
+            if self._backoff:
+                self._failed[model_id] = self._failure(model_id, exc)
+            raise
 
     def _files_identity(self, model_id: str) -> tuple:
         """(path, device, inode, size, mtime ns, ctime ns) of each of the model's files (None

@@ -80,6 +80,11 @@ class Meter:
         v = self._read_fn()
         return Footprint(v, 0) if isinstance(v, int) else v
 
+    def measured_need(self, model_id: str) -> int | None:
+        """Its recent worst measurement plus 1/64, or None before the first."""
+        recent = self._recent.get(model_id)
+        return max(recent) + -(-max(recent) // 64) if recent else None
+
     def reservation(self, model_id: str, predicted: int, budget_bytes: int) -> int:
         """Bytes to reserve before loading ``model_id``: its recent worst, or ``predicted``."""
         recent = self._recent.get(model_id)
