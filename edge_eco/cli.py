@@ -12,7 +12,7 @@ from pathlib import Path
 from . import cli_bench
 from . import ecology as _ecology
 from .bundle import read_bundle
-from .datasets import load_requests
+from .datasets import load_requests, refuse_windows_for_text
 from .errors import EdgeEcoError
 from .report import format_report
 from .runjob import RunOptions, run_job
@@ -88,6 +88,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise CliError(f"{eco.name} takes {eco.takes}, not text: `edge-eco run` read the 'text' field of "
                            f"{args.requests}; score rows with a vector field by `edge-eco eval {args.ecology} "
                            "--requests FILE --vector-field FIELD`")
+        if eco.feature_dim is None:
+            refuse_windows_for_text(examples, eco.name, args.requests)
         source = f"{args.requests}" + (f" [{args.split}]" if args.split else "")
         report = run_job(eco, examples, RunOptions(
             local_baseline=None if args.no_baselines else "generalist" if _has(eco, "generalist") else None,
@@ -163,6 +165,12 @@ def _cmd_fit_router(args: argparse.Namespace) -> int:
     examples = [e for e in load_requests(args.requests, args.split) if e.label is not None]
     if not examples:
         raise CliError(f"{args.requests} holds no labelled requests")
+    from .bundle import read_bundle
+    _, manifest = read_bundle(args.ecology)
+    if manifest.dense is not None:
+        raise CliError(f"{args.ecology}: fit-router fits a text ecology's router on its hashed features; "
+                       f"{manifest.name} takes sensor windows (its router is rebuilt by `edge-eco build`)")
+    refuse_windows_for_text(examples, manifest.name, args.requests)
     try:
         import scipy  # noqa: F401
     except ImportError:
@@ -320,6 +328,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             if eco.feature_dim is not None and any(e.vector is None for e in examples):
                 raise CliError(f"{eco.name} takes {eco.takes}, not text: name the field holding them with "
                                "--vector-field FIELD")
+            if eco.feature_dim is None:
+                refuse_windows_for_text(examples, eco.name, args.requests)
+            elif remote_eco is not None:
+                raise CliError(f"--remote-bundle {args.remote_bundle}: {eco.name} answers {eco.takes}, and a "
+                               "remote generalist answers text; score a sensor ecology without one")
             label = (lambda t: eco.remote.infer([t])[0].label) if eco.remote is not None else None
             report = eval_bundle(eco, examples, source=str(args.requests) + (f" [{args.split}]" if args.split else ""),
                                  remote_label=label, local_only=eco.remote is None,
@@ -481,10 +494,19 @@ def _printing(command):
     return run
 
 
+# Commands that write their --out/--plot/--replay file after a run of seconds to minutes.
+_WRITES_AFTER = frozenset({"run", "eval", "profile", "assign", "fit-router"})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``edge-eco``; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
+        if args.command in _WRITES_AFTER:  # refuse an unwritable report path before the job, not after it
+            from .cli_bench import _writable
+            for flag in ("out", "plot", "replay"):
+                if getattr(args, flag, None):
+                    _writable(f"--{flag}", Path(getattr(args, flag)))
         if args.command == "serve":  # it stops on SIGINT by itself, draining its requests
             return args.fn(args)
         from .backends.ort import interrupts_stop_runs
@@ -492,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
             return args.fn(args)
     except (EdgeEcoError, OSError) as exc:  # OSError: a port in use, an unwritable --out, ...
         where = " ".join(filter(None, (args.command, getattr(args, "population", None))))
+        if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:  # not "[Errno 2] ..."
+            exc = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "") + f": {exc.strerror}"
         print(f"edge-eco {where}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import ecology as _ecology
-from .datasets import load_requests
+from .datasets import load_requests, refuse_windows_for_text
 from .errors import RequestError
 
 
@@ -38,6 +38,7 @@ def bench_routing_cmd(args: argparse.Namespace, token: Callable[[], str | None])
         if eco.feature_dim is not None:
             raise RequestError(f"{args.ecology} takes sensor windows; bench routing replays text requests "
                            f"(use edge-eco run or eval for a dense ecology)")
+        refuse_windows_for_text(examples, eco.name, args.requests)
         if args.remote_bundle:
             remote_eco = stack.enter_context(_ecology.open(args.remote_bundle))
             if remote_eco.feature_dim is not None:

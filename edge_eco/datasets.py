@@ -36,6 +36,17 @@ class Example:
         return self.text if self.vector is None else self.vector
 
 
+def refuse_windows_for_text(examples: list[Example], name: str, where: object) -> None:
+    """Refuse sensor windows (vector requests) read for ``name``, an ecology that takes text.
+
+    Raises:
+        RequestError: one of ``examples`` holds a vector.
+    """
+    if any(e.vector is not None for e in examples):
+        raise RequestError(f"{where} holds sensor windows; {name} takes text (give text requests, e.g. the "
+                           "CLINC150 json with --split)")
+
+
 def data_root(explicit: str | Path | None = None, env: str | None = None) -> Path:
     """The data folder: an explicit path, else ``EDGE_ECO_DATA`` (passed in), else ../shared/data."""
     if explicit:

@@ -204,10 +204,15 @@ class Ecology:
         """
         if self._dense is None:
             raise RequestError(f"{self.name} takes text, not feature vectors")
+        if isinstance(row, (str, bytes)):
+            raise RequestError(f"{self.name} takes a row of {self.feature_dim} numbers, not text")
         a = np.asarray(row)  # dtype checked by validate_window (real numbers only)
         if a.shape != (self.feature_dim,):
-            raise RequestError(f"expected {self.feature_dim} features ({self._dense.spec.samples} samples x "
-                               f"{self._dense.spec.axes} axes), got shape {list(a.shape)}")
+            spec = self._dense.spec
+            raise RequestError(f"expected a flat row of {self.feature_dim} features ({spec.samples} samples x "
+                               f"{spec.axes} axes, row-major), got shape {list(a.shape)}"
+                               + (" (answer() takes the window as it is)" if a.shape == (spec.samples, spec.axes)
+                                  else ""))
         return self.answer(a.reshape(self._dense.spec.samples, self._dense.spec.axes),
                            deadline_ms=deadline_ms, local_only=local_only, max_risk=max_risk)
 

@@ -21,6 +21,7 @@ from ._native import Featurizer
 from .artifacts import probe
 from .backends import isolated
 from .errors import BudgetError, IntegrityError, ManifestError
+from .ondisk import gone_since_open
 from .inputs import DenseAdapter, Feeds, hashed_feeds, token_adapter
 from .manifest import Manifest
 from .residency import SESSION_OVERHEAD_BYTES
@@ -82,7 +83,7 @@ class ModelLoader:
             return [(self.root / p).stat().st_size for p in paths]
         except OSError as exc:  # removed after open: refused like a file that changed (edge_eco.ondisk)
             raise IntegrityError(f"{self.root.name}: {Path(exc.filename or '?').name!r} cannot be read at load "
-                                 f"({exc.strerror}): it was removed or replaced after the ecology was opened") from exc
+                                 f"({exc.strerror}){gone_since_open(exc)}") from exc
 
     def runtime_of(self, model_id: str) -> str:
         """The backend (runtime) name that runs ``model_id``."""

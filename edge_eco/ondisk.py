@@ -20,6 +20,7 @@ Shell: reads the file system.
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -78,12 +79,20 @@ class FileGuard:
                     continue
                 digest = sha256_file(path)
             except OSError as exc:
-                raise IntegrityError(f"{self.root.name}: {f.path!r} cannot be read at load ({exc.strerror}): it "
-                                     "was removed or replaced after the ecology was opened") from exc
+                raise IntegrityError(f"{self.root.name}: {f.path!r} cannot be read at load "
+                                     f"({exc.strerror}){gone_since_open(exc)}") from exc
             if digest != f.sha256:
                 raise IntegrityError(f"{self.root.name}: {f.path!r} changed on disk after the ecology was opened "
                                      "and no longer matches its sha256: not loaded")
             self._stamps[f.path] = now  # the same bytes under a new inode (a restore, a copy)
 
 
-__all__ = ["FileGuard", "model_files", "stamps"]
+def gone_since_open(exc: OSError) -> str:
+    """What an error reading a model file at load says happened since open: nothing more for a
+    permission refused (the file is there; a trial's chmod 000 was called "removed or replaced")."""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return ": its permissions changed after the ecology was opened"
+    return ": it was removed or replaced after the ecology was opened"
+
+
+__all__ = ["FileGuard", "gone_since_open", "model_files", "stamps"]

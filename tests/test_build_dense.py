@@ -183,7 +183,7 @@ def test_vector_rows_build_onnx_models_served_as_feature_vectors(har_small, tmp_
     with edge_eco.open(tmp_path / "vec") as eco:
         assert eco.manifest.dense.kind == "vector-v1" and eco.feature_dim == 24
         answers = [eco.answer_features(np.array(r["v"], np.float32)) for r in test_rows]
-        with pytest.raises(RequestError, match=r"expected 24 features .*got shape \[23\]"):
+        with pytest.raises(RequestError, match=r"expected a flat row of 24 features .*got shape \[23\]"):
             eco.answer_features(np.zeros(23, np.float32))
         with pytest.raises(RequestError, match="NaN or infinity"):
             eco.answer(np.full(24, np.nan))

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_fake_ecology
+from conftest import MODELS, make_fake_ecology
 from loopback import SEND_REMOTE, RawServer, http_reply, with_remote
 
 from edge_eco.cli import main
@@ -91,3 +91,30 @@ def test_text_for_a_vector_ecology_and_vectors_for_a_text_ecology_say_which_it_t
     assert main(["eval", str(MODELS / "har"), "--requests", str(text)]) == 2
     assert capsys.readouterr().err == ("edge-eco eval: error: har takes windows of [52, 3] numbers (samples x axes), "
                                        "not text: name the field holding them with --vector-field FIELD\n")
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "{clinc}", "--requests", "{requests}", "--out", "/proc/nope/r.json"],
+    ["eval", "{clinc}", "--requests", "{requests}", "--out", "/proc/nope/r.json"],
+    ["profile", "{clinc}", "--out", "/proc/nope/device.toml"],
+    ["assign", "{clinc}", "--platform", "dev-x86-2core", "--plot", "/proc/nope/p.png"],
+])
+def test_an_unwritable_report_path_is_refused_before_the_job(argv, tmp_path, capsys):
+    """A trial: run, eval, profile and assign ran the whole job, then failed on --out/--plot."""
+    import time
+    requests = tmp_path / "r.jsonl"
+    requests.write_text('{"text": "what is my balance", "label": "balance"}\n')
+    argv = [a.format(clinc=MODELS / "clinc150", requests=requests) for a in argv]
+    start = time.perf_counter()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"edge-eco {argv[0]}: error: --") and "/proc/nope/" in err, err
+    assert err.endswith("cannot be written (No such file or directory); nothing was run\n"), err
+    assert time.perf_counter() - start < 5
+
+
+def test_a_missing_file_is_named_without_the_errno(capsys):
+    """A trial: `edge-eco sign models/har --key /nonexistent.key` printed "[Errno 2] No such file or
+    directory: '/nonexistent.key'"."""
+    assert main(["sign", str(MODELS / "har"), "--key", "/nonexistent.key"]) == 2
+    assert capsys.readouterr().err == "edge-eco sign: error: /nonexistent.key: No such file or directory\n"

@@ -175,3 +175,15 @@ def test_a_cold_model_rewritten_in_place_is_refused_when_it_would_warm_again(cli
         st = eco.stats()
         assert "banking" not in st["resident"] and st["resident_bytes"] <= int(2.6 * 2**20)
         assert eco.predict_with("travel", "book a flight").label == "book_flight"  # the others still answer
+
+
+def test_a_refused_permission_is_not_called_a_removal():
+    """A trial's chmod 000 on a model file read "cannot be read at load (Permission denied): it was
+    removed or replaced after the ecology was opened"."""
+    import errno
+
+    from edge_eco.ondisk import gone_since_open
+    assert gone_since_open(PermissionError(errno.EACCES, "Permission denied")) == \
+        ": its permissions changed after the ecology was opened"
+    assert gone_since_open(FileNotFoundError(errno.ENOENT, "No such file or directory")) == \
+        ": it was removed or replaced after the ecology was opened"
