@@ -192,7 +192,8 @@ def real_replay(eco: _ecology.Ecology, trace: list, budget: int, demote: bool) -
     base = read_footprint().total_bytes
     res = Residency(eco._load, eco._predict_bytes, budget, measure=read_footprint, policy="cost_aware",
                     cost=lambda m: (res.stats.load_times.get(m, 1.0), 0.0), paths=eco._model_paths,
-                    demote=drop_file_pages if demote else None, runtime_of=eco._runtime_of, anon_cap=eco._anon_cap)
+                    demote=drop_file_pages if demote else None, runtime_of=eco._runtime_of, anon_cap=eco._anon_cap,
+                    warm=False)  # as the ecology's own manager: the load's probe run is its first run
     violations, samples, slack, misses = 0, 0, 0, []
     for _, m in trace:
         loads, t0 = res.stats.loads, time.perf_counter()

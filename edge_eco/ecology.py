@@ -119,7 +119,8 @@ class Ecology:
                                    demote=drop_file_pages if cold_state else None, runtime_of=self._runtime_of,
                                    anon_cap=self._anon_cap, check=self._check_files,
                                    runtime_bytes=PROCESS_RUNTIME_BYTES,  # a runtime starts once per process
-                                   backoff=LOAD_BACKOFF_S)
+                                   backoff=LOAD_BACKOFF_S,
+                                   warm=False)  # the loader's probe run is each load's first run
         self._local = LocalTier(manifest, self.residency, loader.adapters, self._excluded,
                                 workers=max(2, 2 * manifest.policy.coalition_size))
         self._ids = itertools.count(1)

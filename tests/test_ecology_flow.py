@@ -151,7 +151,13 @@ def test_concurrent_answers_equal_sequential(fake_ecology):
     assert got == expected
 
 
-def test_budget_forces_evictions_but_answers_stay_right(fake_ecology):
+def test_budget_forces_evictions_but_answers_stay_right(fake_ecology, monkeypatch):
+    # Footprints read as unchanged, so each model is charged its prediction: the fake models'
+    # real growth is a few kB, and after a test that warmed the heap two of them fit the budget
+    # (0 evictions when test_residency*.py ran first in the same process).
+    from edge_eco import ecology as ecology_mod
+    from edge_eco.residency.footprint import Footprint
+    monkeypatch.setattr(ecology_mod, "read_footprint", lambda: Footprint(50_000_000, 10_000_000))
     with pytest.raises(edge_eco.ResidencyError, match="budget of 1 bytes cannot hold it"):
         edge_eco.open(fake_ecology, budget_bytes=1)
     for bad in (-1, 1.5, "abc", True):

@@ -72,6 +72,8 @@ class Residency:
             without a load, an eviction or a wait; the pause doubles with each failed retry up to
             ``most``. A model whose probe run hangs until ``max_run_ms`` would otherwise cost
             every request routed to it that long. None: every miss tries again.
+        warm: run a loaded session once (``warm()``) inside its measurement; False when
+            ``loader`` runs it already (one run fewer per miss).
     """
 
     def __init__(self, loader: Callable[[str], Session], predict_bytes: Callable[[str], int],
@@ -84,7 +86,7 @@ class Residency:
                  anon_cap: Callable[[str], int] | None = None,
                  check: Callable[[str], None] | None = None,
                  runtime_bytes: dict[str, Footprint] | None = None,
-                 backoff: tuple[float, float] | None = None) -> None:
+                 backoff: tuple[float, float] | None = None, warm: bool = True) -> None:
         if policy not in ("lru", "cost_aware"):
             raise ValueError(f"policy must be 'lru' or 'cost_aware', got {policy!r}")
         self._loader, self._predict, self._measure = loader, predict_bytes, measure
@@ -95,7 +97,7 @@ class Residency:
         self._lock = threading.Lock()
         self._released = threading.Condition(self._lock)
         self._load_lock = threading.Lock()  # loads one at a time, so footprint deltas are attributable
-        self.meter = Meter(measure, paths, runtime_of, anon_cap, runtime_bytes=runtime_bytes)
+        self.meter = Meter(measure, paths, runtime_of, anon_cap, runtime_bytes=runtime_bytes, warm=warm)
         self._entries: dict[str, pol.Entry] = {}
         self._ghost: dict[str, tuple[float, int]] = {}
         self._requests = 0

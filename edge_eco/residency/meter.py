@@ -55,6 +55,8 @@ class Meter:
             preceded by an unmeasured probe load; None: no probe.
         anon_cap: model id -> the most anonymous bytes a load of it is charged; None: no cap.
         file_bytes: paths -> bytes of this process's mappings of them (default: /proc/self/maps).
+        warm: run each loaded session once (``session.warm()``) inside the measurement; False
+            when the loader already runs it (an ecology's load probe is its first run).
         runtime_bytes: the record of runtimes already started (name -> one-time footprint),
             shared with other meters of the process (:data:`PROCESS_RUNTIME_BYTES`); None: this
             meter's own.
@@ -65,8 +67,8 @@ class Meter:
                  runtime_of: Callable[[str], str] | None = None,
                  anon_cap: Callable[[str], int] | None = None,
                  file_bytes: Callable[[set[str]], int] = mapped_bytes,
-                 runtime_bytes: dict[str, Footprint] | None = None) -> None:
-        self._read_fn, self._paths, self._runtime_of = read, paths, runtime_of
+                 runtime_bytes: dict[str, Footprint] | None = None, warm: bool = True) -> None:
+        self._read_fn, self._paths, self._runtime_of, self._warm = read, paths, runtime_of, warm
         self._anon_cap, self._file_bytes = anon_cap, file_bytes
         self._recent: dict[str, deque[int]] = {}
         self._started: dict[str, Footprint] = {} if runtime_bytes is None else runtime_bytes
@@ -104,7 +106,7 @@ class Meter:
         session = loader(model_id)
         load_ms = (time.perf_counter() - t0) * 1e3
         try:
-            if hasattr(session, "warm"):
+            if self._warm and hasattr(session, "warm"):
                 session.warm()  # the first run's pages and buffers belong to the footprint
         except BaseException:
             session.close()
@@ -145,7 +147,7 @@ class Meter:
         before = self.read()
         session = loader(model_id)
         try:
-            if hasattr(session, "warm"):
+            if self._warm and hasattr(session, "warm"):
                 session.warm()
         finally:
             session.close()
