@@ -96,6 +96,16 @@ def load_clinc150(path: Path, split: str) -> list[Example]:
     return out
 
 
+def _is_clinc150(path: Path) -> bool:
+    """Whether ``path`` holds one JSON object with CLINC150's split keys (read whole: only after
+    its first line failed as a JSON line)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and any(key in data for keys in _SPLITS.values() for key in keys)
+
+
 def load_requests(path: str | Path, split: str | None = None) -> list[Example]:
     """Requests from JSON lines (``{"text": ..., "label"?: ...}`` per line), a CLINC150 JSON file,
     or the stm32_har folder (accelerometer windows of ``split``, default test).
@@ -125,6 +135,9 @@ def load_requests(path: str | Path, split: str | None = None) -> list[Example]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
+                if lineno == 1 and line.lstrip().startswith("{") and _is_clinc150(path):
+                    raise RequestError(f"{path} is a CLINC150 data file, not JSON lines: give --split "
+                                       f"({', '.join(sorted(_SPLITS))})") from exc
                 raise RequestError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                 raise RequestError(f"{path}:{lineno}: expected an object with a string 'text'")

@@ -31,3 +31,20 @@ def test_run_names_the_label_in_one_line(fake_ecology, tmp_path, capsys):
     assert main(["run", str(fake_ecology), "--requests", str(path)]) == 2
     assert capsys.readouterr().err == (f"edge-eco run: error: {path}:1: 'label' must be a string (or a whole "
                                        "number), got false\n")
+
+
+def test_a_clinc150_file_without_split_asks_for_it(tmp_path):
+    """A trial: `edge-eco run models/clinc150 --requests data_full.json` (no --split) said
+    "data_full.json:1: not valid JSON (Expecting property name enclosed in double quotes)"."""
+    import json
+    path = tmp_path / "data_small.json"
+    path.write_text(json.dumps({"train": [["hi", "greeting"]], "val": [], "test": [["yo", "greeting"]],
+                                "oos_train": [], "oos_val": [], "oos_test": []}, indent=1))
+    with pytest.raises(RequestError) as err:
+        load_requests(path)
+    assert str(err.value) == f"{path} is a CLINC150 data file, not JSON lines: give --split (test, train, val)"
+    assert [e.text for e in load_requests(path, "test")] == ["yo"]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "ok"\n')
+    with pytest.raises(RequestError, match=r"broken.jsonl:1: not valid JSON"):
+        load_requests(broken)
