@@ -70,11 +70,12 @@ def _now_ns() -> int:
 
 
 class _Watchdog:
-    """One daemon thread that stops runs past their session's ``max_run_ms`` (a model whose
-    graph loops for ever, or for 10**15 iterations, would otherwise hold its request, or a load's
-    probe run, for good). It wakes every quarter of the shortest limit watched (at least every
-    10 ms, at most every 250 ms) and reads the runs' start times; the request path pays two
-    stores per run (``ee_ort_job_run``) and no wake-up. It ends when no session is watched."""
+    """One daemon thread that stops runs past their session's ``max_run_ms`` or their request's
+    deadline (``backends.set_run_deadline``): a model whose graph loops for ever, or for 10**15
+    iterations, would otherwise hold its request, or a load's probe run, for good. It wakes every
+    quarter of the shortest limit watched (at least every 10 ms, at most every 250 ms) and reads
+    the runs' start times; the request path pays two stores per run (``ee_ort_job_run``) and no
+    wake-up. It ends when no session is watched."""
 
     def __init__(self) -> None:
         self._sessions: weakref.WeakSet = weakref.WeakSet()
@@ -108,7 +109,6 @@ class _Watchdog:
             for s in sessions:
                 s._stop_overdue(now)
             del sessions
-
 
     def stop_all(self) -> None:
         """Stop every run in flight of every watched session now."""
