@@ -272,10 +272,10 @@ class OrtJob:
         """CLOCK_MONOTONIC ns (as ``time.monotonic_ns``) at which the run in flight started; 0 if none."""
         return self._job.started_ns
 
-    def stop(self, started: int) -> bool:
+    def stop(self, started: int) -> None:
         """Stop the run in flight if it is still the one that began at ``started`` (from another
-        thread); True if it was stopped (its :meth:`run` then returns ONNX Runtime's status)."""
-        return bool(_lib.ee_ort_job_stop(self._job, started))
+        thread); its :meth:`run` then returns ONNX Runtime's status and :attr:`stopped` is set."""
+        _check(_lib.ee_ort_job_stop(self._job, started), "ee_ort_job_stop")
 
     @property
     def stopped(self) -> bool:

@@ -509,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
                     _writable(f"--{flag}", Path(getattr(args, flag)))
         if args.command == "serve":  # it stops on SIGINT by itself, draining its requests
             return args.fn(args)
-        from .backends.ort import interrupts_stop_runs
+        from .backends.runlimit import interrupts_stop_runs
         with interrupts_stop_runs():  # Ctrl-C stops a run in flight instead of waiting for it
             return args.fn(args)
     except (EdgeEcoError, OSError) as exc:  # OSError: a port in use, an unwritable --out, ...

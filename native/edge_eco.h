@@ -187,9 +187,9 @@ ee_status ee_ort_job_run(ee_ort_job_t *job);
 /* From another thread (a watchdog): stop job's run in flight if it is still the one that started
  * at started_ns (read from job->started_ns), through its run options' terminate flag; ONNX
  * Runtime then returns from it with an error, between two nodes (a Loop's body included), and
- * ee_ort_job_run sets job->stopped and clears the flag for the next run.
- * Returns 1 when it stopped the run, 0 when that run had already ended (or no run options). */
-int ee_ort_job_stop(ee_ort_job_t *job, long long started_ns);
+ * ee_ort_job_run sets job->stopped and clears the flag for the next run. A run that has already
+ * ended (or a job without run options) is left alone: EE_OK either way; EE_ERR_NULL: no job. */
+ee_status ee_ort_job_stop(ee_ort_job_t *job, long long started_ns);
 
 /* Release a session and the run options of its jobs (no run may be in flight), in one call. */
 ee_status ee_ort_session_release(const ee_ort_t *o, void *session, ee_ort_job_t *const *jobs, unsigned long n_jobs);

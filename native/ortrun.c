@@ -43,23 +43,22 @@ static long long now_ns(void)
     return (long long)t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
-int ee_ort_job_stop(ee_ort_job_t *job, long long started_ns)
+ee_status ee_ort_job_stop(ee_ort_job_t *job, long long started_ns)
 {
-    if (!job || !job->ort || !job->run_options || !started_ns)
-        return 0;
-    int stopped = 0;
+    if (!job || !job->ort)
+        return EE_ERR_NULL;
+    if (!job->run_options || !started_ns)
+        return EE_OK;
     guard_take(job);
     if (__atomic_load_n(&job->started_ns, __ATOMIC_RELAXED) == started_ns && !job->stopped_ns) {
         status_t st = ((run_options_fn)job->ort->run_options_set_terminate)(job->run_options);
-        if (st) {
-            ((release_fn)job->ort->release_status)(st);
-        } else {
+        if (st)
+            ((release_fn)job->ort->release_status)(st); /* not stopped: the limit is checked again next wake */
+        else
             job->stopped_ns = started_ns;
-            stopped = 1;
-        }
     }
     guard_drop(job);
-    return stopped;
+    return EE_OK;
 }
 
 ee_status ee_ort_session_open(const ee_ort_t *o, const char *path, int threads, int optimization_level,

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import edge_eco
-from edge_eco.backends import open_model, ort
+from edge_eco.backends import open_model, ort, runlimit
 from edge_eco.bundle import sha256_file
 from edge_eco.errors import InferenceError, ManifestError, ModelLoadError
 from edge_eco.manifest import parse_manifest
@@ -295,7 +295,7 @@ def test_ctrl_c_stops_a_command_inside_a_long_run(looping_home, tmp_path):
 
 def test_the_interrupt_pipe_is_given_back():
     import signal
-    with ort.interrupts_stop_runs():
+    with runlimit.interrupts_stop_runs():
         inside = signal.set_wakeup_fd(-1)
         signal.set_wakeup_fd(inside)
         assert inside != -1

@@ -37,12 +37,12 @@ _deadline = threading.local()  # end_ns: the deadline of the runs this thread st
 
 
 def deadline_in(ms: float | None) -> int | None:
-    """The CLOCK_MONOTONIC time in ns ``ms`` milliseconds from now (None for None)."""
-    return None if ms is None else time.clock_gettime_ns(time.CLOCK_MONOTONIC) + int(ms * 1e6)
+    """The ``time.monotonic_ns()`` time ``ms`` milliseconds from now (None for None)."""
+    return None if ms is None else time.monotonic_ns() + int(ms * 1e6)
 
 
 def set_run_deadline(end_ns: int | None) -> int | None:
-    """Runs this thread starts from now stop once CLOCK_MONOTONIC passes ``end_ns`` (a
+    """Runs this thread starts from now stop once ``time.monotonic_ns()`` passes ``end_ns`` (a
     request's deadline; ONNX Runtime sessions with a ``max_run_ms``, whose watchdog stops them,
     up to a quarter of that limit late); None: only their limit. Returns the previous value, for
     the caller to restore."""

@@ -136,15 +136,14 @@ class Runtime:
         self.allocator = alloc[0]
         # One kernel call per load and per run when the compiled kernel is there (edge_eco.h,
         # ee_ort_t); without it every OrtApi call below crosses the interpreter lock on its own.
-        self.calls = _native.OrtCalls(self._address(self.env), self._address(self.cpu), {
-            name: self._address(getattr(api, "".join(w.title() for w in name.split("_"))))
+        self.calls = _native.OrtCalls(self.address(self.env), self.address(self.cpu), {
+            name: self.address(getattr(api, "".join(w.title() for w in name.split("_"))))
             for name in _native.OrtCalls.FUNCTIONS}) if _native.available() else None
         self._metadata: dict[tuple, tuple] = {}
 
-    def _address(self, cdata) -> int:
+    def address(self, cdata) -> int:
+        """The address of a handle, as the kernel's calls take it."""
         return int(self.ffi.cast("uintptr_t", cdata))
-
-    address = _address
 
     def new_run_options(self):
         """A new OrtRunOptions (the caller releases it with :meth:`release_run_options`); its

@@ -9,19 +9,15 @@ memory-mapped too (``session.use_memory_mapped_ort_model``).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import threading
-import time
 import warnings
-import weakref
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InferenceError, ModelLoadError
-from . import brief, check_feed_names, check_max_run_ms, check_threads, run_deadline
+from . import brief, check_feed_names, check_threads, run_deadline
+from .runlimit import LimitedRuns
 
 _ort = None
 _import_lock = threading.Lock()
@@ -65,146 +61,12 @@ def _config(path: Path, mode: str | None) -> tuple[str, dict[str, str]]:
     return mode, {}
 
 
-def _now_ns() -> int:
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)  # the clock the kernel stamps runs with
-
-
-class _Watchdog:
-    """One daemon thread that stops runs past their session's ``max_run_ms`` or their request's
-    deadline (``backends.set_run_deadline``): a model whose graph loops for ever, or for 10**15
-    iterations, would otherwise hold its request, or a load's probe run, for good. It wakes every
-    quarter of the shortest limit watched (at least every 10 ms, at most every 250 ms) and reads
-    the runs' start times; the request path pays two stores per run (``ee_ort_job_run``) and no
-    wake-up. It ends when no session is watched."""
-
-    def __init__(self) -> None:
-        self._sessions: weakref.WeakSet = weakref.WeakSet()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def watch(self, session: "_Session") -> None:
-        with self._lock:
-            self._sessions.add(session)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="edge_eco-run-watchdog", daemon=True)
-                self._thread.start()
-
-    def unwatch(self, session: "_Session") -> None:
-        with self._lock:
-            self._sessions.discard(session)
-
-    def _loop(self) -> None:
-        while True:
-            with self._lock:
-                sessions = list(self._sessions)
-                if not sessions:
-                    self._thread = None
-                    return
-            period = min(0.25, max(0.01, min(s.max_run_ms for s in sessions) / 4000))
-            del sessions  # no strong references while asleep: a dropped session can be collected
-            time.sleep(period)
-            with self._lock:
-                sessions = list(self._sessions)
-            now = _now_ns()
-            for s in sessions:
-                s._stop_overdue(now)
-            del sessions
-
-    def stop_all(self) -> None:
-        """Stop every run in flight of every watched session now."""
-        with self._lock:
-            sessions = list(self._sessions)
-        for s in sessions:
-            s._stop_overdue(1 << 62)
-
-
-_watchdog = _Watchdog()
-
-
-def stop_all_runs() -> None:
-    """Stop every ONNX Runtime run in flight of the sessions opened with ``max_run_ms`` (each
-    raises its InferenceError): what Ctrl-C does in ``edge-eco`` commands (:func:`interrupts_stop_runs`),
-    since a signal reaches Python code only once the run it interrupts has returned."""
-    _watchdog.stop_all()
-
-
-@contextlib.contextmanager
-def interrupts_stop_runs():
-    """While in this block (in the main thread), SIGINT also stops the runs in flight
-    (:func:`stop_all_runs`), so that Ctrl-C takes effect at once and not when a run of up to
-    ``max_run_ms`` returns. A thread reads the signal numbers CPython writes to a wake-up pipe
-    (``signal.set_wakeup_fd``); elsewhere than the main thread, or when the wake-up fd is in use
-    (an event loop's), the block does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    r, w = os.pipe()
-    os.set_blocking(w, False)
-    try:
-        previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-    except ValueError:
-        previous = None
-    if previous is None or previous != -1:  # not allowed here, or an event loop's: leave it be
-        if previous is not None:
-            signal.set_wakeup_fd(previous)
-        os.close(r)
-        os.close(w)
-        yield
-        return
-
-    def watch() -> None:
-        while True:
-            try:
-                data = os.read(r, 64)
-            except OSError:
-                return
-            if not data:  # the block ended: its end of the pipe was closed
-                return
-            if int(signal.SIGINT) in data:
-                stop_all_runs()
-
-    thread = threading.Thread(target=watch, name="edge_eco-interrupts", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        signal.set_wakeup_fd(-1)
-        os.close(w)
-        thread.join(5)
-        os.close(r)
-
-
-class _Session:
-    """What both bindings share: the input contract check, the warm-up run and the run limit."""
+class _Session(LimitedRuns):
+    """What both bindings share: the input contract check, the warm-up run and the run limit
+    (:class:`~.runlimit.LimitedRuns`)."""
 
     _contract: list[tuple[str, type | None, list]]
     _names: list[str]
-    max_run_ms: float | None = None  # a run past it is stopped (InferenceError); None: never
-
-    def _limit(self, max_run_ms: float | None) -> None:
-        limit = check_max_run_ms(max_run_ms)
-        if limit is not None:
-            self.max_run_ms = limit
-            self._limit_ns = int(limit * 1e6)
-
-    def _stopped_error(self, deadline: int | None) -> InferenceError:
-        if deadline and _now_ns() >= deadline:
-            return InferenceError("onnxruntime run stopped: the request's deadline (deadline_ms) passed while it ran")
-        return InferenceError(f"onnxruntime run stopped: it ran past {self.max_run_ms:g} ms, the limit of one run "
-                              "(policy max_run_ms)")
-
-    def _overdue(self, now: int, started: int, deadline: int | None) -> bool:
-        """Whether a run that began at ``started`` with ``deadline`` is to be stopped at ``now``."""
-        return now - started > self._limit_ns or (deadline is not None and now > deadline)
-
-    def _stop_overdue(self, now: int) -> None:
-        """Stop the runs in flight that started more than ``max_run_ms`` before ``now``, or
-        whose request's deadline has passed (the watchdog's thread)."""
-        with self._state:
-            runs = list(self._inflight.values())
-        for started, stop, deadline in runs:
-            if self._overdue(now, started, deadline):
-                stop(started)
 
     def warm(self) -> None:
         """Run once on zeros of the declared input shapes (symbolic dims as 1), so that the pages
@@ -276,9 +138,8 @@ class OrtSession(_Session):
         self._output = [output]
         self._contract = [(name, _DTYPES.get(kind), shape) for name, kind, shape in inputs]
         self._names = [c[0] for c in self._contract]
-        self._state, self._inflight = threading.Lock(), {}
-        if self.max_run_ms is not None:
-            _watchdog.watch(self)
+        self._state = threading.Lock()
+        self._watch()
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         self._check(feeds)
@@ -286,30 +147,21 @@ class OrtSession(_Session):
         if sess is None:
             raise InferenceError("the session was closed")
         if self.max_run_ms is None:
-            try:
-                return sess.run(self._output, feeds)[0]
-            except Exception as exc:
-                raise InferenceError(f"onnxruntime run failed: {brief(exc)}") from exc
-        options, token, stopped, deadline = _ort.RunOptions(), object(), [], run_deadline()
+            return self._run(sess, feeds, None)
+        options = _ort.RunOptions()
         options.log_severity_level = 4  # a stopped run is reported by the InferenceError, not logged
+        return self._run_watched(lambda: self._run(sess, feeds, options),
+                                 lambda: setattr(options, "terminate", True))
 
-        def stop(started: int) -> None:
-            stopped.append(started)
-            options.terminate = True
-        with self._state:
-            self._inflight[token] = (_now_ns(), stop, deadline)
+    def _run(self, sess, feeds: dict[str, np.ndarray], options) -> np.ndarray:
         try:
             return sess.run(self._output, feeds, options)[0]
         except Exception as exc:
-            raise (self._stopped_error(deadline) if stopped else
-                   InferenceError(f"onnxruntime run failed: {brief(exc)}")) from exc
-        finally:
-            with self._state:
-                del self._inflight[token]
+            raise InferenceError(f"onnxruntime run failed: {brief(exc)}") from exc
 
     def close(self) -> None:
         self._sess = None
-        _watchdog.unwatch(self)
+        self._unlimit()
 
 
 class CSession(_Session):
@@ -344,7 +196,7 @@ class CSession(_Session):
         self._all_jobs: list = []  # every job made: for the watchdog, and their run options go with the session
         if fixed and calls is not None and len(inputs) <= calls.MAX_INPUTS:
             names, ranks = [c[0] for c in self._contract], [len(c[2]) for c in self._contract]
-            address = int(self._rt.ffi.cast("uintptr_t", self._handle))
+            address = self._rt.address(self._handle)
 
             def new_job():
                 job = calls.job(address, names, types, ranks, output, tuple(out_shape),
@@ -356,10 +208,8 @@ class CSession(_Session):
             self._fast = None
         self._jobs: list = []  # bound kernel jobs not in use (one per thread running at once)
         self._state = threading.Lock()
-        self._inflight: dict = {}  # read-back runs: token -> (start ns, stop)
         self._running, self._closed = 0, False
-        if self.max_run_ms is not None:
-            _watchdog.watch(self)
+        self._watch()
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         self._check(feeds)
@@ -401,33 +251,19 @@ class CSession(_Session):
 
     def _run_limited(self, arrays: list[np.ndarray]) -> np.ndarray:
         """A read-back run (an output without a fixed shape) that the watchdog can stop."""
-        options, token, stopped, deadline = self._rt.new_run_options(), object(), [], run_deadline()
-
-        def stop(started: int) -> None:  # the watchdog's thread, under _state: options are alive
-            stopped.append(started)
-            self._rt.terminate(options)
-        with self._state:
-            self._inflight[token] = (_now_ns(), stop, deadline)
+        options = self._rt.new_run_options()
         try:
-            return self._rt.run(self._handle, self._in_names, arrays, self._out_name, options)
-        except InferenceError as exc:
-            if stopped:
-                raise self._stopped_error(deadline) from exc
-            raise
-        finally:
-            with self._state:
-                del self._inflight[token]
+            return self._run_watched(lambda: self._rt.run(self._handle, self._in_names, arrays, self._out_name, options),
+                                     lambda: self._rt.terminate(options))
+        finally:  # after _run_watched unregistered it: the watchdog no longer touches the options
             self._rt.release_run_options(options)
 
     def _stop_overdue(self, now: int) -> None:
-        for job in list(self._all_jobs):
+        for job in list(self._all_jobs):  # bound jobs: the kernel checks the run is still the one
             started = job.started()
             if started and self._overdue(now, started, job.deadline):
                 job.stop(started)
-        with self._state:  # held while stopping: a read-back run frees its options only after
-            for started, stop, deadline in self._inflight.values():
-                if self._overdue(now, started, deadline):
-                    stop(started)
+        super()._stop_overdue(now)
 
     def close(self) -> None:
         with self._state:
@@ -437,8 +273,7 @@ class CSession(_Session):
             self._release(handle)
 
     def _release(self, handle) -> None:
-        if self.max_run_ms is not None:
-            _watchdog.unwatch(self)
+        self._unlimit()
         if self._all_jobs:  # one kernel call: the session and its jobs' run options
             self._calls.release_session(self._rt.address(handle), self._all_jobs)
         else:
