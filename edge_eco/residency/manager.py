@@ -17,8 +17,6 @@ lost less lately — :class:`~.policy.Experts`) or by LRU.
 
 from __future__ import annotations
 
-import copy
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -30,19 +28,10 @@ from ..errors import BudgetError
 from . import policy as pol
 from .state import ResidencyStats, _Busy, _Slot
 from .footprint import Footprint
+from .backoff import LoadBackoff
 from .meter import Meter
 
 SESSION_OVERHEAD_BYTES = 350_000  # measured per live ORT session of a small model (MEASURED.md)
-
-
-class _Failure:
-    """A model's last failed load: its error, how many failed in a row on the same files, until
-    when it is not tried again, and its files' identity then."""
-
-    __slots__ = ("exc", "count", "until", "ident")
-
-    def __init__(self, exc: Exception, count: int, until: float, ident: tuple) -> None:
-        self.exc, self.count, self.until, self.ident = exc, count, until, ident
 
 
 class Residency:
@@ -103,9 +92,8 @@ class Residency:
         self._requests = 0
         self._experts = pol.Experts(budget_bytes) if policy == "cost_aware" and budget_bytes else None
         self.stats = ResidencyStats()
-        self._backoff = backoff
+        self._backoff = LoadBackoff(*backoff, paths) if backoff else None
         self._sizes: dict[str, int] = {}  # last predicted size per model (its files may go missing)
-        self._failed: dict[str, _Failure] = {}  # model -> its last failed load, while it backs off
 
     # -- views -----------------------------------------------------------------------------------
     @property
@@ -134,8 +122,7 @@ class Residency:
 
     def backing_off(self) -> list[str]:
         """Ids of models whose failed load is not tried again yet (unless their files change)."""
-        now = time.monotonic()
-        return sorted(m for m, f in list(self._failed.items()) if f.until > now)
+        return self._backoff.models() if self._backoff is not None else []
 
     def is_resident(self, model_id: str) -> bool:
         with self._lock:
@@ -169,10 +156,12 @@ class Residency:
                     self._ghost[m] = (e.demand, self._requests)
 
     def _acquire(self, model_id: str) -> Session:
-        if self._failed:
-            failure = self._failed.get(model_id)
-            if failure is not None:
-                self._refuse_while_backing_off(model_id, failure)
+        if self._backoff is not None and model_id in self._backoff.failed:
+            refusal = self._backoff.refusal(model_id)
+            if refusal is not None:
+                with self._lock:
+                    self.stats.refused_loads += 1
+                raise refusal from None
         give_up = time.monotonic() + self.wait_s
         while True:
             with self._lock:
@@ -264,12 +253,11 @@ class Residency:
         load_ms, fallback_ms = self._cost(model_id) if self._cost else (1.0, 0.0)
         slot = self._slots.get(model_id)
         size = slot.bytes if slot is not None and slot.bytes else self.meter.measured_need(model_id)
-        if size is None:  # never measured: the prediction (stats its files), or the last size known
+        if size is None:  # never measured: the prediction (stats its files), or the last one made
             try:
-                size = self._predict(model_id)
+                size = self._sizes[model_id] = self._predict(model_id)
             except Exception:  # noqa: BLE001 - e.g. IntegrityError: its load will say so
-                return pol.ModelCost(self._sizes.get(model_id, 1), load_ms, fallback_ms)
-        self._sizes[model_id] = size
+                size = self._sizes.get(model_id, 1)
         return pol.ModelCost(size, load_ms, fallback_ms)
 
     # -- making room -----------------------------------------------------------------------------
@@ -357,11 +345,8 @@ class Residency:
                     self._check(model_id)
                 session, load_ms, grown, paths = self.meter.load(model_id, self._loader)
         except BaseException as exc:
-            failure = self._failure(model_id, exc) if self._backoff and isinstance(exc, Exception) else None
             with self._lock:
-                self.stats.failed_loads += 1
-                if failure is not None:
-                    self._failed[model_id] = failure
+                self._failed_load(model_id, exc)
                 slot.error = exc
                 self._slots.pop(model_id, None)
                 slot.loading.set()
@@ -370,8 +355,8 @@ class Residency:
             raise
         finally:
             set_run_deadline(deadline)
-        if self._failed:
-            self._failed.pop(model_id, None)
+        if self._backoff is not None:
+            self._backoff.clear(model_id)
         measured = grown.total_bytes if grown is not None and grown.total_bytes > 0 else slot.bytes
         with self._lock:
             if grown is not None and grown.total_bytes > 0:  # the prediction self-corrects
@@ -413,45 +398,17 @@ class Residency:
         """``predict_bytes(model_id)``; its error (a file gone missing) counts as a failed load
         and backs off like one (caller holds the lock)."""
         try:
-            return self._predict(model_id)
+            self._sizes[model_id] = size = self._predict(model_id)
         except Exception as exc:
-            self.stats.failed_loads += 1
-            if self._backoff:
-                self._failed[model_id] = self._failure(model_id, exc)
+            self._failed_load(model_id, exc)
             raise
+        return size
 
-    def _files_identity(self, model_id: str) -> tuple:
-        """(path, device, inode, size, mtime ns, ctime ns) of each of the model's files (None
-        for one that cannot be read): what a fix of a failed model changes."""
-        out = []
-        for path in sorted(self._paths(model_id)) if self._paths is not None else ():
-            try:
-                st = os.stat(path)
-                out.append((path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
-            except OSError:
-                out.append((path, None))
-        return tuple(out)
-
-    def _failure(self, model_id: str, exc: Exception) -> "_Failure":
-        """The back-off record of a load of ``model_id`` that raised ``exc``."""
-        first, most = self._backoff
-        ident = self._files_identity(model_id)
-        before = self._failed.get(model_id)
-        count = before.count + 1 if before is not None and before.ident == ident else 1
-        pause = min(first * 2 ** (count - 1), most)
-        return _Failure(exc, count, time.monotonic() + pause, ident)
-
-    def _refuse_while_backing_off(self, model_id: str, failure: "_Failure") -> None:
-        """Raise ``failure``'s error again while its pause lasts and the files are the same."""
-        left = failure.until - time.monotonic()
-        if left <= 0 or self._files_identity(model_id) != failure.ident:
-            return  # time to try again (a new failure doubles the pause), or the files changed
-        with self._lock:
-            self.stats.refused_loads += 1
-        err = copy.copy(failure.exc)
-        err.args = (f"{failure.exc} (its load failed {failure.count} time{'s' if failure.count > 1 else ''}; "
-                    f"not tried again for {left:.1f} s unless its files change)",)
-        raise err from None
+    def _failed_load(self, model_id: str, exc: BaseException) -> None:
+        """Count a failed load and back it off (caller holds the lock)."""
+        self.stats.failed_loads += 1
+        if self._backoff is not None and isinstance(exc, Exception):
+            self._backoff.record(model_id, exc)
 
     def _unload_changed(self, model_id: str, slot: _Slot, exc: BaseException) -> None:
         """A cold model whose files failed ``check`` on the way back to hot (rewritten in place

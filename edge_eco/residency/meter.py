@@ -89,11 +89,10 @@ class Meter:
 
     def reservation(self, model_id: str, predicted: int, budget_bytes: int) -> int:
         """Bytes to reserve before loading ``model_id``: its recent worst, or ``predicted``."""
-        recent = self._recent.get(model_id)
-        if not recent:
+        need = self.measured_need(model_id)
+        if need is None:
             return predicted
-        need = max(recent) + -(-max(recent) // 64)
-        if budget_bytes and need > budget_bytes and min(recent) <= budget_bytes:
+        if budget_bytes and need > budget_bytes and min(self._recent[model_id]) <= budget_bytes:
             return budget_bytes  # it has fitted before: one outlier must not lock it out
         return need
 
