@@ -7,12 +7,12 @@ typo never silently falls back to a default. ``edge_eco.bundle`` does the file c
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
 from . import tomlread
+from .tomlread import Table as _Table
 from .errors import ManifestError
 from .featurizer import FeaturizerSpec
 
@@ -24,6 +24,7 @@ RISKS = ("low", "medium", "high")
 REMOTE_POLICIES = ("allowed", "forbidden")
 REMOTE_PROTOCOLS = ("v2", "openai")
 REDACTIONS = ("digits", "emails")
+MAX_RUN_MS = 600_000.0  # the longest [policy] max_run_ms (ten minutes): the backends refuse more too
 _SHA_HEX = frozenset("0123456789abcdef")
 
 
@@ -249,50 +250,6 @@ class Manifest:
         raise ManifestError(f"no model with id {model_id!r} in ecology {self.name!r}")
 
 
-class _Table:
-    """A TOML table read field by field; whatever is left unread is an unknown field."""
-
-    def __init__(self, data: Any, where: str) -> None:
-        if not isinstance(data, dict):
-            raise ManifestError(f"{where}: expected a table, got {type(data).__name__}")
-        self.data, self.where, self.used = data, where, set()
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *,
-            lo: float | None = None, hi: float | None = None) -> Any:
-        self.used.add(key)
-        if key not in self.data:
-            if default is ...:
-                raise ManifestError(f"{self.where}: missing required field {key!r}")
-            return default
-        value = self.data[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            names = "/".join(k.__name__ for k in kinds)
-            raise ManifestError(f"{self.where}.{key}: expected {names}, got {value!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ManifestError(f"{self.where}.{key}: {value!r} is not a finite number")
-        if lo is not None and value < lo or hi is not None and value > hi:
-            raise ManifestError(f"{self.where}.{key}: {value!r} is out of range [{lo}, {hi}]")
-        return value
-
-    def choice(self, key: str, options: tuple[str, ...], default: Any = ...) -> str:
-        value = self.get(key, str, default)
-        if value not in options:
-            raise ManifestError(f"{self.where}.{key}: {value!r} is not one of {list(options)}")
-        return value
-
-    def table(self, key: str) -> "_Table | None":
-        self.used.add(key)
-        return _Table(self.data[key], f"{self.where}.{key}") if key in self.data else None
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise ManifestError(f"{self.where}: unknown field(s) {unknown}")
-
-
 def _file(t: _Table) -> FileEntry:
     path = t.get("path", str)
     sha = t.get("sha256", str)
@@ -394,7 +351,7 @@ def _policy(t: _Table | None) -> Policy:
                fallback_threshold=t.get("fallback_threshold", float, 0.5, lo=0.0, hi=1.0),
                coalition_size=t.get("coalition_size", int, 2, lo=1, hi=8),
                coalition_timeout_ms=t.get("coalition_timeout_ms", float, 50.0, lo=0.1, hi=60000),
-               max_run_ms=t.get("max_run_ms", float, 1000.0, lo=1.0, hi=600000),
+               max_run_ms=t.get("max_run_ms", float, 1000.0, lo=1.0, hi=MAX_RUN_MS),
                max_text_bytes=t.get("max_text_bytes", int, 16384, lo=16, hi=1 << 24),
                remote=t.choice("remote", REMOTE_POLICIES, "allowed"),
                remote_rule=t.choice("remote_rule", ("cascade", "deferral"), "cascade"),

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..artifacts import preflight
 from ..errors import InferenceError, ModelLoadError
+from ..manifest import MAX_RUN_MS
 
 
 class Session(Protocol):
@@ -31,7 +32,6 @@ class Session(Protocol):
 
 NAMES = ("ort", "tflite", "fake")
 MAX_THREADS = 1024  # the same bound as a platform profile's ``threads``
-MAX_RUN_MS = 600_000.0  # the most a manifest's [policy] max_run_ms may be (ten minutes)
 
 _deadline = threading.local()  # end_ns: the deadline of the runs this thread starts (or None)
 
