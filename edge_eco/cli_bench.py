@@ -98,7 +98,7 @@ def _num(x: float | None) -> str:
     return "none" if x is None else f"{x:.3f}"
 
 
-def _writable(flag: str, path: Path) -> None:
+def refuse_unwritable(flag: str, path: Path) -> None:
     """Refuse, before a long run, a report path that cannot be written (it is written after)."""
     if path.is_dir():
         raise RequestError(f"{flag} {path} is a directory; give a file name")
@@ -121,7 +121,7 @@ def bench_residency_cmd(args: argparse.Namespace) -> int:
 
     for flag, path in (("--out", args.out), ("--plot", args.plot)):
         if path:
-            _writable(flag, Path(path))
+            refuse_unwritable(flag, Path(path))
     root = data_root(args.data, os.environ.get("EDGE_ECO_DATA"))
     source = root / "clinc150" / "data_full.json"
     if not source.is_file():  # never downloads (only `make demo` may): name what is missing
