@@ -69,6 +69,7 @@ class Answer:
 # are unchanged: the requests routed to it meanwhile go to the others at once.
 LOAD_BACKOFF_S = (1.0, 60.0)
 
+
 class Ecology:
     """A loaded population of models answering requests under its manifest's policy.
 

@@ -32,19 +32,22 @@ def loads(text: str) -> dict[str, Any]:
 
 class Table:
     """A TOML table read field by field, each checked for its type and range; whatever is left
-    unread is an unknown field (:meth:`done`). Errors are ManifestError naming ``where``."""
+    unread is an unknown field (:meth:`done`). Errors are ``error`` (ManifestError; a recipe's
+    are RecipeError) naming ``where``."""
+
+    error: type[Exception] = ManifestError
 
     def __init__(self, data: Any, where: str) -> None:
         if not isinstance(data, dict):
-            raise ManifestError(f"{where}: expected a table, got {type(data).__name__}")
+            raise self.error(f"{where}: expected a table, got {type(data).__name__}")
         self.data, self.where, self.used = data, where, set()
 
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *,
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...,
             lo: float | None = None, hi: float | None = None) -> Any:
         self.used.add(key)
         if key not in self.data:
             if default is ...:
-                raise ManifestError(f"{self.where}: missing required field {key!r}")
+                raise self.error(f"{self.where}: missing required field {key!r}")
             return default
         value = self.data[key]
         kinds = kind if isinstance(kind, tuple) else (kind,)
@@ -52,24 +55,24 @@ class Table:
             value = float(value)
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             names = "/".join(k.__name__ for k in kinds)
-            raise ManifestError(f"{self.where}.{key}: expected {names}, got {value!r}")
+            raise self.error(f"{self.where}.{key}: expected {names}, got {value!r}")
         if isinstance(value, float) and not math.isfinite(value):
-            raise ManifestError(f"{self.where}.{key}: {value!r} is not a finite number")
+            raise self.error(f"{self.where}.{key}: {value!r} is not a finite number")
         if lo is not None and value < lo or hi is not None and value > hi:
-            raise ManifestError(f"{self.where}.{key}: {value!r} is out of range [{lo}, {hi}]")
+            raise self.error(f"{self.where}.{key}: {value!r} is out of range [{lo}, {hi}]")
         return value
 
     def choice(self, key: str, options: tuple[str, ...], default: Any = ...) -> str:
         value = self.get(key, str, default)
         if value not in options:
-            raise ManifestError(f"{self.where}.{key}: {value!r} is not one of {list(options)}")
+            raise self.error(f"{self.where}.{key}: {value!r} is not one of {list(options)}")
         return value
 
     def table(self, key: str) -> "Table | None":
         self.used.add(key)
-        return Table(self.data[key], f"{self.where}.{key}") if key in self.data else None
+        return type(self)(self.data[key], f"{self.where}.{key}") if key in self.data else None
 
     def done(self) -> None:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
-            raise ManifestError(f"{self.where}: unknown field(s) {unknown}")
+            raise self.error(f"{self.where}: unknown field(s) {unknown}")

@@ -12,7 +12,6 @@ linear head, the serve-able remote generalist (its own tables: :mod:`edge_eco.bu
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,30 +215,11 @@ class Recipe:
     dense: DenseRecipe | None = None  # vector data: the bundle's dense featurizer
 
 
-class _T:
-    """A table read field by field; whatever is left unread is an unknown field."""
+class _T(tomlread.Table):
+    """A recipe table read field by field (:class:`~edge_eco.tomlread.Table`, RecipeError); a
+    missing sub-table reads as empty, and a choice may default to None."""
 
-    def __init__(self, data: Any, where: str) -> None:
-        if not isinstance(data, dict):
-            raise RecipeError(f"{where}: expected a table, got {type(data).__name__}")
-        self.data, self.where, self.used = data, where, set()
-
-    def get(self, key: str, kind, default: Any = ..., lo: float | None = None, hi: float | None = None):
-        self.used.add(key)
-        if key not in self.data:
-            if default is ...:
-                raise RecipeError(f"{self.where}: missing required field {key!r}")
-            return default
-        v = self.data[key]
-        if kind is float and isinstance(v, int) and not isinstance(v, bool):
-            v = float(v)
-        if not isinstance(v, kind) or (isinstance(v, bool) and kind is not bool):
-            raise RecipeError(f"{self.where}.{key}: expected {kind.__name__}, got {v!r}")
-        if isinstance(v, float) and not math.isfinite(v):
-            raise RecipeError(f"{self.where}.{key}: {v!r} is not finite")
-        if (lo is not None and v < lo) or (hi is not None and v > hi):
-            raise RecipeError(f"{self.where}.{key}: {v!r} is out of range [{lo}, {hi}]")
-        return v
+    error = RecipeError
 
     def choice(self, key: str, options: tuple[str, ...], default: Any = ...) -> str:
         v = self.get(key, str, default)
@@ -257,11 +237,6 @@ class _T:
         if not all(isinstance(x, str) for x in v):
             raise RecipeError(f"{self.where}.{key}: expected a list of strings, got {v!r}")
         return tuple(v)
-
-    def done(self) -> None:
-        extra = sorted(set(self.data) - self.used)
-        if extra:
-            raise RecipeError(f"{self.where}: unknown field(s) {extra}")
 
 
 def _family(t: _T, default: str = "sparse-linear") -> ModelFamily:
