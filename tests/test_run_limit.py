@@ -348,3 +348,22 @@ def test_an_answers_deadline_stops_its_local_run(slow_on_long_requests):
     assert 0.3 <= took < 1.5, took  # not 5 s: the watchdog's next wake-up after the deadline
     # a run stopped at a deadline is not a failed load: the model stays, nothing backs off
     assert stats["failed_loads"] == 0 and stats["backing_off"] == [] and "home" in stats["resident"]
+
+
+def test_a_session_collected_while_the_watchdog_holds_its_lock_does_not_deadlock_it():
+    """A fresh-clone CI run hung on the first runaway run: the watchdog thread was blocked for
+    good on its own lock. A garbage collection while it held the lock had run a dropped session's
+    __del__ (close -> unwatch) on that same thread."""
+    class Dropped:
+        max_run_ms = 100.0
+
+    dog, done = runlimit.Watchdog(), threading.Event()
+
+    def collect_while_locked() -> None:
+        with dog._lock:  # as in the watchdog's loop
+            dog.unwatch(Dropped())  # what the collected session's __del__ does, on this thread
+        done.set()
+    t = threading.Thread(target=collect_while_locked, daemon=True)
+    t.start()
+    t.join(5)
+    assert done.is_set()

@@ -96,7 +96,10 @@ class Watchdog:
 
     def __init__(self) -> None:
         self._sessions: weakref.WeakSet = weakref.WeakSet()
-        self._lock = threading.Lock()
+        # Re-entrant: a garbage collection while it is held can run a dropped session's __del__
+        # (close -> unwatch) on this same thread; with a plain lock the watchdog deadlocked on
+        # itself and a runaway run in a fresh-clone CI went on for ever.
+        self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
 
     def watch(self, session: LimitedRuns) -> None:
@@ -117,11 +120,11 @@ class Watchdog:
     def _loop(self) -> None:
         while True:
             with self._lock:
-                if not self._sessions:
+                limits = [s.max_run_ms for s in self._sessions]
+                if not limits:
                     self._thread = None
                     return
-                period = min(0.25, max(0.01, min(s.max_run_ms for s in self._sessions) / 4000))
-            time.sleep(period)  # holding no session: a dropped one can be collected meanwhile
+            time.sleep(min(0.25, max(0.01, min(limits) / 4000)))  # holding no session meanwhile
             now = time.monotonic_ns()
             for s in self._watched():
                 s._stop_overdue(now)
